@@ -1,0 +1,1 @@
+"""Attack and defense algorithms, importable and testable without pytest."""

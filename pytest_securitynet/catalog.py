@@ -1,0 +1,181 @@
+"""The catalog: data files describing models and datasets, validated against one schema.
+
+Files are TOML. A file may hold `[datasets.<id>]` tables and `[[models]]` entries. The built-in
+catalog is the repository's `catalog/` directory; users add files or directories of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+
+from . import schema
+from .errors import CatalogError
+
+BUILTIN_CATALOG = Path(__file__).resolve().parent.parent / "catalog"
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    id: str
+    source: str
+    num_classes: int
+    input_size: tuple[int, int, int]
+    train_size: int
+    test_size: int
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    origin: str = ""
+
+    @property
+    def family(self) -> str:
+        """The dataset this one is a copy of (e.g. cifar10 for cifar10-jpeg), else itself."""
+        return self.raw.get("variant_of", self.id)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    id: str
+    dataset: str
+    architecture: str
+    model_type: str
+    source: str
+    preprocess: dict[str, Any]
+    annotations: dict[str, Any]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    origin: str = ""
+
+    @property
+    def purpose(self) -> str:
+        return self.annotations["purpose"]
+
+    @property
+    def source_kind(self) -> str:
+        """`pytorchcv`, `timm`, `torchvision`, `url`, `file` or `demo`."""
+        if self.source.startswith(("http://", "https://")):
+            return "url"
+        return self.source.split(":", 1)[0]
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return tuple(self.raw.get("tags", ()))
+
+    def keywords(self) -> set[str]:
+        """Words `-k` can match besides the id: dataset, architecture, type, purpose, zoo, tags."""
+        return {self.dataset, self.architecture, self.model_type, self.purpose, self.source_kind, *self.tags}
+
+
+@dataclass
+class Catalog:
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+    datasets: dict[str, DatasetEntry] = field(default_factory=dict)
+
+    def model(self, model_id: str) -> ModelEntry:
+        try:
+            return self.models[model_id]
+        except KeyError:
+            raise CatalogError(f"unknown model id {model_id!r}; see `securitynet catalog list`") from None
+
+    def dataset(self, dataset_id: str) -> DatasetEntry:
+        try:
+            return self.datasets[dataset_id]
+        except KeyError:
+            known = ", ".join(sorted(self.datasets))
+            raise CatalogError(f"unknown dataset id {dataset_id!r}; catalogued datasets: {known}") from None
+
+
+def catalog_paths(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """The built-in catalog followed by user catalogs (`SECURITYNET_CATALOG` and `extra`)."""
+    env = [p for p in os.environ.get("SECURITYNET_CATALOG", "").split(os.pathsep) if p.strip()]
+    return [BUILTIN_CATALOG, *(Path(p).expanduser() for p in [*env, *extra])]
+
+
+def load_catalog(paths: Iterable[str | os.PathLike] | None = None) -> Catalog:
+    """Load and validate every `.toml` file under `paths` (default: built-in plus user catalogs)."""
+    catalog = Catalog()
+    for path in catalog_paths() if paths is None else [Path(p) for p in paths]:
+        for file in _toml_files(path):
+            _load_file(file, catalog)
+    _check_references(catalog)
+    return catalog
+
+
+def _toml_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(path.rglob("*.toml"))
+    if path.is_file():
+        return [path]
+    raise CatalogError(f"catalog path {path} does not exist")
+
+
+def _load_file(file: Path, catalog: Catalog) -> None:
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"{file}: not valid TOML: {exc}") from exc
+    unknown = set(data) - {"datasets", "models"}
+    if unknown:
+        raise CatalogError(f"{file}: unknown top-level table(s) {sorted(unknown)}; use [datasets.ID] or [[models]]")
+    for dataset_id, raw in data.get("datasets", {}).items():
+        _validate(raw, schema.DATASET, file, f"dataset {dataset_id!r}")
+        _validate(dataset_id, schema._ID, file, f"dataset {dataset_id!r}")
+        _add(catalog.datasets, dataset_id, _dataset(dataset_id, raw, file), file)
+    for index, raw in enumerate(data.get("models", [])):
+        name = f"model {raw.get('id', f'#{index}')!r}" if isinstance(raw, dict) else f"model #{index}"
+        _validate(raw, schema.MODEL, file, name)
+        _add(catalog.models, raw["id"], _model(raw, file), file)
+
+
+def _validate(instance: Any, entry_schema: dict, file: Path, entry: str) -> None:
+    validator = jsonschema.Draft202012Validator(entry_schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    if error is not None:
+        field_path = ".".join(str(p) for p in error.absolute_path) or "(entry)"
+        raise CatalogError(f"{file}: {entry}: field {field_path}: {error.message}")
+
+
+def _add(table: dict, key: str, value: Any, file: Path) -> None:
+    if key in table:
+        raise CatalogError(f"{file}: id {key!r} is already defined in {table[key].origin}")
+    table[key] = value
+
+
+def _dataset(dataset_id: str, raw: dict, file: Path) -> DatasetEntry:
+    return DatasetEntry(
+        id=dataset_id, source=raw["source"], num_classes=raw["num_classes"],
+        input_size=tuple(raw["input_size"]), train_size=raw["train_size"], test_size=raw["test_size"],
+        raw=raw, origin=str(file),
+    )
+
+
+def _model(raw: dict, file: Path) -> ModelEntry:
+    return ModelEntry(
+        id=raw["id"], dataset=raw["dataset"], architecture=raw["architecture"], model_type=raw["model_type"],
+        source=raw["source"], preprocess=raw["preprocess"], annotations=raw["annotations"],
+        raw=raw, origin=str(file),
+    )
+
+
+def _check_references(catalog: Catalog) -> None:
+    for entry in catalog.models.values():
+        where = f"{entry.origin}: model {entry.id!r}"
+        if entry.dataset not in catalog.datasets:
+            raise CatalogError(f"{where}: field dataset: unknown dataset {entry.dataset!r}")
+        dataset = catalog.datasets[entry.dataset]
+        if entry.annotations["num_classes"] != dataset.num_classes:
+            raise CatalogError(
+                f"{where}: field annotations.num_classes: {entry.annotations['num_classes']} "
+                f"but dataset {dataset.id!r} has {dataset.num_classes} classes"
+            )
+        channels = entry.preprocess["input_size"][0]
+        for key in ("mean", "std"):
+            if len(entry.preprocess[key]) != channels:
+                raise CatalogError(f"{where}: field preprocess.{key}: needs {channels} values, one per channel")
+    for dataset in catalog.datasets.values():
+        parent = dataset.raw.get("variant_of")
+        if parent is not None and parent not in catalog.datasets:
+            raise CatalogError(f"{dataset.origin}: dataset {dataset.id!r}: field variant_of: unknown dataset {parent!r}")

@@ -1,0 +1,198 @@
+"""The `securitynet` command: look at, check, import, annotate and prefetch the catalog without pytest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .catalog import BUILTIN_CATALOG, catalog_paths, load_catalog
+from .errors import SecurityNetError
+from .report.cli import add_report_parser
+
+DEFAULT_CSV = BUILTIN_CATALOG.parent.parent / "shared" / "reference" / "securitynet-models.csv"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except SecurityNetError as exc:
+        print(f"securitynet: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="securitynet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_report_parser(sub)
+    catalog = sub.add_parser("catalog", help="list, show, validate, import, annotate, count or prefetch catalog entries")
+    actions = catalog.add_subparsers(dest="action", required=True)
+
+    listing = actions.add_parser("list", help="one line per model, filtered")
+    listing.add_argument("--dataset", help="only models of this dataset id, e.g. cifar10 or cifar-100")
+    listing.add_argument("--purpose", choices=["benchmark", "security"])
+    listing.add_argument("--type", dest="model_type", help="only this model type, e.g. resnet")
+    listing.add_argument("--year", type=int)
+    listing.add_argument("--tag", help="only models with this tag, e.g. akamaster")
+    listing.add_argument("--available", action="store_true", help="leave out entries marked unavailable")
+    _add_catalog_option(listing)
+    listing.set_defaults(run=_list)
+
+    show = actions.add_parser("show", help="one model's full entry as JSON, with computed annotations and reported numbers")
+    show.add_argument("model_id")
+    _add_catalog_option(show)
+    show.set_defaults(run=_show)
+
+    validate = actions.add_parser("validate", help="load and check every entry; exit 2 on the first error")
+    _add_catalog_option(validate)
+    validate.set_defaults(run=_validate)
+
+    importer = actions.add_parser("import-csv", help="generate catalog files from the SecurityNet database CSV")
+    importer.add_argument("csv", type=Path, nargs="?", default=DEFAULT_CSV,
+                          help=f"the database CSV. Default: {DEFAULT_CSV}")
+    importer.add_argument("--out", type=Path, default=BUILTIN_CATALOG / "securitynet",
+                          help="directory for the generated TOML files. Default: catalog/securitynet/")
+    importer.add_argument("--reported", type=Path, default=BUILTIN_CATALOG / "reported" / "securitynet.csv",
+                          help="reported-results CSV to write. Default: catalog/reported/securitynet.csv")
+    importer.set_defaults(run=_import_csv)
+
+    annotate = actions.add_parser("annotate", help="recompute parameters, FLOPs, batch-norm, dropout, input size "
+                                                   "and output width by building each architecture offline")
+    annotate.add_argument("patterns", nargs="*", help="model id patterns (shell-style). Default: every model")
+    annotate.add_argument("--out", type=Path, default=None, help="CSV to write. Default: catalog/computed/architectures.csv")
+    annotate.add_argument("--no-flops", action="store_true", help="skip FLOP counting (faster)")
+    _add_catalog_option(annotate)
+    annotate.set_defaults(run=_annotate)
+
+    stats = actions.add_parser("stats", help="the paper's Figure 1 counts as tables, and as PNG plots with --plots")
+    stats.add_argument("--plots", type=Path, default=None, metavar="DIR", help="write one PNG per panel into DIR")
+    stats.add_argument("--all", action="store_true", help="count every catalog model, not only the database's")
+    _add_catalog_option(stats)
+    stats.set_defaults(run=_stats)
+
+    prefetch = actions.add_parser("prefetch", help="download the weights and data of a selection into the cache")
+    prefetch.add_argument("patterns", nargs="+", metavar="SELECTION",
+                          help="model id patterns (shell-style, e.g. 'cifar10-*-pytorchcv') or dataset ids")
+    prefetch.add_argument("--cache", type=Path, default=None, help="cache directory. Default: SECURITYNET_CACHE or the user cache")
+    prefetch.add_argument("--offline", action="store_true", help="only check; fail naming what is missing (also SECURITYNET_OFFLINE=1)")
+    prefetch.add_argument("--dry-run", action="store_true", help="list what is present and missing, download nothing")
+    _add_catalog_option(prefetch)
+    prefetch.set_defaults(run=_prefetch)
+    return parser
+
+
+def _add_catalog_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--catalog", action="append", default=[], metavar="PATH",
+                        help="extra catalog file or directory (repeatable)")
+
+
+def _list(args: argparse.Namespace) -> int:
+    catalog = load_catalog(catalog_paths(args.catalog))
+    for entry in catalog.models.values():
+        if args.dataset and entry.dataset != args.dataset:
+            continue
+        if args.purpose and entry.purpose != args.purpose:
+            continue
+        if args.model_type and entry.model_type != args.model_type:
+            continue
+        if args.year and entry.annotations.get("year") != args.year:
+            continue
+        if args.tag and args.tag not in entry.tags:
+            continue
+        if args.available and entry.raw.get("unavailable"):
+            continue
+        state = "unavailable" if entry.raw.get("unavailable") else ""
+        print(f"{entry.id:56} {entry.dataset:15} {entry.architecture:22} {entry.purpose:10} {entry.source_kind:10} {state}".rstrip())
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .annotate import read_computed
+    from .regression import load_reported
+
+    entry = load_catalog(catalog_paths(args.catalog)).model(args.model_id)
+    shown = entry.raw | {"catalog_file": entry.origin}
+    computed = read_computed().get(entry.id)
+    if computed:
+        shown["computed"] = {k: v for k, v in computed.items() if k != "id"}
+    reported = {f"{b} [{s}]": m for (model, b, s), m in load_reported().rows.items() if model == entry.id}
+    if reported:
+        shown["reported"] = reported
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    catalog = load_catalog(catalog_paths(args.catalog))
+    print(f"ok: {len(catalog.models)} models, {len(catalog.datasets)} datasets")
+    return 0
+
+
+def _import_csv(args: argparse.Namespace) -> int:
+    from .zoo_import import run_import
+
+    if not args.csv.is_file():
+        print(f"securitynet: {args.csv} does not exist", file=sys.stderr)
+        return 2
+    written, items = run_import(args.csv, args.out, args.reported)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"{len(items)} models imported; check with `securitynet catalog validate`")
+    return 0
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    from fnmatch import fnmatchcase
+
+    from .annotate import COMPUTED_CSV, annotate, read_computed, write_computed
+
+    catalog = load_catalog(catalog_paths(args.catalog))
+    entries = [e for e in catalog.models.values() if not args.patterns or any(fnmatchcase(e.id, p) for p in args.patterns)]
+    out = args.out or COMPUTED_CSV
+    rows, skipped = annotate(entries, count_flops=not args.no_flops, progress=lambda line: print(line, file=sys.stderr))
+    keep = {k: v for k, v in read_computed(out).items() if k in catalog.models} if args.patterns else {}
+    write_computed(rows, out, keep)
+    mismatched = [r.id for r in rows if r.output_width != catalog.models[r.id].annotations["num_classes"]]
+    print(f"wrote {out}: {len(rows)} architectures measured, {len(skipped)} without an offline architecture")
+    for model_id in mismatched:
+        print(f"securitynet: {model_id}: output width differs from the entry's num_classes", file=sys.stderr)
+    return 2 if mismatched else 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from .stats import format_tables, plot, records
+
+    catalog = load_catalog(catalog_paths(args.catalog))
+    recs = records(catalog, database_only=not args.all)
+    print(format_tables(recs))
+    if args.plots:
+        for path in plot(recs, args.plots):
+            print(f"wrote {path}")
+    return 0
+
+
+def _prefetch(args: argparse.Namespace) -> int:
+    from .prefetch import plan, prefetch, select
+    from .sources import FileStore, offline_from_env
+
+    catalog = load_catalog(catalog_paths(args.catalog))
+    store = FileStore(offline=args.offline or offline_from_env())
+    if args.cache:
+        store.cache_dir = args.cache
+    needs, unavailable = plan(select(catalog, args.patterns), catalog, store)
+    for model_id, reason in unavailable.items():
+        print(f"skipped {model_id} (unavailable): {reason}")
+    if args.dry_run:
+        for need in needs:
+            print(f"{'present' if need.present else 'missing'}  {need.name}  ({need.what}) {'' if need.present else need.source}".rstrip())
+        return 0
+    fetched = prefetch(needs, store, report=lambda line: print(line, file=sys.stderr))
+    print(f"{len(needs)} file(s) needed, {len(fetched)} fetched, all in {store.cache_dir} or a mirror")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Dataset loading: every catalogued dataset becomes uint8 image tensors [N, C, H, W] plus labels.
+
+Decoded tensors are cached (`<cache>/datasets/<id>.pt`), so a dataset is decoded once per machine.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tarfile
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+import torch
+
+from .catalog import DatasetEntry
+from .datasets_extra import LOADERS as EXTRA_LOADERS
+from .errors import CatalogError, MissingFileError
+from .sources import FileStore, atomic_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageData:
+    """A dataset's two splits as uint8 images [N, C, H, W] and int64 labels [N]."""
+
+    dataset_id: str
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name == "train":
+            return self.train_images, self.train_labels
+        if name == "test":
+            return self.test_images, self.test_labels
+        raise ValueError(f"unknown split {name!r}; use 'train' or 'test'")
+
+
+def load_dataset(entry: DatasetEntry, store: FileStore) -> ImageData:
+    """Load `entry` from the decoded-tensor cache, decoding it from its source on first use."""
+    cached = store.path("datasets", f"{entry.id}.pt")
+    with store.lock("datasets", entry.id):
+        if cached.exists():
+            tensors = torch.load(cached, map_location="cpu", weights_only=True)
+        else:
+            log.info("decoding dataset %s (once; cached at %s)", entry.id, cached)
+            tensors = _LOADERS[entry.source](entry, store)
+            with atomic_path(cached) as tmp:
+                torch.save(tensors, tmp)
+    data = ImageData(entry.id, *(tensors[k] for k in ("train_images", "train_labels", "test_images", "test_labels")))
+    _check_shape(entry, data)
+    return data
+
+
+def _check_shape(entry: DatasetEntry, data: ImageData) -> None:
+    expected = {"train": entry.train_size, "test": entry.test_size}
+    for split, size in expected.items():
+        images, labels = data.split(split)
+        if len(images) != size or len(labels) != size or tuple(images.shape[1:]) != entry.input_size:
+            raise CatalogError(
+                f"{entry.origin}: dataset {entry.id!r}: the {split} split loaded as {tuple(images.shape)} "
+                f"but the catalog says {size} images of {entry.input_size}"
+            )
+
+
+def _from_sklearn_digits(entry: DatasetEntry, store: FileStore) -> dict[str, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Pixel values are 0..16; rescale to the 0..255 range every other dataset uses.
+    images = torch.from_numpy(np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    order = torch.from_numpy(np.random.default_rng(entry.raw.get("split_seed", 0)).permutation(len(labels)))
+    n_train = int(len(labels) * (1 - entry.raw.get("test_fraction", 0.5)))
+    train, test = order[:n_train], order[n_train:]
+    return _pack(images[train], labels[train], images[test], labels[test])
+
+
+def _from_image_archive(entry: DatasetEntry, store: FileStore) -> dict[str, torch.Tensor]:
+    from PIL import Image
+
+    archive = store.fetch(entry.raw["file"], entry.raw["sha256"], entry.raw.get("url"))
+    root = PurePosixPath(entry.raw["archive_root"])
+    classes = entry.raw.get("class_names")
+    found: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
+    with tarfile.open(archive, "r:*") as tar:
+        for member in tar:
+            path = PurePosixPath(member.name)
+            if not member.isfile() or len(path.parts) != len(root.parts) + 3 or path.parts[: len(root.parts)] != root.parts:
+                continue
+            split, label_name, file_name = path.parts[len(root.parts):]
+            if split in found:
+                found[split].append((label_name, file_name, tar.extractfile(member).read()))
+    class_names = classes or sorted({c for c, _, _ in found["train"]})
+    out = {}
+    for split, items in found.items():
+        items.sort(key=lambda item: (item[0], item[1]))
+        unknown = {c for c, _, _ in items} - set(class_names)
+        if unknown:
+            raise CatalogError(f"{entry.origin}: dataset {entry.id!r}: archive has unknown class folders {sorted(unknown)}")
+        arrays = [np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")) for _, _, blob in items]
+        out[f"{split}_images"] = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        out[f"{split}_labels"] = torch.tensor([class_names.index(c) for c, _, _ in items], dtype=torch.int64)
+    return out
+
+
+def _from_torchvision(entry: DatasetEntry, store: FileStore) -> dict[str, torch.Tensor]:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, entry.raw["torchvision_class"])
+    root = store.path("torchvision", "x").parent
+    _link_mirrored_archive(cls, root, store)
+    splits = {}
+    for split in ("train", "test"):
+        try:
+            ds = _torchvision_split(cls, root, split, download=not store.offline)
+        except (RuntimeError, OSError) as exc:
+            raise MissingFileError(
+                f"dataset {entry.id!r} ({cls.__name__}) is not in {root} and could not be downloaded: {exc}. "
+                f"Run online once, or put its archive ({getattr(cls, 'filename', 'see torchvision docs')}) "
+                f"into a SECURITYNET_MIRROR directory."
+            ) from exc
+        splits[split] = (_to_nchw(ds.data), torch.as_tensor(np.asarray(getattr(ds, "targets", getattr(ds, "labels", None))), dtype=torch.int64))
+    return _pack(*splits["train"], *splits["test"])
+
+
+def _torchvision_split(cls, root, split: str, download: bool):
+    try:
+        return cls(root=str(root), train=(split == "train"), download=download)
+    except TypeError:
+        return cls(root=str(root), split=split, download=download)
+
+
+def _link_mirrored_archive(cls, root, store: FileStore) -> None:
+    """Let torchvision find its archive in a mirror: it skips the download when the file is present."""
+    filename = getattr(cls, "filename", None)
+    if not filename or (root / filename).exists():
+        return
+    for mirror in store.mirrors:
+        if (mirror / filename).is_file():
+            (root / filename).symlink_to((mirror / filename).resolve())
+            return
+
+
+def _to_nchw(data) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(data), dtype=torch.uint8)
+    if tensor.ndim == 3:
+        return tensor.unsqueeze(1)
+    if tensor.shape[-1] in (1, 3):
+        return tensor.permute(0, 3, 1, 2).contiguous()
+    return tensor
+
+
+def _pack(train_images, train_labels, test_images, test_labels) -> dict[str, torch.Tensor]:
+    return {"train_images": train_images, "train_labels": train_labels,
+            "test_images": test_images, "test_labels": test_labels}
+
+
+_LOADERS = {
+    "sklearn-digits": _from_sklearn_digits,
+    "image-folder-archive": _from_image_archive,
+    "torchvision": _from_torchvision,
+}
+_LOADERS.update(EXTRA_LOADERS)

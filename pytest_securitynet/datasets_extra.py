@@ -1,0 +1,187 @@
+"""Loaders for the SecurityNet database's other datasets: MedMNIST (through the `medmnist`
+package) and local image folders (CUB-200-2011, ImageNet-1k).
+
+Each returns the same uint8 tensors as `datasets.py`'s loaders ({train,test}_{images,labels});
+`datasets._LOADERS.update(LOADERS)` makes them available under their `source` names.
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .catalog import DatasetEntry
+from .errors import CatalogError, MissingFileError
+from .sources import FileStore
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+# --- MedMNIST ---------------------------------------------------------------------------------
+
+def load_medmnist(entry: DatasetEntry, store: FileStore) -> dict[str, torch.Tensor]:
+    """MedMNIST v2 at 28 px via the `medmnist` package (which checks the file's MD5 when it downloads).
+    The validation split is not used: members come from train, non-members from test."""
+    try:
+        import medmnist
+    except ImportError as exc:
+        raise MissingFileError(
+            f"dataset {entry.id!r} needs the medmnist package (pip install medmnist)"
+        ) from exc
+    flag = entry.raw["flag"]
+    filename = entry.raw.get("file", f"{flag}.npz")
+    root = store.path("medmnist", filename).parent
+    _link_from_mirror(root / filename, store)
+    cls = getattr(medmnist, medmnist.INFO[flag]["python_class"])
+    out = {}
+    for split in ("train", "test"):
+        try:
+            ds = cls(split=split, root=str(root), download=not store.offline)
+        except (RuntimeError, OSError) as exc:
+            raise MissingFileError(
+                f"dataset {entry.id!r}: {filename} is not in {root} and "
+                f"{'offline mode is on' if store.offline else f'could not be downloaded ({exc})'}. "
+                f"Get it from {entry.raw.get('url', 'Zenodo record 10519652')} into a SECURITYNET_MIRROR directory."
+            ) from exc
+        images = torch.from_numpy(np.ascontiguousarray(ds.imgs)).to(torch.uint8)
+        if images.ndim == 4 and images.shape[-1] == 3 and len(entry.input_size) == 3:
+            images = images.permute(0, 3, 1, 2).contiguous()  # 2D RGB: N H W C -> N C H W
+        else:
+            images = images.unsqueeze(1)  # 2D grey N H W, or 3D N D H W -> one channel
+        labels = torch.from_numpy(np.asarray(ds.labels).reshape(len(images), -1)[:, 0].astype(np.int64))
+        out[f"{split}_images"], out[f"{split}_labels"] = images, labels
+    return out
+
+
+# --- image folders ----------------------------------------------------------------------------
+
+def load_image_folder(entry: DatasetEntry, store: FileStore) -> dict[str, torch.Tensor]:
+    """A local image folder (`layout` cub200 or train-val), resized (shorter side `resize`) and
+    centre-cropped to the entry's input size; `max_train`/`max_test` keep a seeded, class-balanced subset."""
+    folder = find_folder(entry, store)
+    layout = entry.raw["layout"]
+    if layout == "cub200":
+        splits = _cub200_files(folder)
+    elif layout == "train-val":
+        splits = _train_val_files(folder)
+    else:
+        raise CatalogError(f"{entry.origin}: dataset {entry.id!r}: field layout: unknown layout {layout!r}")
+    out = {}
+    for split, limit_key in (("train", "max_train"), ("test", "max_test")):
+        files, labels = splits[split]
+        if entry.raw.get(limit_key):
+            keep = balanced_subset(labels, entry.raw[limit_key], entry.num_classes, seed=entry.raw.get("split_seed", 0))
+            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+        out[f"{split}_images"] = _decode(files, entry)
+        out[f"{split}_labels"] = torch.tensor(labels, dtype=torch.int64)
+    return out
+
+
+def find_folder(entry: DatasetEntry, store: FileStore) -> Path:
+    """The dataset's folder in the cache or a mirror; else its archive (found or downloaded) unpacked
+    into the cache. Without either, fail naming the folder and where it was looked for."""
+    name = entry.raw["folder"]
+    for root in (store.cache_dir, *store.mirrors):
+        if (root / name).is_dir():
+            return root / name
+    archive_name = entry.raw.get("file")
+    if archive_name:
+        try:
+            archive = store.fetch(archive_name, entry.raw.get("sha256"), entry.raw.get("url"))
+        except MissingFileError as exc:
+            raise MissingFileError(f"dataset {entry.id!r}: no `{name}` folder in the cache or a mirror, and {exc}") from exc
+        target = store.cache_dir
+        log.info("unpacking %s into %s", archive, target)
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(target, filter="data")
+        if (target / name).is_dir():
+            return target / name
+        raise CatalogError(f"dataset {entry.id!r}: {archive_name} does not hold a `{name}` folder")
+    searched = ", ".join(str(r) for r in (store.cache_dir, *store.mirrors))
+    raise MissingFileError(
+        f"dataset {entry.id!r} is read from a local folder only, and no `{name}` folder was found in {searched}. "
+        f"Put a copy (layout: {entry.raw['layout']}) into the cache directory or a SECURITYNET_MIRROR directory."
+    )
+
+
+def _cub200_files(folder: Path) -> dict[str, tuple[list[Path], list[int]]]:
+    def table(name: str) -> dict[str, str]:
+        path = folder / name
+        if not path.is_file():
+            raise CatalogError(f"{folder} is not a CUB-200-2011 folder: {name} is missing")
+        return dict(line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip())
+
+    images, classes, is_train = table("images.txt"), table("image_class_labels.txt"), table("train_test_split.txt")
+    out: dict[str, tuple[list[Path], list[int]]] = {"train": ([], []), "test": ([], [])}
+    for image_id in sorted(images, key=int):
+        split = "train" if is_train[image_id].strip() == "1" else "test"
+        out[split][0].append(folder / "images" / images[image_id].strip())
+        out[split][1].append(int(classes[image_id]) - 1)
+    return out
+
+
+def _train_val_files(folder: Path) -> dict[str, tuple[list[Path], list[int]]]:
+    if not (folder / "train").is_dir() or not (folder / "val").is_dir():
+        raise CatalogError(f"{folder} needs train/<class>/ and val/<class>/ folders")
+    classes = sorted(p.name for p in (folder / "train").iterdir() if p.is_dir())
+    out = {}
+    for split, sub in (("train", "train"), ("test", "val")):
+        files, labels = [], []
+        for index, name in enumerate(classes):
+            for path in sorted((folder / sub / name).glob("*")):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(path)
+                    labels.append(index)
+        out[split] = (files, labels)
+    return out
+
+
+def balanced_subset(labels: list[int], total: int, num_classes: int, seed: int = 0) -> list[int]:
+    """Indices of a seeded subset with `total // num_classes` samples per class (fewer if a class has fewer)."""
+    rng = np.random.default_rng(seed)
+    per_class = max(1, total // num_classes)
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    keep = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        chosen = rng.choice(len(members), size=min(per_class, len(members)), replace=False)
+        keep.extend(members[i] for i in sorted(chosen))
+    return keep
+
+
+def _decode(files: list[Path], entry: DatasetEntry) -> torch.Tensor:
+    from PIL import Image
+
+    _, height, width = entry.input_size
+    resize = entry.raw.get("resize", max(height, width))
+    out = torch.empty(len(files), 3, height, width, dtype=torch.uint8)
+    for i, path in enumerate(files):
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            scale = resize / min(img.size)
+            img = img.resize((max(width, round(img.size[0] * scale)), max(height, round(img.size[1] * scale))),
+                             Image.Resampling.BILINEAR)
+            left, top = (img.size[0] - width) // 2, (img.size[1] - height) // 2
+            crop = img.crop((left, top, left + width, top + height))
+            out[i] = torch.from_numpy(np.array(crop)).permute(2, 0, 1)
+    return out
+
+
+def _link_from_mirror(target: Path, store: FileStore) -> None:
+    if target.exists():
+        return
+    for mirror in store.mirrors:
+        if (mirror / target.name).is_file():
+            target.symlink_to((mirror / target.name).resolve())
+            return
+
+
+LOADERS = {"medmnist": load_medmnist, "image-folder": load_image_folder}

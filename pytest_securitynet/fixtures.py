@@ -1,0 +1,121 @@
+"""The fixtures a benchmark receives: the target, its data, the device, the seed and `record`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from .catalog import ModelEntry
+from .data import LabeledSet
+from .datasets import ImageData
+from .errors import SecurityNetError
+from .items import METRICS, benchmark_name, setting_of
+from .results import plain
+from .runstate import STATE, harness
+from .session import Harness
+from .target import BlackBoxTarget
+
+
+@pytest.fixture
+def catalog_entry(request: pytest.FixtureRequest) -> ModelEntry:
+    """The catalog model under test (the plugin parametrizes every test that uses it)."""
+    raise pytest.UsageError("catalog_entry is parametrized by pytest-securitynet; is the plugin disabled?")
+
+
+@pytest.fixture
+def securitynet(request: pytest.FixtureRequest) -> Harness:
+    """The run's harness: settings, catalog, caches."""
+    return harness(request.config)
+
+
+@pytest.fixture
+def _securitynet_loaded(securitynet: Harness, catalog_entry: ModelEntry):
+    try:
+        return securitynet.loaded(catalog_entry)
+    except SecurityNetError as exc:
+        pytest.fail(f"{catalog_entry.id}: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def device(securitynet: Harness) -> torch.device:
+    """The torch device of this worker (its GPU, else the CPU)."""
+    return securitynet.device
+
+
+@pytest.fixture
+def seed(securitynet: Harness) -> int:
+    """The run's seed; torch's global generator is reseeded with it for every test."""
+    torch.manual_seed(securitynet.settings.seed)
+    return securitynet.settings.seed
+
+
+@pytest.fixture
+def target_model(_securitynet_loaded) -> torch.nn.Module:
+    """White-box access: the model in eval mode, taking images in [0,1] (normalisation inside)."""
+    return _securitynet_loaded.model
+
+
+@pytest.fixture
+def target(_securitynet_loaded) -> BlackBoxTarget:
+    """Black-box access: posteriors with a query counter (fresh per test; posteriors cached per model)."""
+    return BlackBoxTarget(_securitynet_loaded.posteriors)
+
+
+@pytest.fixture
+def members(_securitynet_loaded) -> LabeledSet:
+    """A seeded subset of the training split (default 5,000)."""
+    return _securitynet_loaded.sets["members"]
+
+
+@pytest.fixture
+def nonmembers(_securitynet_loaded) -> LabeledSet:
+    """As many test-split samples as there are members."""
+    return _securitynet_loaded.sets["nonmembers"]
+
+
+@pytest.fixture
+def auxiliary(_securitynet_loaded) -> LabeledSet:
+    """The attacker's data: a seeded 50% of the training split."""
+    return _securitynet_loaded.sets["auxiliary"]
+
+
+@pytest.fixture
+def train_set(_securitynet_loaded) -> LabeledSet:
+    """The training split (capped by --securitynet-limit)."""
+    return _securitynet_loaded.sets["train"]
+
+
+@pytest.fixture
+def test_set(_securitynet_loaded) -> LabeledSet:
+    """The test split (capped by --securitynet-limit)."""
+    return _securitynet_loaded.sets["test"]
+
+
+@pytest.fixture
+def image_data(_securitynet_loaded) -> ImageData:
+    """The whole dataset the model is evaluated on (both splits, uint8)."""
+    return _securitynet_loaded.data
+
+
+@pytest.fixture
+def record(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """`record(name=value, ...)`: metrics for this test's row in the results JSON."""
+    metrics = request.node.stash.setdefault(METRICS, {})
+
+    def _record(**values: Any) -> None:
+        metrics.update(plain(values))
+
+    return _record
+
+
+@pytest.fixture
+def artifacts_dir(request: pytest.FixtureRequest, catalog_entry: ModelEntry) -> Path:
+    """A directory beside the results JSON for this test's files (images, masks): `<json stem>-artifacts/<model>/<benchmark>/<setting>`."""
+    json_path = request.config.stash[STATE].json_path
+    item = request.node
+    path = json_path.parent / f"{json_path.stem}-artifacts" / catalog_entry.id / benchmark_name(item) / setting_of(item, catalog_entry)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,84 @@
+"""`--gpus N`: one xdist worker per GPU, each pinned to its own device, one model per worker.
+
+The controller hands GPU indices out from a pool when a worker starts and takes them back when it
+goes down, so a crashed worker's replacement (with a new id) gets a free GPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+GPU_KEY = "securitynet_gpu"
+DONE_KEY = "securitynet_done"
+LOADGROUP_KEY = "securitynet_loadgroup"
+
+
+def configure_worker(config: pytest.Config, workerinput: dict) -> None:
+    """On an xdist worker: adopt the controller's scheduling choice."""
+    if workerinput.get(LOADGROUP_KEY):
+        config.option.loadgroup = True
+
+
+def configure_workers(config: pytest.Config) -> None:
+    """Before xdist reads its options: `--gpus N` means N workers, unless `-n` was given."""
+    gpus = config.getoption("securitynet_gpus")
+    has_xdist = config.pluginmanager.hasplugin("xdist")
+    if not has_xdist:
+        if gpus:
+            raise pytest.UsageError("--gpus needs pytest-xdist (pip install pytest-xdist)")
+        return
+    if gpus and config.option.numprocesses is None:
+        config.option.numprocesses = gpus
+        config.option.tx = ["popen"] * gpus
+    if gpus and config.option.dist in ("no", "load"):
+        # One model's tests stay on one worker, so it is loaded and queried once. With a plain
+        # `-n N` the user's --dist stands (pass --dist loadgroup for the same effect).
+        config.option.dist = "loadgroup"
+
+
+class GpuPool:
+    """Free GPU indices; each xdist worker takes one when it starts."""
+
+    def __init__(self, requested: int):
+        import torch
+
+        available = torch.cuda.device_count()
+        if requested and available < requested:
+            warnings.warn(f"--gpus {requested} asked for, but {available} GPU(s) visible; extra workers run on CPU"
+                          if available else f"--gpus {requested}: no GPU visible, running on the CPU")
+        self.free = list(range(min(requested, available)))
+        self.held: dict[str, int] = {}
+
+    def take(self, worker_id: str) -> int | None:
+        if not self.free:
+            return None
+        self.held[worker_id] = self.free.pop(0)
+        return self.held[worker_id]
+
+    def give_back(self, worker_id: str) -> None:
+        if worker_id in self.held:
+            self.free.append(self.held.pop(worker_id))
+            self.free.sort()
+
+
+class XdistHooks:
+    """Controller-side xdist hooks (registered only when xdist is active)."""
+
+    def __init__(self, pool: GpuPool, done: list[str], loadgroup: bool):
+        self.pool = pool
+        self.done = done
+        self.loadgroup = loadgroup
+
+    @pytest.hookimpl
+    def pytest_configure_node(self, node) -> None:
+        node.workerinput[GPU_KEY] = self.pool.take(node.gateway.id)
+        node.workerinput[DONE_KEY] = self.done
+        # A worker decides on group suffixes from its own command line, which lacks a --dist
+        # chosen here; without them the scheduler would not keep one model on one worker.
+        node.workerinput[LOADGROUP_KEY] = self.loadgroup
+
+    @pytest.hookimpl
+    def pytest_testnodedown(self, node, error) -> None:
+        self.pool.give_back(node.gateway.id)

@@ -1,0 +1,36 @@
+"""What a collected test is in results terms: its catalog model, benchmark name, setting and row key."""
+
+from __future__ import annotations
+
+import pytest
+
+from .catalog import ModelEntry
+from .results import row_key
+
+METRICS = pytest.StashKey[dict]()
+
+
+def entry_of(item: pytest.Item) -> ModelEntry | None:
+    """The catalog model a test is parametrized with, if any."""
+    callspec = getattr(item, "callspec", None)
+    entry = callspec.params.get("catalog_entry") if callspec else None
+    return entry if isinstance(entry, ModelEntry) else None
+
+
+def benchmark_name(item: pytest.Item) -> str:
+    """`<file without test_>.<function without test_>`, e.g. `task_performance.accuracy`."""
+    return f"{item.path.stem.removeprefix('test_')}.{item.originalname.removeprefix('test_')}"
+
+
+def setting_of(item: pytest.Item, entry: ModelEntry) -> str:
+    """The test id without the model id, e.g. `mentropy-global`; `default` when nothing is left."""
+    return setting_from_id(item.callspec.id, entry.id)
+
+
+def setting_from_id(param_id: str, model_id: str) -> str:
+    parts = [p for p in param_id.replace(model_id, "", 1).split("-") if p]
+    return "-".join(parts) or "default"
+
+
+def item_row_key(item: pytest.Item, entry: ModelEntry) -> str:
+    return row_key({"model": entry.id, "benchmark": benchmark_name(item), "setting": setting_of(item, entry)})

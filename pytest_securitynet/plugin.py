@@ -1,0 +1,140 @@
+"""pytest wiring: options, configuration and collection. Fixtures and reporting are plugins of their own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import fixtures, gpus, regression, reporter
+from .errors import SecurityNetError
+from .items import entry_of, item_row_key
+from .results import PASSED, ResultsWriter, load_results, row_key, run_info
+from .runstate import STATE, RunState, harness
+from .session import Settings, env_overrides, parse_overrides
+from .sources import default_cache_dir, offline_from_env
+
+DEFAULT_JSON = "securitynet-results.json"
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.register(fixtures, "securitynet-fixtures")
+    pluginmanager.register(reporter, "securitynet-report-rows")
+    group = parser.getgroup("securitynet", "SecurityNet benchmarks")
+    group.addoption("--gpus", dest="securitynet_gpus", type=int, default=0, metavar="N",
+                    help="start N xdist workers, one pinned to each GPU (unless -n is given). Default: 0 (no workers).")
+    group.addoption("--securitynet-catalog", action="append", default=[], metavar="PATH",
+                    help="extra catalog file or directory (repeatable; also SECURITYNET_CATALOG). Default: built-in only.")
+    group.addoption("--securitynet-dataset", action="append", default=[], metavar="ID=OTHER",
+                    help="evaluate models of dataset ID on catalogued copy OTHER, e.g. cifar10=cifar10-jpeg "
+                         "(repeatable; also ini securitynet_dataset and env SECURITYNET_DATASET). Default: none.")
+    group.addoption("--securitynet-json", default=None, metavar="PATH",
+                    help=f"results file, rewritten after every test. Default: {DEFAULT_JSON} in the invocation directory.")
+    group.addoption("--securitynet-resume", action="store_true",
+                    help="keep the rows of an existing results file and skip tests that already passed. Default: off.")
+    group.addoption("--securitynet-cache", default=None, metavar="DIR",
+                    help="weights and data cache (also SECURITYNET_CACHE). Default: the user cache dir.")
+    group.addoption("--securitynet-offline", action="store_true",
+                    help="never download; a missing file fails at once (also SECURITYNET_OFFLINE=1). Default: off.")
+    group.addoption("--securitynet-seed", type=int, default=0, metavar="N", help="seed for every sampled set. Default: 0.")
+    group.addoption("--securitynet-members", type=int, default=5000, metavar="N",
+                    help="members (and as many non-members) per model. Default: 5000 (the paper's).")
+    group.addoption("--securitynet-limit", type=int, default=None, metavar="N",
+                    help="cap every set (members, auxiliary, train/test evaluation) at N samples, for quick runs. Default: none.")
+    group.addoption("--securitynet-batch-size", type=int, default=256, metavar="N", help="inference batch size. Default: 256.")
+    group.addoption("--securitynet-device", default=None, metavar="DEVICE",
+                    help="torch device for every test, e.g. cpu or cuda:1. Default: the worker's GPU, else cpu.")
+    regression.add_options(group)
+    parser.addini("securitynet_dataset", "dataset overrides ID=OTHER, one per line", type="linelist", default=[])
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config):
+    gpus.configure_workers(config)
+    return (yield)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "benchmark_models: tests on models published as benchmarks")
+    config.addinivalue_line("markers", "security_models: tests on models published by security papers")
+    config.addinivalue_line("markers", "xdist_group(name): keep tests of one group on one xdist worker")
+    opt = config.getoption
+    try:
+        overrides = parse_overrides(config.getini("securitynet_dataset") + env_overrides() + opt("securitynet_dataset"))
+    except SecurityNetError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    settings = Settings(
+        catalogs=opt("securitynet_catalog"), dataset_overrides=overrides,
+        cache_dir=Path(opt("securitynet_cache")) if opt("securitynet_cache") else default_cache_dir(),
+        offline=opt("securitynet_offline") or offline_from_env(), seed=opt("securitynet_seed"),
+        members=opt("securitynet_members"), limit=opt("securitynet_limit"),
+        batch_size=opt("securitynet_batch_size"), device=opt("securitynet_device"),
+    )
+    workerinput = getattr(config, "workerinput", None)
+    json_path = Path(opt("securitynet_json") or Path(config.invocation_params.dir) / DEFAULT_JSON)
+    state = RunState(settings, json_path, opt("securitynet_resume"),
+                   gpu_index=workerinput.get(gpus.GPU_KEY) if workerinput else None)
+    config.stash[STATE] = state
+    if regression.wanted(config):
+        config.pluginmanager.register(regression.RegressionPlugin(config), "securitynet-regression")
+    if workerinput is not None:
+        state.done = set(workerinput.get(gpus.DONE_KEY, ()))
+        gpus.configure_worker(config, workerinput)
+        return
+    previous = _previous_results(state) if state.resume else None
+    state.done = {row_key(r) for r in previous["results"] if r.get("outcome") == PASSED} if previous else set()
+    if not config.option.collectonly:
+        state.writer = ResultsWriter(json_path, run_info(config.invocation_params.args, settings.as_dict()), previous)
+        config.pluginmanager.register(reporter.ResultsReporter(state), "securitynet-results")
+    if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
+        pool = gpus.GpuPool(opt("securitynet_gpus"))
+        config.pluginmanager.register(gpus.XdistHooks(pool, sorted(state.done), config.option.dist == "loadgroup"))
+
+
+def _previous_results(state: RunState) -> dict[str, Any] | None:
+    if not state.json_path.exists():
+        return None
+    try:
+        return load_results(state.json_path)
+    except (ValueError, OSError) as exc:
+        raise pytest.UsageError(f"--securitynet-resume: cannot read {state.json_path}: {exc}") from None
+
+
+# --- collection -------------------------------------------------------------------------------
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "catalog_entry" not in metafunc.fixturenames:
+        return
+    entries = list(harness(metafunc.config).catalog.models.values())
+    params = [
+        pytest.param(e, id=e.id, marks=[pytest.mark.xdist_group(e.id), getattr(pytest.mark, f"{e.purpose}_models"),
+                                        *_unavailable(e)])
+        for e in entries
+    ]
+    metafunc.parametrize("catalog_entry", params)
+
+
+def _unavailable(entry) -> list:
+    """Entries whose weights have no public direct file skip, saying why."""
+    reason = entry.raw.get("unavailable")
+    return [pytest.mark.skip(reason=f"{entry.id}: {reason}")] if reason else []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash[STATE]
+    order = {model_id: i for i, model_id in enumerate(harness(config).catalog.models)}
+    done, keep = [], []
+    for item in items:
+        entry = entry_of(item)
+        if entry is not None:
+            item.extra_keyword_matches.update(entry.keywords())
+            if state.done and item_row_key(item, entry) in state.done:
+                done.append(item)
+                continue
+        keep.append(item)
+    # All tests of one model run back to back, so the model is loaded and queried once.
+    keep.sort(key=lambda item: order.get(getattr(entry_of(item), "id", None), -1))
+    if done:
+        config.hook.pytest_deselected(items=done)
+    items[:] = keep

@@ -1,0 +1,302 @@
+"""Regression checks: compare each measured metric with a reference and fail the tests that drift.
+
+A reference is either `reported` (the numbers the SecurityNet database reports,
+`catalog/reported/securitynet.csv`) or a results JSON of an earlier run, a baseline being the subset
+of one that `--securitynet-save-baseline` writes (docs/regression.md). References are keyed by
+(model, benchmark, setting) and hold numeric metrics. A metric is compared only where a tolerance
+is known for it (built-in defaults, or `--securitynet-tolerance METRIC=ABS`); `*=ABS` gives every
+other numeric metric a tolerance too.
+
+The pure functions (`load_reference`, `compare`, `format_table`, `baseline_document`) work
+without pytest; `RegressionPlugin` is the pytest wiring, registered by the plugin when one of the
+options is given.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pytest
+
+from .catalog import BUILTIN_CATALOG
+from .results import PASSED, SCHEMA, load_results, now, plain, row_key
+
+REPORTED = "reported"
+REPORTED_CSV = BUILTIN_CATALOG / "reported" / "securitynet.csv"
+BASELINE_KIND = "securitynet-baseline/1"
+REGRESSION = "securitynet-regression"
+
+# A re-run on the same data, seed, sample sizes and code (a baseline or results JSON): only
+# floating-point and device nondeterminism separates the numbers, so drifts beyond a point (0.01)
+# mean the model, data or code changed. Model stealing trains a surrogate, which depends on
+# nondeterministic GPU kernels: 0.03. TPR at a low FPR rests on few samples: 0.02.
+BASELINE_TOLERANCES: dict[str, float] = {
+    "train_accuracy": 0.01, "test_accuracy": 0.01, "overfit_gap": 0.01,
+    "auc": 0.01, "balanced_accuracy": 0.01, "best_balanced_accuracy": 0.01,
+    "tpr_at_fpr_1e-2": 0.02, "tpr_at_fpr_1e-3": 0.02,
+    "member_accuracy": 0.01, "nonmember_accuracy": 0.01,
+    "attack_accuracy": 0.03, "agreement": 0.03, "target_accuracy": 0.01,
+}
+# The database's numbers were measured by the paper's own code on other samples (its 5,000
+# members, its seeds, its data pipeline): accuracies agree to about two points, AUCs of
+# near-chance attacks to about three, stolen-model accuracy (a trained surrogate) to about five.
+REPORTED_TOLERANCES: dict[str, float] = {
+    "train_accuracy": 0.02, "test_accuracy": 0.02, "overfit_gap": 0.03,
+    "auc": 0.03, "attack_accuracy": 0.05, "agreement": 0.05,
+}
+
+Key = tuple[str, str, str]
+
+
+@dataclass
+class Reference:
+    """Metrics of a reference, keyed by (model, benchmark, setting), with where each row came from."""
+
+    label: str
+    kind: str  # "reported" or "results"
+    rows: dict[Key, dict[str, float]] = field(default_factory=dict)
+    context: dict[Key, dict[str, Any]] = field(default_factory=dict)
+
+    def get(self, model: str, benchmark: str, setting: str) -> dict[str, float] | None:
+        return self.rows.get((model, benchmark, setting))
+
+
+@dataclass(frozen=True)
+class Drift:
+    metric: str
+    measured: float | None
+    reference: float
+    tolerance: float
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.measured is None else self.measured - self.reference
+
+    @property
+    def ok(self) -> bool:
+        return self.measured is not None and abs(self.measured - self.reference) <= self.tolerance + 1e-12
+
+
+def load_reference(spec: str | Path, reported_csv: Path = REPORTED_CSV) -> Reference:
+    """`reported` (the database's numbers) or the path of a results JSON or baseline."""
+    if str(spec) == REPORTED:
+        return load_reported(reported_csv)
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"--securitynet-compare: {path} is neither `reported` nor an existing results JSON or baseline")
+    doc = load_results(path)
+    ref = Reference(label=str(path), kind="results")
+    for row in doc["results"]:
+        if row.get("outcome", PASSED) != PASSED:
+            continue
+        key = (row["model"], row["benchmark"], row["setting"])
+        ref.rows[key] = {k: float(v) for k, v in row.get("metrics", {}).items() if _is_number(v)}
+        ref.context[key] = {k: row.get(k) for k in ("dataset", "dataset_source", "seed")}
+    return ref
+
+
+def load_reported(path: Path = REPORTED_CSV) -> Reference:
+    """The reported-results CSV (model, benchmark, setting, metric, value, database_column)."""
+    ref = Reference(label="reported (SecurityNet database)", kind=REPORTED)
+    with open(path, newline="", encoding="utf-8") as fh:
+        for record in csv.DictReader(fh):
+            key = (record["model"], record["benchmark"], record["setting"])
+            ref.rows.setdefault(key, {})[record["metric"]] = float(record["value"])
+    return ref
+
+
+def tolerances_for(reference: Reference, overrides: dict[str, float] | None = None) -> dict[str, float]:
+    """Default tolerances for the kind of reference, updated with `overrides` (`*` = any other)."""
+    base = REPORTED_TOLERANCES if reference.kind == REPORTED else BASELINE_TOLERANCES
+    return {**base, **(overrides or {})}
+
+
+def parse_tolerances(items: Iterable[str]) -> dict[str, float]:
+    """`["auc=0.02", "*=0.05"]` -> {"auc": 0.02, "*": 0.05}; raises ValueError on a bad item."""
+    out = {}
+    for item in items:
+        for part in item.replace(",", " ").split():
+            name, sep, value = part.partition("=")
+            try:
+                number = float(value)
+            except ValueError:
+                number = -1.0
+            if not sep or not name or number < 0 or not math.isfinite(number):
+                raise ValueError(f"bad tolerance {part!r}: write METRIC=ABS with ABS >= 0, e.g. test_accuracy=0.02")
+            out[name] = number
+    return out
+
+
+def compare(metrics: dict[str, Any], reference: dict[str, float], tolerances: dict[str, float]) -> list[Drift]:
+    """Every reference metric that has a tolerance, measured against it (missing -> `measured=None`)."""
+    out = []
+    for metric in sorted(reference):
+        tolerance = tolerances.get(metric, tolerances.get("*"))
+        if tolerance is None:
+            continue
+        value = metrics.get(metric)
+        measured = float(value) if _is_number(value) else None
+        out.append(Drift(metric, measured, reference[metric], tolerance))
+    return out
+
+
+def format_table(drifts: list[Drift], reference_label: str) -> str:
+    """Measured vs reference, one line per metric, drifting ones marked."""
+    width = max([len("metric"), *(len(d.metric) for d in drifts)])
+    ref_name = "reported" if reference_label.startswith(REPORTED) else "reference"
+    lines = [f"{'metric':{width}}  {'measured':>9}  {ref_name:>9}  {'delta':>8}  {'tolerance':>9}",
+             f"{'-' * width}  {'-' * 9}  {'-' * 9}  {'-' * 8}  {'-' * 9}"]
+    for d in drifts:
+        measured = "missing" if d.measured is None else f"{d.measured:.4f}"
+        delta = "" if d.delta is None else f"{d.delta:+.4f}"
+        mark = "" if d.ok else "  DRIFT"
+        lines.append(f"{d.metric:{width}}  {measured:>9}  {d.reference:>9.4f}  {delta:>8}  {d.tolerance:>9.4f}{mark}")
+    return "\n".join(lines)
+
+
+def failure_text(model: str, benchmark: str, setting: str, drifts: list[Drift], reference: Reference) -> str:
+    bad = [d for d in drifts if not d.ok]
+    head = (f"securitynet regression: {len(bad)} of {len(drifts)} metric(s) of {model} {benchmark} [{setting}] "
+            f"are outside the tolerance against {reference.label}")
+    return "\n".join(f"E   {line}" for line in [head, *format_table(drifts, reference.label).splitlines()])
+
+
+def baseline_document(rows: Iterable[dict[str, Any]], run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A baseline: the passed rows of a run (key, metrics and the context that makes them comparable)."""
+    keep = ("model", "benchmark", "setting", "params", "metrics", "dataset", "dataset_source", "seed", "device", "outcome")
+    results = [{k: r[k] for k in keep if k in r} for r in rows if r.get("outcome") == PASSED]
+    results.sort(key=row_key)
+    run = run or {}
+    return {
+        "schema": SCHEMA,
+        "kind": BASELINE_KIND,
+        "run": {"created_at": now(), "argv": run.get("argv"), "settings": run.get("settings"), "versions": run.get("versions")},
+        "models": {},
+        "results": plain(results),
+    }
+
+
+def write_baseline(path: Path, rows: Iterable[dict[str, Any]], run: dict[str, Any] | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(baseline_document(rows, run), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# --- pytest wiring ----------------------------------------------------------------------------
+
+def add_options(group: pytest.OptionGroup) -> None:
+    """The regression options, for the plugin's `pytest_addoption`."""
+    group.addoption("--securitynet-compare", default=None, metavar="REFERENCE",
+                    help="compare every measured metric with REFERENCE: `reported` (the SecurityNet database's "
+                         "numbers) or a results JSON / baseline path; a drift beyond the tolerance fails the test. "
+                         "Default: no comparison.")
+    group.addoption("--securitynet-tolerance", action="append", default=[], metavar="METRIC=ABS",
+                    help="absolute tolerance of a metric (repeatable; `*=ABS` for every other numeric metric). "
+                         "Default: per metric, see docs/regression.md (e.g. test_accuracy 0.01 against a baseline, "
+                         "0.02 against reported).")
+    group.addoption("--securitynet-save-baseline", default=None, metavar="PATH",
+                    help="write the passed rows of this run as a baseline to PATH at the end. Default: none.")
+
+
+def wanted(config: pytest.Config) -> bool:
+    """Whether any regression option is given (register `RegressionPlugin` only then)."""
+    return bool(config.getoption("securitynet_compare", None) or config.getoption("securitynet_save_baseline", None))
+
+
+class RegressionPlugin:
+    """Compares each passed benchmark test's metrics with the reference (in the process that runs
+    the test) and, in the controller, counts the comparisons and writes the baseline."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        spec = config.getoption("securitynet_compare", None)
+        try:
+            self.tolerance_overrides = parse_tolerances(config.getoption("securitynet_tolerance", None) or [])
+            self.reference = load_reference(spec) if spec else None
+        except (ValueError, OSError) as exc:
+            raise pytest.UsageError(str(exc)) from None
+        self.tolerances = tolerances_for(self.reference, self.tolerance_overrides) if self.reference else {}
+        self.baseline_path = config.getoption("securitynet_save_baseline", None)
+        self.tally = {"compared": 0, "drifted": 0, "no_reference": 0, "not_comparable": 0}
+        self.notes: list[str] = []
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        report = yield
+        if self.reference is None or report.when != "call" or not report.passed:
+            return report
+        from .items import METRICS, benchmark_name, entry_of, setting_of
+        from .runstate import harness
+
+        entry = entry_of(item)
+        if entry is None:
+            return report
+        benchmark, setting = benchmark_name(item), setting_of(item, entry)
+        ref = self.reference.get(entry.id, benchmark, setting)
+        outcome: dict[str, Any] = {"model": entry.id, "benchmark": benchmark, "setting": setting}
+        source = harness(item.config).dataset_for(entry).id
+        if ref is None:
+            outcome["result"] = "no_reference"
+        elif self.reference.kind == REPORTED and source != entry.dataset:
+            outcome["result"] = "not_comparable"
+            outcome["note"] = (f"{entry.id}: evaluated on {source}, the reported numbers are for {entry.dataset}; "
+                               f"not compared")
+        else:
+            drifts = compare(item.stash.get(METRICS, {}), ref, self.tolerances)
+            expected = self.reference.context.get((entry.id, benchmark, setting), {}).get("dataset_source")
+            bad = [d for d in drifts if not d.ok]
+            outcome["result"] = "drifted" if bad else "compared"
+            if bad:
+                report.outcome = "failed"
+                text = failure_text(entry.id, benchmark, setting, drifts, self.reference)
+                if expected and expected != source:
+                    text += f"\nE   note: the reference row was measured on {expected}, this run on {source}"
+                report.longrepr = text
+        report.user_properties.append((REGRESSION, outcome))
+        return report
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if hasattr(self.config, "workerinput"):
+            return  # the controller tallies (xdist sends it every report)
+        for name, value in report.user_properties:
+            if name == REGRESSION:
+                self.tally[value["result"]] += 1
+                if value.get("note") and len(self.notes) < 20:
+                    self.notes.append(value["note"])
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.baseline_path is None or hasattr(self.config, "workerinput"):
+            return
+        from .runstate import STATE
+
+        state = self.config.stash.get(STATE, None)
+        writer = getattr(state, "writer", None)
+        if writer is None:
+            return
+        write_baseline(Path(self.baseline_path), list(writer.rows.values()), writer.run)
+
+    def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+        if hasattr(config, "workerinput"):
+            return
+        if self.reference is not None:
+            t = self.tally
+            terminalreporter.section("securitynet regression")
+            terminalreporter.write_line(
+                f"against {self.reference.label}: {t['compared'] + t['drifted']} test(s) compared, {t['drifted']} drifted, "
+                f"{t['no_reference']} without a reference row, {t['not_comparable']} not comparable")
+            for note in self.notes:
+                terminalreporter.write_line(note)
+        if self.baseline_path is not None:
+            terminalreporter.write_line(f"baseline: {self.baseline_path}")

@@ -1,0 +1,155 @@
+"""Read one or more results files (shards, reruns) and merge their rows by key.
+
+Rows are keyed by `model::benchmark::setting` (`results.row_key`). A key seen in several files is
+a duplicate: identical duplicates (same outcome and metrics) collapse into one row; duplicates that
+differ are *conflicts*, kept in `ResultSet.conflicts` so the report can list them. Of two
+conflicting rows the report keeps a passed one over one that did not pass, then the one that
+finished last, then the one from the file given last.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..results import PASSED, SCHEMA, load_results, row_key
+
+MAX_DIFF_SHOWN = 4
+"""Differing metrics named per conflict in the report (all of them are in the CSV)."""
+
+
+@dataclass
+class Source:
+    """One input file: its path, its run block and how many rows it held."""
+
+    path: Path
+    run: dict[str, Any]
+    rows: int
+
+
+@dataclass
+class Conflict:
+    """Two rows with the same key and different outcome or metrics."""
+
+    key: str
+    kept: str  # file of the row the report uses
+    dropped: str  # file of the other row
+    kept_outcome: str
+    dropped_outcome: str
+    differences: list[str]  # "metric: kept value vs dropped value"
+
+    def describe(self) -> str:
+        shown = "; ".join(self.differences[:MAX_DIFF_SHOWN])
+        more = f" (and {len(self.differences) - MAX_DIFF_SHOWN} more)" if len(self.differences) > MAX_DIFF_SHOWN else ""
+        return f"{self.key}: {shown}{more}"
+
+
+@dataclass
+class ResultSet:
+    """The merged rows of every input file, with the models' catalog data and what the merge found."""
+
+    rows: list[dict[str, Any]]
+    models: dict[str, dict[str, Any]]
+    sources: list[Source]
+    conflicts: list[Conflict] = field(default_factory=list)
+    collapsed: int = 0  # identical duplicates folded into one row
+    origin: dict[str, Path] = field(default_factory=dict)  # row key -> file it was taken from
+
+    @property
+    def passed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r.get("outcome") == PASSED]
+
+    @property
+    def not_passed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r.get("outcome") != PASSED]
+
+
+def load_documents(paths: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """Each path's results document, checked for the schema (`ValueError` names a bad file)."""
+    out = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such results file")
+        try:
+            doc = load_results(path)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not JSON ({exc})") from exc
+        if not isinstance(doc.get("results"), list):
+            raise ValueError(f"{path}: a {SCHEMA} file needs a `results` list")
+        out.append((path, doc))
+    return out
+
+
+def merge(documents: list[tuple[Path, dict[str, Any]]]) -> ResultSet:
+    """Merge the rows of `documents` (in the order given) by key; see the module docstring."""
+    rows: dict[str, dict[str, Any]] = {}
+    origin: dict[str, Path] = {}
+    models: dict[str, dict[str, Any]] = {}
+    sources, conflicts, collapsed = [], [], 0
+    for path, doc in documents:
+        sources.append(Source(path=path, run=doc.get("run") or {}, rows=len(doc["results"])))
+        for model_id, info in (doc.get("models") or {}).items():
+            models[model_id] = info
+        for row in doc["results"]:
+            key = row_key(row)
+            if key not in rows:
+                rows[key], origin[key] = row, path
+                continue
+            old = rows[key]
+            if _same(old, row):
+                collapsed += 1
+                continue
+            keep_new = _prefer(row, old)
+            kept, dropped = (row, old) if keep_new else (old, row)
+            kept_path, dropped_path = (path, origin[key]) if keep_new else (origin[key], path)
+            conflicts.append(Conflict(key=key, kept=str(kept_path), dropped=str(dropped_path),
+                                      kept_outcome=str(kept.get("outcome")), dropped_outcome=str(dropped.get("outcome")),
+                                      differences=_differences(kept, dropped)))
+            if keep_new:
+                rows[key], origin[key] = row, path
+    return ResultSet(rows=list(rows.values()), models=models, sources=sources, conflicts=conflicts,
+                     collapsed=collapsed, origin=origin)
+
+
+def load_and_merge(paths: Iterable[str | Path]) -> ResultSet:
+    return merge(load_documents(paths))
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.get("outcome") == b.get("outcome") and _equal(a.get("metrics") or {}, b.get("metrics") or {})
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
+def _prefer(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Whether `new` should replace `old`: passed first, then the later `finished_at`, then the later file."""
+    new_passed, old_passed = new.get("outcome") == PASSED, old.get("outcome") == PASSED
+    if new_passed != old_passed:
+        return new_passed
+    return str(new.get("finished_at") or "") >= str(old.get("finished_at") or "")
+
+
+def _differences(kept: dict[str, Any], dropped: dict[str, Any]) -> list[str]:
+    out = []
+    if kept.get("outcome") != dropped.get("outcome"):
+        out.append(f"outcome: {kept.get('outcome')} vs {dropped.get('outcome')}")
+    a, b = kept.get("metrics") or {}, dropped.get("metrics") or {}
+    for name in sorted(set(a) | set(b)):
+        if name not in a or name not in b or not _equal(a[name], b[name]):
+            out.append(f"{name}: {_short(a.get(name, '(absent)'))} vs {_short(b.get(name, '(absent)'))}")
+    return out
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,135 @@
+"""Results reporting: rows travel with test reports and the controller writes them to JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .catalog import ModelEntry
+from .items import METRICS, benchmark_name, entry_of, setting_from_id, setting_of
+from .results import now, plain
+from .runstate import STATE, RunState, harness, state_harness
+from .summary import summary_lines
+
+PAYLOAD = "securitynet"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    entry = entry_of(item)
+    if entry is not None and (report.when == "call" or (report.when == "setup" and not report.passed)):
+        report.user_properties.append((PAYLOAD, _payload(item, entry)))
+    return report
+
+
+def _payload(item: pytest.Item, entry: ModelEntry) -> dict[str, Any]:
+    state = item.config.stash[STATE]
+    h = harness(item.config)
+    params = {k: v for k, v in item.callspec.params.items() if k != "catalog_entry"}
+    return plain({
+        "model": entry.id,
+        "benchmark": benchmark_name(item),
+        "setting": setting_of(item, entry),
+        "params": {k: v if isinstance(v, (int, float, str, bool)) or v is None else repr(v) for k, v in params.items()},
+        "metrics": item.stash.get(METRICS, {}),
+        "dataset": entry.dataset,
+        "dataset_source": h.dataset_for(entry).id,
+        "device": str(h.device) if h.device_resolved else None,
+        "seed": state.settings.seed,
+        "worker": getattr(item.config, "workerinput", {}).get("workerid", "main"),
+        "nodeid": item.nodeid,
+        "finished_at": now(),
+    })
+
+
+class ResultsReporter:
+    """Controller-side: turns test reports into rows, writes the JSON, prints the summary."""
+
+    def __init__(self, state: RunState):
+        self.state = state
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        state = self.state
+        payload = dict(report.user_properties).get(PAYLOAD) if report.user_properties else None
+        if report.when == "setup" and report.passed:
+            state.setup_seconds[report.nodeid] = report.duration
+            return
+        if payload is None and report.when not in ("setup", "call", "teardown"):
+            payload = _crashed_payload(report.nodeid, state)  # xdist's report for a worker that died
+        if payload is None:
+            return
+        row = dict(payload)
+        row["outcome"] = "error" if report.when == "setup" and report.failed else report.outcome
+        row["wall_time_s"] = round(report.duration, 4) if report.when == "call" else 0.0
+        row["setup_time_s"] = round(state.setup_seconds.pop(report.nodeid, 0.0), 4)
+        if report.skipped and isinstance(report.longrepr, tuple):
+            row["message"] = report.longrepr[2]
+        elif report.failed:
+            row["message"] = _short(report.longreprtext)
+        entry = state_harness(state).catalog.models.get(row["model"])
+        state.writer.add(row, _model_info(entry) if entry else None)
+
+    @pytest.hookimpl
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.state.writer.rows:
+            status = {0: "complete", 1: "complete", 2: "interrupted", 5: "complete"}.get(int(exitstatus), "error")
+            self.state.writer.finish(status)
+
+    @pytest.hookimpl
+    def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+        state = self.state
+        if int(exitstatus) == 5:
+            _explain_empty_selection(terminalreporter, config, state)
+            return
+        if not state.writer.rows:
+            return
+        terminalreporter.section("securitynet")
+        for line in summary_lines(list(state.writer.rows.values())):
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(f"results: {state.json_path} ({len(state.writer.rows)} rows)")
+
+
+def _crashed_payload(nodeid: str, state: RunState) -> dict[str, Any] | None:
+    """Rebuild a row's key from a node id like `benchmarks/test_x.py::test_y[model-setting]@model`."""
+    path, _, rest = nodeid.partition("::")
+    name, _, group = rest.partition("@")
+    function, _, params = name.partition("[")
+    models = state_harness(state).catalog.models
+    # The xdist group names the model; without --dist loadgroup, the longest id in the params does.
+    entry = models.get(group) or max((e for i, e in models.items() if i in params), key=lambda e: len(e.id), default=None)
+    if entry is None:
+        return None
+    setting = setting_from_id(params.rstrip("]"), entry.id)
+    benchmark = f"{Path(path).stem.removeprefix('test_')}.{function.removeprefix('test_')}"
+    return {"model": entry.id, "benchmark": benchmark, "setting": setting, "params": {}, "metrics": {},
+            "dataset": entry.dataset, "nodeid": nodeid, "finished_at": now()}
+
+
+def _short(text: str, limit: int = 2000) -> str:
+    lines = [line for line in text.strip().splitlines() if line.startswith("E ")] or text.strip().splitlines()[-3:]
+    return "\n".join(line.removeprefix("E ").strip() for line in lines)[:limit]
+
+
+def _model_info(entry: ModelEntry) -> dict[str, Any]:
+    keys = ("dataset", "architecture", "model_type", "source", "preprocess", "annotations", "tags")
+    return {k: entry.raw[k] for k in keys if k in entry.raw} | {"catalog_file": entry.origin}
+
+
+def _explain_empty_selection(terminalreporter, config: pytest.Config, state: RunState) -> None:
+    if state.done:
+        terminalreporter.write_line(
+            f"securitynet: nothing left to run: {len(state.done)} passed rows in {state.json_path} are kept (--securitynet-resume).")
+        return
+    selection = " ".join(f"{flag} {value!r}" for flag, value in (("-k", config.option.keyword), ("-m", config.option.markexpr)) if value)
+    models = harness(config).catalog.models
+    demo = [i for i, e in models.items() if "demo" in e.tags]
+    terminalreporter.write_line(
+        f"securitynet: no benchmark matched the selection {selection or '(none)'}. The catalog has "
+        f"{len(models)} models (e.g. {', '.join(demo + list(models)[:3])}); ids and keywords are listed by "
+        f"`securitynet catalog list`.", red=True)
+
+

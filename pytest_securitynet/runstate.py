@@ -1,0 +1,41 @@
+"""The run's state in each pytest process, kept in `config.stash` (never in module globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from .errors import SecurityNetError
+from .results import ResultsWriter
+from .session import Harness, Settings, default_device
+
+
+@dataclass
+class RunState:
+    settings: Settings
+    json_path: Path
+    resume: bool
+    gpu_index: int | None
+    done: set[str] = field(default_factory=set)
+    writer: ResultsWriter | None = None  # only in the process that writes results (controller)
+    harness: Harness | None = None
+    setup_seconds: dict[str, float] = field(default_factory=dict)
+
+
+STATE = pytest.StashKey[RunState]()
+
+
+def harness(config: pytest.Config) -> Harness:
+    return state_harness(config.stash[STATE])
+
+
+def state_harness(state: RunState) -> Harness:
+    """The process's harness, created on first use (so `--help` never loads the catalog)."""
+    if state.harness is None:
+        try:
+            state.harness = Harness(state.settings, lambda: default_device(state.settings.device, state.gpu_index))
+        except SecurityNetError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return state.harness

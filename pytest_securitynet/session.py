@@ -1,0 +1,139 @@
+"""Per-process state of a run: settings, catalog, and caches of models, datasets and posteriors.
+
+One instance lives in each pytest process (controller or xdist worker). Tests are ordered so all
+tests of one model run together, so keeping the most recent model is enough to load it once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .catalog import Catalog, DatasetEntry, ModelEntry, load_catalog, catalog_paths
+from .data import LabeledSet, SetSizes, make_sets
+from .datasets import ImageData, load_dataset
+from .errors import CatalogError
+from .models import load_model
+from .sources import FileStore
+from .target import PosteriorCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Settings:
+    """Everything a run is configured with (options, ini values and environment, resolved)."""
+
+    catalogs: list[str] = field(default_factory=list)
+    dataset_overrides: dict[str, str] = field(default_factory=dict)
+    cache_dir: Path | None = None
+    offline: bool = False
+    seed: int = 0
+    members: int = 5000
+    limit: int | None = None
+    batch_size: int = 256
+    device: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """`["cifar10=cifar10-jpeg", ...]` → `{"cifar10": "cifar10-jpeg"}`."""
+    out = {}
+    for item in items:
+        for part in item.replace(",", " ").split():
+            name, sep, other = part.partition("=")
+            if not sep or not name or not other:
+                raise CatalogError(f"bad dataset override {part!r}: write DATASET=OTHER, e.g. cifar10=cifar10-jpeg")
+            out[name.strip()] = other.strip()
+    return out
+
+
+@dataclass
+class _Loaded:
+    entry: ModelEntry
+    model: nn.Module
+    data: ImageData
+    sets: dict[str, LabeledSet]
+    posteriors: PosteriorCache
+
+
+class Harness:
+    """Loads catalog models and their data on demand, keeping the current model's state cached."""
+
+    def __init__(self, settings: Settings, device_resolver: Callable[[], torch.device]):
+        self.settings = settings
+        self._device_resolver = device_resolver
+        self._device: torch.device | None = None
+        self.catalog: Catalog = load_catalog(catalog_paths(settings.catalogs))
+        self.files = FileStore(offline=settings.offline)
+        if settings.cache_dir is not None:
+            self.files.cache_dir = Path(settings.cache_dir)
+        self._check_overrides()
+        self._current: _Loaded | None = None
+        self._datasets: dict[str, ImageData] = {}
+
+    @property
+    def device(self) -> torch.device:
+        """Resolved on first use, so the controller process never touches a GPU."""
+        if self._device is None:
+            self._device = self._device_resolver()
+        return self._device
+
+    @property
+    def device_resolved(self) -> bool:
+        return self._device is not None
+
+    def dataset_for(self, entry: ModelEntry) -> DatasetEntry:
+        """The dataset a model is evaluated on: its own, or the override the run points it at."""
+        return self.catalog.dataset(self.settings.dataset_overrides.get(entry.dataset, entry.dataset))
+
+    def loaded(self, entry: ModelEntry) -> _Loaded:
+        if self._current is None or self._current.entry.id != entry.id:
+            self._current = None  # free the previous model before loading the next
+            data = self._dataset(self.dataset_for(entry))
+            model = load_model(entry, self.catalog, self.files).to(self.device)
+            sizes = SetSizes(members=self.settings.members, limit=self.settings.limit)
+            cache = PosteriorCache(model, {"train": len(data.train_labels), "test": len(data.test_labels)},
+                                   entry.annotations["num_classes"], self.device, self.settings.batch_size)
+            self._current = _Loaded(entry, model, data, make_sets(data, sizes, self.settings.seed), cache)
+        return self._current
+
+    def _dataset(self, entry: DatasetEntry) -> ImageData:
+        if entry.id not in self._datasets:
+            if len(self._datasets) >= 2:
+                self._datasets.pop(next(iter(self._datasets)))
+            self._datasets[entry.id] = load_dataset(entry, self.files)
+        return self._datasets[entry.id]
+
+    def _check_overrides(self) -> None:
+        for name, other in self.settings.dataset_overrides.items():
+            original, replacement = self.catalog.dataset(name), self.catalog.dataset(other)
+            if replacement.family != original.family and replacement.id != original.id:
+                raise CatalogError(
+                    f"--securitynet-dataset {name}={other}: {other!r} is not a copy of {name!r} "
+                    f"(its variant_of is {replacement.raw.get('variant_of')!r})"
+                )
+
+
+def default_device(requested: str | None, gpu_index: int | None) -> torch.device:
+    """`requested` if given; else this worker's GPU, the first GPU, or the CPU."""
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        index = gpu_index if gpu_index is not None else 0
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def env_overrides() -> list[str]:
+    raw = os.environ.get("SECURITYNET_DATASET", "")
+    return [raw] if raw.strip() else []

@@ -1,0 +1,38 @@
+"""Shared test fixtures: one harness per session on the CPU, with a cache every test reuses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_securitynet.session import Harness, Settings
+
+pytest_plugins = ["pytester"]
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+AKAMASTER_DIR = SHARED / "models" / "akamaster-cifar10"
+DATA_DIR = SHARED / "data"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """`SECURITYNET_CACHE` if set (CI sets it, so demo models train once), else a session temp dir."""
+    env = os.environ.get("SECURITYNET_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("securitynet-cache")
+
+
+@pytest.fixture(scope="session")
+def harness(cache_dir) -> Harness:
+    """A harness on the CPU with the built-in catalog and the shared directories as mirrors."""
+    h = Harness(Settings(cache_dir=cache_dir), lambda: torch.device("cpu"))
+    h.files.mirrors = [AKAMASTER_DIR, DATA_DIR]
+    return h
+
+
+def needs_shared(*paths: Path):
+    """Skip (saying why) when the shared real data is not beside the repository."""
+    missing = [str(p) for p in paths if not p.exists()]
+    return pytest.mark.skipif(bool(missing), reason=f"shared data not found: {', '.join(missing)}")

@@ -1,0 +1,145 @@
+"""Known answers for the model-stealing benchmark (SecurityNet §3.1, Appendix B) on the demo catalog.
+
+With the full budget (half the training split, 449 queries) a ResNet-18 surrogate agrees with
+`demo-digits-cnn` on more than 90% of the test split; with 1% of the training split (9 queries) it
+stays far below. The full-budget case runs the benchmark file itself, end to end, with 15 epochs
+instead of the paper's 30 (through SECURITYNET_STEALING_EPOCHS) so it fits a laptop CPU; at 30 epochs
+it reaches 0.96 (docs/model-stealing.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_securitynet.attacks.stealing import evaluate_surrogate, steal
+from pytest_securitynet.target import BlackBoxTarget
+
+from conftest import DATA_DIR, needs_shared
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "test_model_stealing.py"
+KNOWN_ANSWER_EPOCHS = 15
+DEMO = "demo-digits-cnn"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """ResNet-18 on 8x8 images runs several times faster on one intra-op thread of a shared 2-core CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The benchmark file as a module, for its helpers (registered while in use, as dataclasses need)."""
+    name = "securitynet_benchmark_model_stealing"
+    spec = importlib.util.spec_from_file_location(name, BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(name, None)
+
+
+def run_benchmark(pytester, monkeypatch, cache_dir: Path, keyword: str, epochs: int, *args: str):
+    """Run benchmarks/test_model_stealing.py in a fresh pytest session; returns (result, rows by setting)."""
+    monkeypatch.setenv("SECURITYNET_STEALING_EPOCHS", str(epochs))
+    monkeypatch.delenv("SECURITYNET_DATASET", raising=False)
+    pytester.makepyfile(test_model_stealing=BENCHMARK.read_text(encoding="utf-8"))
+    out = pytester.path / "results.json"
+    result = pytester.runpytest("-p", "no:cacheprovider", "-k", keyword, "--securitynet-json", str(out),
+                                "--securitynet-cache", str(cache_dir), "--securitynet-offline",
+                                "--securitynet-device", "cpu", *args)
+    rows = json.loads(out.read_text(encoding="utf-8"))["results"]
+    return result, {row["setting"]: row for row in rows}
+
+
+def test_full_budget_agreement_above_0_9(pytester, monkeypatch, cache_dir):
+    result, rows = run_benchmark(pytester, monkeypatch, cache_dir, f"{DEMO} and budget50", KNOWN_ANSWER_EPOCHS)
+    result.assert_outcomes(passed=1)
+    row = rows["budget50"]
+    assert (row["model"], row["benchmark"], row["outcome"]) == (DEMO, "model_stealing.model_stealing", "passed")
+    m = row["metrics"]
+    assert m["queries"] == m["budget_queries"] == m["auxiliary_size"] == 449  # half of 898, one query each
+    assert (m["surrogate"], m["epochs"], m["label_only"]) == ("resnet18", KNOWN_ANSWER_EPOCHS, False)
+    assert m["query_source"] == "digits"
+    assert m["target_accuracy"] > 0.95
+    assert m["agreement"] > 0.9
+    assert m["attack_accuracy"] > 0.85
+    assert m["train_time_s"] > 0 and m["train_tflop"] > 0
+
+
+def test_one_percent_budget_scores_clearly_lower(harness):
+    """9 queries (1% of the training split) with the benchmark's defaults: far below the 0.9 the
+    full budget clears in the test above (measured: 0.27)."""
+    loaded = harness.loaded(harness.catalog.model(DEMO))
+    auxiliary, test = loaded.sets["auxiliary"], loaded.sets["test"]
+    few = auxiliary.subset(torch.randperm(len(auxiliary), generator=torch.Generator().manual_seed(0))[:9])
+    target = BlackBoxTarget(loaded.posteriors)
+    surrogate, info = steal(few.images, target.posteriors(few), num_classes=10, epochs=30, lr=0.01, seed=0)
+    scores = evaluate_surrogate(surrogate, loaded.model, test.images, test.labels)
+    assert target.queries == info["queries"] == 9
+    assert scores["target_accuracy"] > 0.95
+    assert scores["agreement"] < 0.6
+
+
+def test_every_setting_records_its_row(pytester, monkeypatch, cache_dir):
+    """Wiring only: 40 auxiliary samples (--securitynet-limit) and one epoch per setting."""
+    result, rows = run_benchmark(pytester, monkeypatch, cache_dir, f"{DEMO} and not ood", 1,
+                                 "--securitynet-limit", "40")
+    result.assert_outcomes(passed=5)
+    expected = {  # setting: (queries, surrogate, label_only)
+        "budget10": (8, "resnet18", False), "budget25": (20, "resnet18", False),
+        "budget50": (40, "resnet18", False), "wrn50_2": (40, "wrn50_2", False),
+        "label-only": (40, "resnet18", True),
+    }
+    assert set(rows) == set(expected)
+    for setting, (queries, surrogate, label_only) in expected.items():
+        m = rows[setting]["metrics"]
+        assert (m["queries"], m["surrogate"], m["label_only"], m["epochs"]) == (queries, surrogate, label_only, 1)
+        assert m["auxiliary_size"] == 40 and m["n_test"] == 40 and m["n_train"] == 898
+        assert m["budget_queries"] == round(m["budget_fraction"] * 898)
+        assert 0 <= m["agreement"] <= 1 and 0 <= m["attack_accuracy"] <= 1
+    assert rows["budget10"]["metrics"]["budget_queries"] == 90
+
+
+@needs_shared(DATA_DIR / "cifar10-jpeg.tar.gz")
+def test_out_of_distribution_queries_come_from_another_dataset(pytester, monkeypatch, cache_dir):
+    """A digits target is queried with CIFAR-10 images turned into 8x8 grey images."""
+    monkeypatch.setenv("SECURITYNET_MIRROR", str(DATA_DIR))
+    result, rows = run_benchmark(pytester, monkeypatch, cache_dir, f"{DEMO} and ood", 1,
+                                 "--securitynet-limit", "40")
+    result.assert_outcomes(passed=1)
+    m = rows["ood"]["metrics"]
+    assert (m["query_source"], m["queries"], m["surrogate"]) == ("cifar10-jpeg", 40, "resnet18")
+
+
+def test_to_input_converts_channels_and_size(bench):
+    red = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    red[:, 0] = 255
+    grey = bench.to_input(red, (1, 8, 8), torch.device("cpu"))
+    assert grey.dtype == torch.uint8 and grey.shape == (2, 1, 8, 8)
+    assert torch.all(grey == round(255 * 0.299))  # BT.601 luma of pure red; a flat image stays flat
+    digits = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    rgb = bench.to_input(digits, (3, 8, 8), torch.device("cpu"), chunk=2)
+    assert rgb.shape == (3, 3, 8, 8) and all(torch.equal(rgb[:, c:c + 1], digits) for c in range(3))
+    assert bench.to_input(digits, (3, 32, 32), torch.device("cpu")).shape == (3, 3, 32, 32)
+    with pytest.raises(ValueError):
+        bench.to_input(torch.zeros(1, 2, 8, 8, dtype=torch.uint8), (3, 8, 8), torch.device("cpu"))
+
+
+def test_budgets_are_seeded_nested_subsets(bench):
+    small, large = bench.seeded_positions(100, 10, seed=3), bench.seeded_positions(100, 50, seed=3)
+    assert len(small) == 10 and len(set(small.tolist())) == 10 and torch.equal(small, small.sort().values)
+    assert set(small.tolist()) <= set(large.tolist())
+    assert torch.equal(small, bench.seeded_positions(100, 10, seed=3))
+    assert not torch.equal(small, bench.seeded_positions(100, 10, seed=4))
+    assert [s.id for s in bench.SETTINGS] == ["budget10", "budget25", "budget50", "ood", "wrn50_2", "label-only"]
+    assert (bench.LR, bench.MOMENTUM, bench.AUXILIARY_FRACTION) == (0.01, 0.9, 0.5)
