@@ -132,10 +132,12 @@ def _load_file(file: Path, catalog: Catalog) -> None:
 
 def _validate(instance: Any, entry_schema: dict, file: Path, entry: str) -> None:
     validator = jsonschema.Draft202012Validator(entry_schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
-    if error is not None:
-        field_path = ".".join(str(p) for p in error.absolute_path) or "(entry)"
-        raise CatalogError(f"{file}: {entry}: field {field_path}: {error.message}")
+    # Every problem of the entry at once, in a stable order, so one edit can fix them all.
+    errors = sorted(validator.iter_errors(instance), key=lambda e: ([str(p) for p in e.absolute_path], e.message))
+    if errors:
+        problems = "; ".join(f"field {'.'.join(str(p) for p in e.absolute_path) or '(entry)'}: {e.message}"
+                             for e in errors)
+        raise CatalogError(f"{file}: {entry}: {problems}")
 
 
 def _add(table: dict, key: str, value: Any, file: Path) -> None:

@@ -23,6 +23,8 @@ def configure_worker(config: pytest.Config, workerinput: dict) -> None:
 
 def configure_workers(config: pytest.Config) -> None:
     """Before xdist reads its options: `--gpus N` means N workers, unless `-n` was given."""
+    if hasattr(config, "workerinput"):
+        return  # a worker sees the user's --gpus too, but must not start workers of its own
     gpus = config.getoption("securitynet_gpus")
     has_xdist = config.pluginmanager.hasplugin("xdist")
     if not has_xdist:

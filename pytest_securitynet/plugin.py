@@ -92,6 +92,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(gpus.XdistHooks(pool, sorted(state.done), config.option.dist == "loadgroup"))
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A user's catalog is checked before collection, so a bad file stops the run as a usage error.
+    if session.config.getoption("securitynet_catalog"):
+        harness(session.config)
+
+
 def _previous_results(state: RunState) -> dict[str, Any] | None:
     if not state.json_path.exists():
         return None

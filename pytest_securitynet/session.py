@@ -98,8 +98,9 @@ class Harness:
     def loaded(self, entry: ModelEntry) -> _Loaded:
         if self._current is None or self._current.entry.id != entry.id:
             self._current = None  # free the previous model before loading the next
-            data = self._dataset(self.dataset_for(entry))
+            # Weights first: a missing or corrupt file is found before a long dataset load.
             model = load_model(entry, self.catalog, self.files).to(self.device)
+            data = self._dataset(self.dataset_for(entry))
             sizes = SetSizes(members=self.settings.members, limit=self.settings.limit)
             cache = PosteriorCache(model, {"train": len(data.train_labels), "test": len(data.test_labels)},
                                    entry.annotations["num_classes"], self.device, self.settings.batch_size)
