@@ -112,13 +112,14 @@ def _previous_results(state: RunState) -> dict[str, Any] | None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "catalog_entry" not in metafunc.fixturenames:
         return
-    entries = list(harness(metafunc.config).catalog.models.values())
-    params = [
-        pytest.param(e, id=e.id, marks=[pytest.mark.xdist_group(e.id), getattr(pytest.mark, f"{e.purpose}_models"),
-                                        *_unavailable(e)])
-        for e in entries
-    ]
-    metafunc.parametrize("catalog_entry", params)
+    state = metafunc.config.stash[STATE]
+    if state.catalog_params is None:  # built once: every benchmark function shares them
+        state.catalog_params = [
+            pytest.param(e, id=e.id, marks=[pytest.mark.xdist_group(e.id), getattr(pytest.mark, f"{e.purpose}_models"),
+                                            *_unavailable(e)])
+            for e in harness(metafunc.config).catalog.models.values()
+        ]
+    metafunc.parametrize("catalog_entry", state.catalog_params)
 
 
 def _unavailable(entry) -> list:
@@ -129,18 +130,20 @@ def _unavailable(entry) -> list:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[STATE]
-    order = {model_id: i for i, model_id in enumerate(harness(config).catalog.models)}
+    models = harness(config).catalog.models
+    order = {model_id: i for i, model_id in enumerate(models)}
+    keywords = {model_id: entry.keywords() for model_id, entry in models.items()}
     done, keep = [], []
     for item in items:
         entry = entry_of(item)
         if entry is not None:
-            item.extra_keyword_matches.update(entry.keywords())
+            item.extra_keyword_matches.update(keywords.get(entry.id) or entry.keywords())
             if state.done and item_row_key(item, entry) in state.done:
                 done.append(item)
                 continue
-        keep.append(item)
+        keep.append((order.get(entry.id, -1) if entry is not None else -1, item))
     # All tests of one model run back to back, so the model is loaded and queried once.
-    keep.sort(key=lambda item: order.get(getattr(entry_of(item), "id", None), -1))
+    keep.sort(key=lambda pair: pair[0])
     if done:
         config.hook.pytest_deselected(items=done)
-    items[:] = keep
+    items[:] = [item for _, item in keep]

@@ -22,6 +22,7 @@ class RunState:
     writer: ResultsWriter | None = None  # only in the process that writes results (controller)
     harness: Harness | None = None
     setup_seconds: dict[str, float] = field(default_factory=dict)
+    catalog_params: list | None = None  # the parametrization of `catalog_entry`, shared by all tests
 
 
 STATE = pytest.StashKey[RunState]()

@@ -72,10 +72,10 @@ class Harness:
         self.settings = settings
         self._device_resolver = device_resolver
         self._device: torch.device | None = None
-        self.catalog: Catalog = load_catalog(catalog_paths(settings.catalogs))
         self.files = FileStore(offline=settings.offline)
         if settings.cache_dir is not None:
             self.files.cache_dir = Path(settings.cache_dir)
+        self.catalog: Catalog = load_catalog(catalog_paths(settings.catalogs), self.files.cache_dir)
         self._check_overrides()
         self._current: _Loaded | None = None
         self._datasets: dict[str, ImageData] = {}

@@ -36,3 +36,12 @@ def needs_shared(*paths: Path):
     """Skip (saying why) when the shared real data is not beside the repository."""
     missing = [str(p) for p in paths if not p.exists()]
     return pytest.mark.skipif(bool(missing), reason=f"shared data not found: {', '.join(missing)}")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models run far faster on one intra-op thread than with OpenMP on a shared 2-core CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -77,13 +77,7 @@ def digits_cnn(seed: int) -> nn.Module:
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Tiny models: OpenMP hand-off costs far more than it saves on a small shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

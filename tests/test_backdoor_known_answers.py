@@ -39,9 +39,10 @@ from pytest_securitynet.datasets import ImageData, load_dataset
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 BENCHMARK_FILE = BENCHMARKS / "test_backdoor_detection.py"
 TARGET, PATCH, POISON_FRACTION = 7, 2, 0.05
-MODEL_SEED = 1
+MODEL_SEED = 3
 """Seed of both models' initialisation and data order. With it Neural Cleanse finds the backdoor
-(anomaly index 4.5, label 7) and the twin is quiet (0.9)."""
+(anomaly index 3.42, label 7) and the twin is quiet (0.75); it gave the same figures on every
+install it was run on, which not all seeds did (docs/backdoor-detection.md)."""
 TRAIN = dict(epochs=30, lr=3e-3, batch_size=64, device="cpu", seed=MODEL_SEED)
 WIDTH = 8
 POISONED, TWIN = "digits-badnets-ka", "digits-clean-twin-ka"
@@ -70,13 +71,7 @@ class KnownModels:
     catalog: Path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run far faster on one intra-op thread than with OpenMP on a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _import(name: str, path: Path):
@@ -170,9 +165,9 @@ def test_benchmark_flags_badnets_model_and_spares_its_twin(pytester, monkeypatch
 
     found, quiet = rows[(POISONED, "neural-cleanse")]["metrics"], rows[(TWIN, "neural-cleanse")]["metrics"]
     assert found["flagged"] and found["flagged_labels"][0] == found["suspect_label"] == found["trigger_label"] == TARGET
-    assert found["score"] == found["anomaly_index"] > bench.ANOMALY_THRESHOLD  # measured: 4.5
+    assert found["score"] == found["anomaly_index"] > bench.ANOMALY_THRESHOLD  # measured: 3.42
     assert (found["epochs"], found["n_samples"], found["mode"]) == (50, 899, "batched")
-    assert not quiet["flagged"] and quiet["flagged_labels"] == [] and quiet["anomaly_index"] < 1.5  # measured: 0.9
+    assert not quiet["flagged"] and quiet["flagged_labels"] == [] and quiet["anomaly_index"] < 1.5  # measured: 0.75
     for metrics in (found, quiet):
         png = pytester.path / metrics["trigger_png"]
         assert png.name == f"trigger-label{metrics['trigger_label']}.png"

@@ -96,3 +96,16 @@ def test_bad_dataset_entry(tmp_path):
                            'input_size = [3, 32, 32]\ntrain_size = 1\ntest_size = 1\n')
     with pytest.raises(CatalogError, match=r"dataset 'svhn-local'.*(file|sha256|archive_root)"):
         load_catalog([path])
+
+
+def test_the_validated_catalog_is_cached_and_rebuilt_when_a_file_changes(tmp_path):
+    user = tmp_path / "user.toml"
+    user.write_text(GOOD_MODEL)
+    cache = tmp_path / "cache"
+    first = load_catalog([BUILTIN_CATALOG, user], cache)
+    assert len(list((cache / "catalog").glob("*.pickle"))) == 1
+    assert load_catalog([BUILTIN_CATALOG, user], cache).models.keys() == first.models.keys()
+    # An edit (new size and time) is seen at once: the broken file is validated, not served stale.
+    user.write_text(GOOD_MODEL.replace('builder = "demo_cnn"\n', ""))
+    with pytest.raises(CatalogError, match="builder"):
+        load_catalog([BUILTIN_CATALOG, user], cache)

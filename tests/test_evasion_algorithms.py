@@ -14,13 +14,7 @@ from pytest_securitynet.attacks.evasion import evaluate_evasion, fgsm, pgd_linf
 EPS = [0.01, 0.03, 0.1, 0.3]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run far faster on one intra-op thread than with OpenMP on a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _mlp(seed: int) -> nn.Module:

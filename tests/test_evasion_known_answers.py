@@ -22,13 +22,7 @@ BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "test_evasion.p
 _RESULTS: dict[tuple[str, str, int], dict[float, dict[str, float]]] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run far faster on one intra-op thread than with OpenMP on a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _loaded(harness, model_id: str):

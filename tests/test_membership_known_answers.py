@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,13 +30,7 @@ METRICS = {"auc", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "balanced_accuracy", "be
            "n_members", "n_nonmembers", "overfit_gap", "queries"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """The attack MLP's small batches run many times slower with 2 intra-op threads on a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def attack(loaded, members: LabeledSet, nonmembers: LabeledSet, attacks=ATTACKS, seed: int = 0) -> dict:

@@ -20,13 +20,7 @@ from pytest_securitynet.attacks.surrogates import Normalize, Resize, build_surro
 LR = 0.05  # the tiny CNN below needs a larger rate than the paper's 0.01 for ResNet-18
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run far faster on one intra-op thread than with OpenMP on a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_cnn(num_classes: int = 10, input_size: int = 8, in_channels: int = 1) -> nn.Module:

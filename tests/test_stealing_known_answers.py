@@ -27,13 +27,7 @@ KNOWN_ANSWER_EPOCHS = 15
 DEMO = "demo-digits-cnn"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """ResNet-18 on 8x8 images runs several times faster on one intra-op thread of a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
