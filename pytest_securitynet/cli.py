@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SecurityNetError as exc:
         print(f"securitynet: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`securitynet catalog list | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _parser() -> argparse.ArgumentParser:
