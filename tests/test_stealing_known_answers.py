@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -113,6 +114,18 @@ def test_out_of_distribution_queries_come_from_another_dataset(pytester, monkeyp
     result.assert_outcomes(passed=1)
     m = rows["ood"]["metrics"]
     assert (m["query_source"], m["queries"], m["surrogate"]) == ("cifar10-jpeg", 40, "resnet18")
+
+
+def test_out_of_distribution_setting_skips_when_its_dataset_is_absent(pytester, monkeypatch, cache_dir, tmp_path):
+    """Offline with no CIFAR-10 copy anywhere: the setting skips naming the file, nothing fails."""
+    monkeypatch.delenv("SECURITYNET_MIRROR", raising=False)
+    fresh = tmp_path / "cache"
+    if (cache_dir / "weights").is_dir():  # reuse the trained demo model, not the datasets
+        shutil.copytree(cache_dir / "weights", fresh / "weights")
+    result, rows = run_benchmark(pytester, monkeypatch, fresh, f"{DEMO} and ood", 1, "--securitynet-limit", "40", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*out-of-distribution dataset cifar10-jpeg is not available*cifar10-jpeg.tar.gz*"])
+    assert rows["ood"]["outcome"] == "skipped"
 
 
 def test_to_input_converts_channels_and_size(bench):
