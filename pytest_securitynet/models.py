@@ -52,6 +52,10 @@ def state_dict_from(checkpoint: object, entry: ModelEntry) -> dict[str, torch.Te
     if not isinstance(checkpoint, dict):
         raise CatalogError(f"model {entry.id!r}: checkpoint is a {type(checkpoint).__name__}, not a state dict")
     prefix = spec.get("strip_prefix", "")
+    if spec.get("only_prefixed"):
+        # Checkpoints that also carry other copies of the model (an attacker's, a normaliser's)
+        # keep just the prefixed ones, so that strict loading sees one clean state dict.
+        checkpoint = {k: v for k, v in checkpoint.items() if k.startswith(prefix)}
     return {k.removeprefix(prefix): v for k, v in checkpoint.items()}
 
 

@@ -82,6 +82,7 @@ MODEL = {
             "properties": {
                 "state_dict_key": {"type": "string"},
                 "strip_prefix": {"type": "string"},
+                "only_prefixed": {"type": "boolean"},
             },
         },
         "train": {"type": "object"},

@@ -219,14 +219,15 @@ def _robusttransfer(row: dict[str, str], dataset_id: str) -> dict[str, Any]:
     return {
         "model_part": stem, "architecture": arch, "source": ROBUST_URL.format(name=file_name),
         "builder": f"torchvision.models:{arch}", "builder_args": {"num_classes": 1000},
-        "checkpoint": {"state_dict_key": "model", "strip_prefix": "module.model."},
+        # The checkpoint also holds the attacker's copy and the normaliser: keep `module.model.*`.
+        "checkpoint": {"state_dict_key": "model", "strip_prefix": "module.model.", "only_prefixed": True},
         "preprocess": {"input_size": [3, 224, 224], "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
         "tags": ["robusttransfer"],
         "unavailable": (
             f"{file_name} is a direct file but its sha256 is not recorded yet (it was never downloaded "
-            f"and verified for this catalog), and the MadryLab checkpoint also holds attacker and "
-            f"normaliser copies of the weights (`module.attacker.model.*`, `module.normalizer.*`) "
-            f"that strict loading must drop. Record the sha256 and filter those keys to enable it."
+            f"and verified for this catalog). Download it, then give a user catalog entry with this "
+            f"entry's fields and its sha256 (or put the file into a SECURITYNET_MIRROR directory "
+            f"and add the sha256) to enable it."
         ),
     }
 

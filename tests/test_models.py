@@ -10,7 +10,7 @@ import torch
 from pytest_securitynet.builders import build
 from pytest_securitynet.catalog import BUILTIN_CATALOG, load_catalog
 from pytest_securitynet.errors import UnsafeCheckpointError
-from pytest_securitynet.models import load_model, safe_load
+from pytest_securitynet.models import load_model, safe_load, state_dict_from
 from pytest_securitynet.sources import FileStore
 
 from conftest import AKAMASTER_DIR, needs_shared
@@ -57,6 +57,20 @@ annotations = {{ topic_category = "digits", training_set_size = 898, num_classes
     net.eval()
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     torch.testing.assert_close(model(x), net((x - 0.5) / 0.25))
+
+
+def test_only_prefixed_keeps_the_model_and_drops_other_copies():
+    """A robust-models-transfer style checkpoint: the model beside an attacker copy and a normaliser."""
+    net = build("demo_cnn", num_classes=10, in_channels=1, width=8)
+    weights = net.state_dict()
+    checkpoint = {"model": {**{f"module.model.{k}": v for k, v in weights.items()},
+                            **{f"module.attacker.model.{k}": v + 1 for k, v in weights.items()},
+                            "module.normalizer.new_mean": torch.zeros(3)}}
+    entry = load_catalog([BUILTIN_CATALOG]).model("imagenet1k-resnet50_l2_eps3-robusttransfer")
+    kept = state_dict_from(checkpoint, entry)
+    assert kept.keys() == weights.keys()
+    assert all(torch.equal(kept[k], weights[k]) for k in weights)
+    build("demo_cnn", num_classes=10, in_channels=1, width=8).load_state_dict(kept, strict=True)
 
 
 @needs_shared(AKAMASTER_DIR)
