@@ -38,7 +38,7 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
 def test_local_checkpoint_with_named_builder(tmp_path):
     net = build("demo_cnn", num_classes=10, in_channels=1, width=8)
     torch.save({"model": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "w.pt")
-    (tmp_path / "mine.toml").write_text(f"""
+    (tmp_path / "mine.toml").write_text("""
 [[models]]
 id = "digits-mine"
 dataset = "digits"
@@ -46,10 +46,10 @@ architecture = "democnn"
 model_type = "cnn"
 source = "file:w.pt"
 builder = "demo_cnn"
-builder_args = {{ num_classes = 10, in_channels = 1, width = 8 }}
-checkpoint = {{ state_dict_key = "model", strip_prefix = "module." }}
-preprocess = {{ input_size = [1, 8, 8], mean = [0.5], std = [0.25] }}
-annotations = {{ topic_category = "digits", training_set_size = 898, num_classes = 10, input_dims = "8x8x1", purpose = "benchmark" }}
+builder_args = { num_classes = 10, in_channels = 1, width = 8 }
+checkpoint = { state_dict_key = "model", strip_prefix = "module." }
+preprocess = { input_size = [1, 8, 8], mean = [0.5], std = [0.25] }
+annotations = { topic_category = "digits", training_set_size = 898, num_classes = 10, input_dims = "8x8x1", purpose = "benchmark" }
 """)
     catalog = load_catalog([BUILTIN_CATALOG, tmp_path / "mine.toml"])
     model = load_model(catalog.model("digits-mine"), catalog, FileStore(cache_dir=tmp_path / "cache", mirrors=[], offline=True))
