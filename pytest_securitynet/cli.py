@@ -11,6 +11,7 @@ from typing import Sequence
 
 from .catalog import BUILTIN_CATALOG, catalog_paths, load_catalog
 from .errors import SecurityNetError
+from .merge_results import merge_files
 from .report.cli import add_report_parser
 
 DEFAULT_CSV = BUILTIN_CATALOG.parent.parent / "shared" / "reference" / "securitynet-models.csv"
@@ -86,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     prefetch.add_argument("--dry-run", action="store_true", help="list what is present and missing, download nothing")
     _add_catalog_option(prefetch)
     prefetch.set_defaults(run=_prefetch)
+    merge = sub.add_parser("merge", help="merge results files (shards of one sweep) into one, by row key")
+    merge.add_argument("files", nargs="+", type=Path, help="results files written by pytest-securitynet")
+    merge.add_argument("-o", "--out", type=Path, required=True, help="the merged results file to write")
+    merge.set_defaults(run=_merge)
     return parser
 
 
@@ -201,3 +206,17 @@ def _prefetch(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _merge(args: argparse.Namespace) -> int:
+    try:
+        merged = merge_files(args.files, args.out)
+    except (OSError, ValueError) as exc:
+        print(f"securitynet merge: {exc}", file=sys.stderr)
+        return 2
+    for conflict in merged.conflicts:
+        print(f"securitynet merge: warning: duplicate row with different results: {conflict.describe()} "
+              f"(kept {conflict.kept}, dropped {conflict.dropped})", file=sys.stderr)
+    print(f"{args.out}: {len(merged.rows)} rows from {len(merged.sources)} file(s), "
+          f"{merged.collapsed} identical duplicate(s) folded, {len(merged.conflicts)} conflict(s)")
+    return 0
