@@ -7,8 +7,8 @@ catalog is the repository's `catalog/` directory; users add files or directories
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import pickle
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,17 +99,17 @@ def catalog_paths(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
 def load_catalog(paths: Iterable[str | os.PathLike] | None = None, cache_dir: Path | None = None) -> Catalog:
     """Load and validate every `.toml` file under `paths` (default: built-in plus user catalogs).
 
-    With `cache_dir`, the validated catalog is kept there, keyed by each file's path, size and
-    modification time, so that collection does not parse and validate 500 entries every run.
+    With `cache_dir`, the validated entries are kept there as JSON, keyed by each file's path, size
+    and modification time, so that collection does not parse and validate 500 entries every run.
     """
     files = [file for path in (catalog_paths() if paths is None else [Path(p) for p in paths])
              for file in _toml_files(path)]
     cached = _cache_file(files, cache_dir) if cache_dir is not None else None
     if cached is not None and cached.is_file():
         try:
-            return pickle.loads(cached.read_bytes())
-        except Exception:  # noqa: BLE001 - a stale or torn cache file is rebuilt below
-            pass
+            return _from_cache(json.loads(cached.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError, OSError):
+            pass  # a stale or torn cache file is rebuilt below
     catalog = Catalog()
     for file in files:
         _load_file(file, catalog)
@@ -124,17 +124,30 @@ def _cache_file(files: list[Path], cache_dir: Path) -> Path:
     for file in files:
         stat = file.stat()
         key.update(f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return Path(cache_dir) / "catalog" / f"{key.hexdigest()[:32]}.pickle"
+    return Path(cache_dir) / "catalog" / f"{key.hexdigest()[:32]}.json"
+
+
+def _from_cache(doc: dict) -> Catalog:
+    # Plain JSON rather than pickle: a cache directory may be shared, and JSON cannot run code.
+    catalog = Catalog()
+    for item in doc["datasets"]:
+        catalog.datasets[item["id"]] = _dataset(item["id"], item["raw"], item["origin"])
+    for item in doc["models"]:
+        catalog.models[item["raw"]["id"]] = _model(item["raw"], item["origin"])
+    return catalog
 
 
 def _write_cache(target: Path, catalog: Catalog) -> None:
+    doc = {"datasets": [{"id": d.id, "raw": d.raw, "origin": d.origin} for d in catalog.datasets.values()],
+           "models": [{"raw": m.raw, "origin": m.origin} for m in catalog.models.values()]}
     try:
+        text = json.dumps(doc)
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_bytes(pickle.dumps(catalog, protocol=pickle.HIGHEST_PROTOCOL))
+        temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, target)  # readers see the old file or the whole new one
-    except OSError:
-        pass  # a read-only cache only costs speed
+    except (OSError, TypeError, ValueError):
+        pass  # a read-only cache, or TOML values JSON cannot hold (dates), only cost speed
 
 
 def _toml_files(path: Path) -> list[Path]:
@@ -179,7 +192,7 @@ def _add(table: dict, key: str, value: Any, file: Path) -> None:
     table[key] = value
 
 
-def _dataset(dataset_id: str, raw: dict, file: Path) -> DatasetEntry:
+def _dataset(dataset_id: str, raw: dict, file: Path | str) -> DatasetEntry:
     return DatasetEntry(
         id=dataset_id, source=raw["source"], num_classes=raw["num_classes"],
         input_size=tuple(raw["input_size"]), train_size=raw["train_size"], test_size=raw["test_size"],
@@ -187,7 +200,7 @@ def _dataset(dataset_id: str, raw: dict, file: Path) -> DatasetEntry:
     )
 
 
-def _model(raw: dict, file: Path) -> ModelEntry:
+def _model(raw: dict, file: Path | str) -> ModelEntry:
     return ModelEntry(
         id=raw["id"], dataset=raw["dataset"], architecture=raw["architecture"], model_type=raw["model_type"],
         source=raw["source"], preprocess=raw["preprocess"], annotations=raw["annotations"],

@@ -204,10 +204,6 @@ def _prefetch(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _merge(args: argparse.Namespace) -> int:
     try:
         merged = merge_files(args.files, args.out)
@@ -220,3 +216,7 @@ def _merge(args: argparse.Namespace) -> int:
     print(f"{args.out}: {len(merged.rows)} rows from {len(merged.sources)} file(s), "
           f"{merged.collapsed} identical duplicate(s) folded, {len(merged.conflicts)} conflict(s)")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

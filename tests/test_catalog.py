@@ -103,8 +103,10 @@ def test_the_validated_catalog_is_cached_and_rebuilt_when_a_file_changes(tmp_pat
     user.write_text(GOOD_MODEL)
     cache = tmp_path / "cache"
     first = load_catalog([BUILTIN_CATALOG, user], cache)
-    assert len(list((cache / "catalog").glob("*.pickle"))) == 1
-    assert load_catalog([BUILTIN_CATALOG, user], cache).models.keys() == first.models.keys()
+    assert len(list((cache / "catalog").glob("*.json"))) == 1
+    again = load_catalog([BUILTIN_CATALOG, user], cache)  # from the cache file
+    assert again.models == first.models and again.datasets == first.datasets
+    assert again.model("digits-local-cnn").raw == first.model("digits-local-cnn").raw
     # An edit (new size and time) is seen at once: the broken file is validated, not served stale.
     user.write_text(GOOD_MODEL.replace('builder = "demo_cnn"\n', ""))
     with pytest.raises(CatalogError, match="builder"):
