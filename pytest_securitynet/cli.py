@@ -211,8 +211,7 @@ def _merge(args: argparse.Namespace) -> int:
         print(f"securitynet merge: {exc}", file=sys.stderr)
         return 2
     for conflict in merged.conflicts:
-        print(f"securitynet merge: warning: duplicate row with different results: {conflict.describe()} "
-              f"(kept {conflict.kept}, dropped {conflict.dropped})", file=sys.stderr)
+        print(conflict.warning("securitynet merge"), file=sys.stderr)
     print(f"{args.out}: {len(merged.rows)} rows from {len(merged.sources)} file(s), "
           f"{merged.collapsed} identical duplicate(s) folded, {len(merged.conflicts)} conflict(s)")
     return 0

@@ -7,13 +7,11 @@ it feeds `--securitynet-resume`, `--securitynet-compare` and `securitynet report
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
 from .report.merge import ResultSet, load_and_merge
-from .results import SCHEMA, now, plain
-from .sources import atomic_path
+from .results import ResultsWriter, now
 
 
 def merge_files(paths: Iterable[str | Path], out: str | Path) -> ResultSet:
@@ -28,8 +26,7 @@ def merge_files(paths: Iterable[str | Path], out: str | Path) -> ResultSet:
                          "host": s.run.get("host"), "argv": s.run.get("argv")} for s in result_set.sources],
         "conflicts": [conflict.key for conflict in result_set.conflicts],
     }
-    models = {m: info for m, info in result_set.models.items() if any(r["model"] == m for r in result_set.rows)}
-    doc = {"schema": SCHEMA, "run": run, "models": models, "results": result_set.rows}
-    with atomic_path(Path(out)) as tmp:
-        tmp.write_text(json.dumps(plain(doc), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    present = {row["model"] for row in result_set.rows}
+    models = {m: info for m, info in result_set.models.items() if m in present}
+    ResultsWriter(Path(out), run, {"models": models, "results": result_set.rows}).write()
     return result_set

@@ -93,9 +93,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    # A user's catalog is checked before collection, so a bad file stops the run as a usage error.
-    if session.config.getoption("securitynet_catalog"):
-        harness(session.config)
+    # The catalog (built-in, SECURITYNET_CATALOG, --securitynet-catalog) is loaded before
+    # collection, so a bad file stops the run as a usage error rather than a collection error.
+    harness(session.config)
 
 
 def _previous_results(state: RunState) -> dict[str, Any] | None:
@@ -132,12 +132,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     state = config.stash[STATE]
     models = harness(config).catalog.models
     order = {model_id: i for i, model_id in enumerate(models)}
-    keywords = {model_id: entry.keywords() for model_id, entry in models.items()}
+    keywords: dict[str, set[str]] = {}  # per model, computed once and shared by its tests
     done, keep = [], []
     for item in items:
         entry = entry_of(item)
         if entry is not None:
-            item.extra_keyword_matches.update(keywords.get(entry.id) or entry.keywords())
+            if entry.id not in keywords:
+                keywords[entry.id] = entry.keywords()
+            item.extra_keyword_matches.update(keywords[entry.id])
             if state.done and item_row_key(item, entry) in state.done:
                 done.append(item)
                 continue

@@ -146,10 +146,13 @@ def test_checksum_mismatch_in_a_mirror_fails_the_model(pytester, bench, monkeypa
     result.stdout.fnmatch_lines(["*sha256 mismatch for resnet20-12fca82f.th from mirror*"])
 
 
-def test_bad_user_catalog_stops_the_run_with_file_and_field(pytester, bench):
+@pytest.mark.parametrize("given_by", ["option", "environment"])
+def test_bad_user_catalog_stops_the_run_with_file_and_field(pytester, bench, monkeypatch, given_by):
     bad = pytester.path / "bad.toml"
     bad.write_text('[[models]]\nid = "x"\ndataset = "digits"\n')
-    result = bench("benchmarks", f"--securitynet-catalog={bad}")
+    if given_by == "environment":
+        monkeypatch.setenv("SECURITYNET_CATALOG", str(bad))
+    result = bench("benchmarks", *([f"--securitynet-catalog={bad}"] if given_by == "option" else []))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{bad}: model 'x': *field (entry): 'architecture' is a required property*"])
 

@@ -49,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise SecurityNetError(str(exc)) from exc
     for conflict in report.conflicts:
-        print(f"securitynet report: warning: duplicate row with different results: {conflict.describe()} "
-              f"(kept {conflict.kept}, dropped {conflict.dropped})", file=sys.stderr)
+        print(conflict.warning("securitynet report"), file=sys.stderr)
     rs = report.result_set
     print(f"{report.index}: {len(report.sections)} sections ({', '.join(report.sections)}), "
           f"{len(rs.rows)} rows from {len(rs.sources)} file(s), {len(report.conflicts)} conflicting duplicate(s)")

@@ -41,6 +41,11 @@ class Conflict:
     dropped_outcome: str
     differences: list[str]  # "metric: kept value vs dropped value"
 
+    def warning(self, prog: str) -> str:
+        """The line a command prints for this conflict on stderr."""
+        return (f"{prog}: warning: duplicate row with different results: {self.describe()} "
+                f"(kept {self.kept}, dropped {self.dropped})")
+
     def describe(self) -> str:
         shown = "; ".join(self.differences[:MAX_DIFF_SHOWN])
         more = f" (and {len(self.differences) - MAX_DIFF_SHOWN} more)" if len(self.differences) > MAX_DIFF_SHOWN else ""
