@@ -35,6 +35,7 @@ from .surrogates import Normalize, build_surrogate
 __all__ = [
     "CIFAR_RECIPE",
     "DEFAULT_K",
+    "DEFAULT_POPULATION",
     "SMALL_INPUT_RECIPE",
     "ReferenceModels",
     "ReferenceRecipe",
@@ -42,6 +43,8 @@ __all__ = [
     "build_reference_network",
     "default_recipe",
     "inclusion_matrix",
+    "pool_indices",
+    "population_rows",
     "recipe_key",
     "reference_log_probs",
     "train_classifier",
@@ -52,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_K = 4
 """Reference models per dataset: K = 4 (RMIA reaches most of its power with few models offline)."""
+
+DEFAULT_POPULATION = 5000
+"""Population samples z RMIA compares each x with (fewer where the pool is smaller): its score's resolution is 1 / z."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,24 @@ def inclusion_matrix(n: int, k: int, seed: int) -> torch.Tensor:
     if k % 2:
         n_in += torch.randint(0, 2, (n, 1), generator=gen)
     return (ranks < n_in).T.contiguous()
+
+
+def pool_indices(split_sizes: dict[str, int], scored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per split, the sorted indices of every sample the attacks do not score: the reference models' pool."""
+    pool = {}
+    for split, size in split_sizes.items():
+        keep = torch.ones(size, dtype=torch.bool)
+        if split in scored:
+            keep[scored[split].cpu()] = False
+        pool[split] = keep.nonzero().squeeze(1)
+    return pool
+
+
+def population_rows(n_pool: int, n_population: int = DEFAULT_POPULATION, seed: int = 0) -> torch.Tensor:
+    """Sorted rows of the pool used as RMIA's population samples z: all of it, or a seeded `n_population`."""
+    if n_pool <= n_population:
+        return torch.arange(n_pool)
+    return torch.randperm(n_pool, generator=torch.Generator().manual_seed(seed))[:n_population].sort().values
 
 
 @dataclass
