@@ -41,7 +41,7 @@ from pytest_securitynet.attacks.backdoor import (
     strip,
 )
 from pytest_securitynet.attacks.backdoor_neural_cleanse import ANOMALY_THRESHOLD
-from pytest_securitynet.plugin import STATE
+from pytest_securitynet.plugin.hooks import STATE
 
 BENCHMARK = "backdoor_detection.detection"
 DETECTORS = ("neural-cleanse", "strip", "neo")

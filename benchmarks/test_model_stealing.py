@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pytest_securitynet.attacks.stealing import evaluate_surrogate, steal, training_flops
-from pytest_securitynet.datasets import load_dataset
+from pytest_securitynet.zoo.datasets import load_dataset
 from pytest_securitynet.errors import MissingFileError, SecurityNetError
 
 EPOCHS = int(os.environ.get("SECURITYNET_STEALING_EPOCHS", "30"))

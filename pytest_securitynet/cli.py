@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .catalog import BUILTIN_CATALOG, catalog_paths, load_catalog
-from .errors import SecurityNetError
-from .merge_results import merge_files
-from .report.cli import add_report_parser
+from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, catalog_paths, load_catalog
+from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.results.merge import merge_files
+from pytest_securitynet.report.cli import add_report_parser
 
 DEFAULT_CSV = BUILTIN_CATALOG.parent.parent / "shared" / "reference" / "securitynet-models.csv"
 
@@ -120,8 +120,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .annotate import read_computed
-    from .regression import load_reported
+    from pytest_securitynet.catalog.annotate import read_computed
+    from pytest_securitynet.results.regression import load_reported
 
     entry = load_catalog(catalog_paths(args.catalog)).model(args.model_id)
     shown = entry.raw | {"catalog_file": entry.origin}
@@ -142,7 +142,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _import_csv(args: argparse.Namespace) -> int:
-    from .zoo_import import run_import
+    from pytest_securitynet.catalog.importer import run_import
 
     if not args.csv.is_file():
         print(f"securitynet: {args.csv} does not exist", file=sys.stderr)
@@ -157,7 +157,7 @@ def _import_csv(args: argparse.Namespace) -> int:
 def _annotate(args: argparse.Namespace) -> int:
     from fnmatch import fnmatchcase
 
-    from .annotate import COMPUTED_CSV, annotate, read_computed, write_computed
+    from pytest_securitynet.catalog.annotate import COMPUTED_CSV, annotate, read_computed, write_computed
 
     catalog = load_catalog(catalog_paths(args.catalog))
     entries = [e for e in catalog.models.values() if not args.patterns or any(fnmatchcase(e.id, p) for p in args.patterns)]
@@ -173,7 +173,7 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from .stats import format_tables, plot, records
+    from pytest_securitynet.catalog.stats import format_tables, plot, records
 
     catalog = load_catalog(catalog_paths(args.catalog))
     recs = records(catalog, database_only=not args.all)
@@ -185,8 +185,8 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _prefetch(args: argparse.Namespace) -> int:
-    from .prefetch import plan, prefetch, select
-    from .sources import FileStore, offline_from_env
+    from pytest_securitynet.zoo.prefetch import plan, prefetch, select
+    from pytest_securitynet.zoo.store import FileStore, offline_from_env
 
     catalog = load_catalog(catalog_paths(args.catalog))
     store = FileStore(offline=args.offline or offline_from_env())

@@ -33,8 +33,8 @@ from pytest_securitynet.attacks.backdoor import (
     train_classifier,
     trigger_images_uint8,
 )
-from pytest_securitynet.builders import Normalized, build
-from pytest_securitynet.datasets import ImageData, load_dataset
+from pytest_securitynet.zoo.architectures import Normalized, build
+from pytest_securitynet.zoo.datasets import ImageData, load_dataset
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 BENCHMARK_FILE = BENCHMARKS / "test_backdoor_detection.py"

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from pytest_securitynet.attacks.stealing import evaluate_surrogate, steal
-from pytest_securitynet.target import BlackBoxTarget
+from pytest_securitynet.harness.target import BlackBoxTarget
 
 from conftest import DATA_DIR, needs_shared
 

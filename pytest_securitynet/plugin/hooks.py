@@ -7,13 +7,14 @@ from typing import Any
 
 import pytest
 
-from . import fixtures, gpus, regression, reporter
-from .errors import SecurityNetError
-from .items import entry_of, item_row_key
-from .results import PASSED, ResultsWriter, load_results, row_key, run_info
-from .runstate import STATE, RunState, harness
-from .session import Settings, env_overrides, parse_overrides
-from .sources import default_cache_dir, offline_from_env
+from pytest_securitynet.plugin import fixtures, gpus, reporter
+from pytest_securitynet.plugin import regression
+from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.plugin.items import entry_of, item_row_key
+from pytest_securitynet.results.rows import PASSED, ResultsWriter, load_results, row_key, run_info
+from pytest_securitynet.plugin.runstate import STATE, RunState, harness
+from pytest_securitynet.harness.settings import Settings, env_overrides, parse_overrides
+from pytest_securitynet.zoo.store import default_cache_dir, offline_from_env
 
 DEFAULT_JSON = "securitynet-results.json"
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from .catalog import ModelEntry
-from .items import METRICS, benchmark_name, entry_of, setting_from_id, setting_of
-from .results import now, plain
-from .runstate import STATE, RunState, harness, state_harness
-from .summary import summary_lines
+from pytest_securitynet.catalog.entries import ModelEntry
+from pytest_securitynet.plugin.items import METRICS, benchmark_name, entry_of, setting_from_id, setting_of
+from pytest_securitynet.results.rows import now, plain
+from pytest_securitynet.plugin.runstate import STATE, RunState, harness, state_harness
+from pytest_securitynet.results.summary import summary_lines
 
 PAYLOAD = "securitynet"
 

@@ -16,10 +16,18 @@ from typing import Any, Iterable
 
 import jsonschema
 
-from . import schema
-from .errors import CatalogError
+from pytest_securitynet.catalog import schema
+from pytest_securitynet.errors import CatalogError
 
-BUILTIN_CATALOG = Path(__file__).resolve().parent.parent / "catalog"
+def _builtin_catalog() -> Path:
+    """The repository's `catalog/` in a checkout or editable install, else the copy in the wheel."""
+    checkout = Path(__file__).resolve().parents[2] / "catalog"
+    if (checkout / "datasets-securitynet.toml").is_file():
+        return checkout
+    return Path(__file__).resolve().parent / "builtin"
+
+
+BUILTIN_CATALOG = _builtin_catalog()
 
 
 @dataclass(frozen=True)
