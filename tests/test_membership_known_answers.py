@@ -31,11 +31,12 @@ from pytest_securitynet.attacks.reference_models import (
     reference_log_probs,
     train_reference_models,
 )
-from pytest_securitynet.builders import Normalized, build
-from pytest_securitynet.data import LabeledSet, take, to_float
-from pytest_securitynet.demo import train_demo
-from pytest_securitynet.session import Harness, Settings
-from pytest_securitynet.target import BlackBoxTarget
+from pytest_securitynet.harness.data import LabeledSet, take, to_float
+from pytest_securitynet.harness.harness import Harness
+from pytest_securitynet.harness.settings import Settings
+from pytest_securitynet.harness.target import BlackBoxTarget
+from pytest_securitynet.zoo.architectures import Normalized, build
+from pytest_securitynet.zoo.demo import train_demo
 
 from conftest import AKAMASTER_DIR, DATA_DIR, needs_shared
 
