@@ -22,8 +22,9 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -92,10 +93,13 @@ def default_recipe(input_size: int) -> ReferenceRecipe:
     return SMALL_INPUT_RECIPE if input_size < 32 else CIFAR_RECIPE
 
 
-def recipe_key(dataset_id: str, recipe: ReferenceRecipe, k: int, seed: int, pool_indices: dict[str, torch.Tensor]) -> str:
-    """A short digest naming one set of reference models: dataset, recipe, K, seed and the pool's samples."""
+def recipe_key(
+    dataset_id: str, recipe: ReferenceRecipe | Mapping[str, Any], k: int, seed: int, pool_indices: dict[str, torch.Tensor]
+) -> str:
+    """A short digest naming one set of reference models: dataset, recipe (or any JSON description), K, seed, pool."""
     pool = {split: hashlib.sha256(idx.to(torch.int64).cpu().numpy().tobytes()).hexdigest() for split, idx in pool_indices.items()}
-    payload = {"dataset": dataset_id, "recipe": dataclasses.asdict(recipe), "k": k, "seed": seed, "pool": pool}
+    described = dataclasses.asdict(recipe) if isinstance(recipe, ReferenceRecipe) else dict(recipe)
+    payload = {"dataset": dataset_id, "recipe": described, "k": k, "seed": seed, "pool": pool}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
