@@ -164,7 +164,7 @@ def test_benchmark_rows_carry_the_metrics_and_the_known_answer(pytester, cache_d
     shutil.copy(BENCHMARK, pytester.path / "benchmarks" / BENCHMARK.name)
     out = pytester.path / "mia.json"
     result = pytester.runpytest(
-        "benchmarks", "-k", "demo and mentropy", "-p", "no:cacheprovider", "--securitynet-offline",
+        "benchmarks", "-k", "demo and mentropy and not logp", "-p", "no:cacheprovider", "--securitynet-offline",
         "--securitynet-device=cpu", f"--securitynet-cache={cache_dir}", f"--securitynet-json={out}")
     result.assert_outcomes(passed=4)
     rows = {(r["model"], r["setting"]): r for r in json.loads(out.read_text())["results"]}
@@ -176,6 +176,7 @@ def test_benchmark_rows_carry_the_metrics_and_the_known_answer(pytester, cache_d
         assert METRICS <= set(metrics)
         assert metrics["n_members"] == metrics["n_nonmembers"] == 449
         assert metrics["queries"] == 2 * 898
+        assert metrics["attacker_output"] == "posteriors" and metrics["explicit_members"] is False
     assert rows[OVERFIT, "mentropy-global"]["metrics"]["auc"] > 0.8
     assert rows[OVERFIT, "mentropy-global"]["metrics"]["overfit_gap"] > rows[CNN, "mentropy-global"]["metrics"]["overfit_gap"]
 

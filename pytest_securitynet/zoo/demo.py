@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from pytest_securitynet.zoo.architectures import Normalized, RBFNet, build
 from pytest_securitynet.catalog.entries import Catalog, ModelEntry
 from pytest_securitynet.zoo.datasets import load_dataset
+from pytest_securitynet.zoo.members import member_indices
 from pytest_securitynet.zoo.store import FileStore, atomic_path
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 def demo_network(entry: ModelEntry, catalog: Catalog, store: FileStore) -> nn.Module:
     """The trained network of a `source = "demo"` entry (without its preprocessing wrapper)."""
     recipe = {k: entry.raw.get(k) for k in ("builder", "builder_args", "train", "preprocess", "dataset")}
+    if entry.members is not None:
+        recipe["members"] = entry.members  # trained on the named training members only
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     cached = store.path("weights", "demo", f"{entry.id}-{digest}.pt")
     net = build(entry.raw["builder"], **entry.raw.get("builder_args", {}))
@@ -30,7 +33,11 @@ def demo_network(entry: ModelEntry, catalog: Catalog, store: FileStore) -> nn.Mo
             return net
         log.info("training demo model %s (once; cached at %s)", entry.id, cached)
         data = load_dataset(catalog.dataset(entry.dataset), store)
-        train_demo(net, entry, data.train_images, data.train_labels)
+        rows = member_indices(entry, catalog.dataset(entry.dataset), store)
+        if rows is None:
+            train_demo(net, entry, data.train_images, data.train_labels)
+        else:
+            train_demo(net, entry, data.train_images[rows], data.train_labels[rows])
         with atomic_path(cached) as tmp:
             torch.save(net.state_dict(), tmp)
     return net
