@@ -45,6 +45,8 @@ class Budget:
     """0 keeps the recipe's epochs."""
     population: int = DEFAULT_POPULATION
     """RMIA's population samples z, drawn from the reference pool."""
+    reference_pool: int = 0
+    """At most this many (seeded) pool samples train the reference models; 0: the whole pool."""
 
 
 def accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -59,7 +61,7 @@ def reference_outputs(securitynet, catalog_entry, image_data, target, members, n
                           architecture=spec.reference_architecture, epochs=spec.reference_epochs)
     refs = reference_set(securitynet.files, image_data, trainer, members, nonmembers,
                          num_classes=target.num_classes, k=spec.reference_models, seed=seed, device=device,
-                         n_population=spec.population)
+                         n_population=spec.population, max_pool=spec.reference_pool)
     batch = securitynet.settings.batch_size
     population_labels = torch.cat([z.labels for z in refs.population])
     outputs = ReferenceOutputs(

@@ -156,10 +156,18 @@ _KEEP_IN_MEMORY = 2
 
 
 def reference_set(store: FileStore, data: ImageData, trainer: Trainer, members: LabeledSet, nonmembers: LabeledSet, *,
-                  num_classes: int, k: int, seed: int, device: torch.device, n_population: int) -> ReferenceSet:
-    """The reference models for scoring `members` and `nonmembers` with `seed`: from memory, the disk cache, or trained."""
+                  num_classes: int, k: int, seed: int, device: torch.device, n_population: int,
+                  max_pool: int = 0) -> ReferenceSet:
+    """The reference models for scoring `members` and `nonmembers` with `seed`: from memory, the disk cache, or trained.
+
+    `max_pool` > 0 keeps a seeded `max_pool` of the pool (for CPU-sized runs); 0 keeps all of it.
+    """
     sizes = {"train": len(data.train_labels), "test": len(data.test_labels)}
     pool = pool_indices(sizes, scored_indices(members, nonmembers, seed))
+    if 0 < max_pool < sum(len(idx) for idx in pool.values()):
+        keep = population_rows(sum(len(idx) for idx in pool.values()), max_pool, seed + 1)
+        n_train = len(pool["train"])
+        pool = {"train": pool["train"][keep[keep < n_train]], "test": pool["test"][keep[keep >= n_train] - n_train]}
     key = recipe_key(data.dataset_id, trainer.description, k, seed, pool)
     if key in _IN_MEMORY:
         cached = _IN_MEMORY[key]
