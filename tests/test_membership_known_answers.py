@@ -22,21 +22,14 @@ from pytest_securitynet.attacks.membership import (
     LOG_PROB_ATTACKS,
     REFERENCE_ATTACKS,
     ReferenceOutputs,
-    attacker_split,
     run_membership_attacks,
 )
-from pytest_securitynet.attacks.reference_models import (
-    pool_indices,
-    population_rows,
-    reference_log_probs,
-    train_reference_models,
-)
+from pytest_securitynet.attacks.reference_models import reference_log_probs, train_reference_models
 from pytest_securitynet.harness.data import LabeledSet, take, to_float
 from pytest_securitynet.harness.harness import Harness
+from pytest_securitynet.harness.reference import demo_trainer, reference_set, trainer_for
 from pytest_securitynet.harness.settings import Settings
 from pytest_securitynet.harness.target import BlackBoxTarget
-from pytest_securitynet.zoo.architectures import Normalized, build
-from pytest_securitynet.zoo.demo import train_demo
 
 from conftest import AKAMASTER_DIR, DATA_DIR, needs_shared
 
@@ -189,42 +182,22 @@ def log_probs(model, images: torch.Tensor) -> torch.Tensor:
         return model(to_float(images)).float().log_softmax(dim=1)
 
 
-def train_like_demo(entry):
-    """A `TrainFn` that trains a fresh copy of a demo catalog entry's network with its recipe on other data."""
-    def train_fn(images, labels, *, num_classes, seed, device):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            args = dict(entry.raw.get("builder_args", {}))
-            if "num_centers" in args:
-                args["num_centers"] = len(images)  # an RBF network has one centre per training image
-            net = build(entry.raw["builder"], **args)
-            train_demo(net, entry, images, labels)
-        return Normalized(net, entry.preprocess["mean"], entry.preprocess["std"]).to(device).eval()
-    return train_fn
-
-
-def attack_with_references(loaded, members: LabeledSet, nonmembers: LabeledSet, train_fn, seed: int = 0,
+def attack_with_references(harness, loaded, members: LabeledSet, nonmembers: LabeledSet, seed: int = 0,
                            attacks=None) -> dict:
-    """Every attack, with K = 4 reference models trained on all samples of the dataset that are not scored."""
-    split = attacker_split(len(members), len(nonmembers), seed)
-    scored = {members.split: members.indices[split.member_eval], nonmembers.split: nonmembers.indices[split.nonmember_eval]}
-    if members.split == nonmembers.split:
-        scored = {members.split: torch.cat([members.indices[split.member_eval], nonmembers.indices[split.nonmember_eval]])}
-    pool = pool_indices({"train": len(loaded.data.train_labels), "test": len(loaded.data.test_labels)}, scored)
-    pool_set = LabeledSet("pool", "", "", torch.empty(0), *(torch.cat(t) for t in zip(
-        *(loaded.data.split(split_name) for split_name in ("train", "test")))))
-    rows = torch.cat([pool["train"], len(loaded.data.train_labels) + pool["test"]])
-    pool_images, pool_labels = pool_set.images[rows], pool_set.labels[rows]
-    refs = train_reference_models(pool_images, pool_labels, num_classes=10, seed=seed, train_fn=train_fn)
-    z = population_rows(len(rows), seed=seed)
+    """What the benchmark does: every attack, with the harness's K = 4 reference models for these scored samples."""
+    trainer = trainer_for(loaded.entry, tuple(loaded.data.train_images.shape[1:]))
+    refs = reference_set(harness.files, loaded.data, trainer, members, nonmembers, num_classes=10, k=4, seed=seed,
+                         device=torch.device("cpu"), n_population=5000)
+    cache = loaded.posteriors
     reference = ReferenceOutputs(
-        reference_log_probs(refs.models, members.images), reference_log_probs(refs.models, nonmembers.images),
-        reference_log_probs(refs.models, pool_images[z]), log_probs(loaded.model, pool_images[z]), pool_labels[z],
+        refs.log_probs(members, cache.device, 256), refs.log_probs(nonmembers, cache.device, 256),
+        torch.cat([refs.log_probs(z, cache.device, 256) for z in refs.population], dim=1),
+        torch.cat([cache.get_log_probs(z) for z in refs.population]), torch.cat([z.labels for z in refs.population]),
     )
-    member_lp, nonmember_lp = log_probs(loaded.model, members.images), log_probs(loaded.model, nonmembers.images)
     return run_membership_attacks(
-        loaded.posteriors.get(members), members.labels, loaded.posteriors.get(nonmembers), nonmembers.labels,
-        member_log_probs=member_lp, nonmember_log_probs=nonmember_lp, reference=reference, seed=seed, attacks=attacks,
+        cache.get(members), members.labels, cache.get(nonmembers), nonmembers.labels,
+        member_log_probs=cache.get_log_probs(members), nonmember_log_probs=cache.get_log_probs(nonmembers),
+        reference=reference, seed=seed, attacks=attacks,
     )
 
 
@@ -236,9 +209,8 @@ def test_reference_attacks_beat_every_paper_attack_at_low_fpr_on_the_overfit_dem
     1.8-3.9x the best paper attack, LiRA (global variance) ranges 0.15-2.6x. With the default small
     CNN as reference architecture instead, RMIA reaches only 0.04: references must resemble the target.
     """
-    entry = harness.catalog.model(OVERFIT)
-    loaded = harness.loaded(entry)
-    results = attack_with_references(loaded, loaded.sets["members"], loaded.sets["nonmembers"], train_like_demo(entry))
+    loaded = harness.loaded(harness.catalog.model(OVERFIT))
+    results = attack_with_references(harness, loaded, loaded.sets["members"], loaded.sets["nonmembers"])
     best_paper = max(results[name]["tpr_at_fpr_1e-2"] for name in ATTACKS)
     assert best_paper > 0.3
     assert results["rmia-offline"]["tpr_at_fpr_1e-2"] >= 1.5 * best_paper
@@ -255,9 +227,8 @@ def test_new_attacks_find_nothing_between_test_halves_on_demo_models(harness, mo
     bound here; the 3% bound is checked on 2,500 + 2,500 below. Measured with seed 0: AUC 0.469-0.517,
     TPR at most 0.022 (overfit model), 0.493-0.529 and at most 0.027 (CNN; slow: trains 4 CNNs).
     """
-    entry = harness.catalog.model(model_id)
-    loaded = harness.loaded(entry)
-    results = attack_with_references(loaded, *halves_of_test_split(loaded), train_like_demo(entry),
+    loaded = harness.loaded(harness.catalog.model(model_id))
+    results = attack_with_references(harness, loaded, *halves_of_test_split(loaded),
                                      attacks=LOG_PROB_ATTACKS + REFERENCE_ATTACKS)
     bound = 4 * null_auc_sd(225, 225)
     for name in LOG_PROB_ATTACKS + REFERENCE_ATTACKS:
@@ -287,8 +258,7 @@ def test_new_attacks_find_nothing_with_members_never_trained_on(harness):
     training images) leak to every new attack (measured: AUC 0.983-0.997; TPR at 1% FPR 0.955 for
     RMIA, 0.925 for LiRA, 0.285-0.80 for the threshold attacks).
     """
-    entry = harness.catalog.model(OVERFIT)
-    train_fn = train_like_demo(entry)
+    train_fn = demo_trainer(harness.catalog.model(OVERFIT)).train
     train_images, train_labels = noisy_digits(400, seed=1)
     target = train_fn(train_images, train_labels, num_classes=10, seed=0, device="cpu")
     pool_images, pool_labels = noisy_digits(800, seed=2)
