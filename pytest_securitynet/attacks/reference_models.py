@@ -43,6 +43,7 @@ __all__ = [
     "TrainFn",
     "build_reference_network",
     "default_recipe",
+    "recipe_for",
     "inclusion_matrix",
     "pool_indices",
     "population_rows",
@@ -88,8 +89,15 @@ CIFAR_RECIPE = ReferenceRecipe(
 """For 32 px inputs and more: CIFAR ResNet-18, SGD lr 0.1 with cosine decay, crop and flip."""
 
 
+def recipe_for(architecture: str, input_size: int) -> ReferenceRecipe:
+    """The recipe that goes with an architecture: Adam for `small-cnn` (crop and flip from 32 px), SGD for the ResNets."""
+    if architecture == "small-cnn":
+        return dataclasses.replace(SMALL_INPUT_RECIPE, augment=input_size >= 32)
+    return dataclasses.replace(CIFAR_RECIPE, architecture=architecture)
+
+
 def default_recipe(input_size: int) -> ReferenceRecipe:
-    """The documented default for images of side `input_size`."""
+    """The documented default for images of side `input_size`: a small CNN under 32 px, a CIFAR ResNet-18 from 32 px."""
     return SMALL_INPUT_RECIPE if input_size < 32 else CIFAR_RECIPE
 
 

@@ -36,6 +36,7 @@ from pytest_securitynet.attacks.reference_models import (
     inclusion_matrix,
     pool_indices,
     population_rows,
+    recipe_for,
     recipe_key,
     reference_log_probs,
     train_classifier,
@@ -100,15 +101,13 @@ def trainer_for(entry: ModelEntry, input_shape: tuple[int, int, int], *, archite
                 epochs: int = 0) -> Trainer:
     """The documented default (`auto`): the target's recipe for demo entries, else `default_recipe` by input size.
 
-    `architecture` names `small-cnn` or a surrogate (`resnet18`, `wrn50_2`) instead; `epochs` > 0
-    replaces the recipe's number of epochs.
+    `architecture` names `small-cnn` or a surrogate (`resnet18`, `wrn50_2`) instead, with the recipe
+    that goes with it (`recipe_for`); `epochs` > 0 replaces the recipe's number of epochs.
     """
     num_classes = entry.annotations["num_classes"]
     if architecture == "auto" and entry.source_kind == "demo":
         return demo_trainer(entry)
-    recipe = default_recipe(input_shape[1])
-    if architecture != "auto":
-        recipe = dataclasses.replace(recipe, architecture=architecture)
+    recipe = default_recipe(input_shape[1]) if architecture == "auto" else recipe_for(architecture, input_shape[1])
     if epochs > 0:
         recipe = dataclasses.replace(recipe, epochs=epochs)
     return recipe_trainer(recipe, num_classes, input_shape)
