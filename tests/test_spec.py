@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pytest_securitynet.report import build_report
+from pytest_securitynet.results.merge import load_and_merge, merge_files
 from pytest_securitynet.results.rows import SCHEMA
 from pytest_securitynet.results.spec import (
     BASELINE, REPORTED, BenchmarkSpec, Metric, builtin_specs, implied_spec, module_specs, ordered, register_spec,
@@ -116,6 +117,17 @@ def write_doc(path: Path, rows: list[dict], benchmarks: dict | None = None) -> P
         doc["benchmarks"] = benchmarks
     path.write_text(json.dumps(doc), encoding="utf-8")
     return path
+
+
+def test_merged_files_keep_every_shards_specs(tmp_path):
+    a = BenchmarkSpec(id="a.a", title="A", metrics=["x"])
+    b = BenchmarkSpec(id="b.b", title="B", metrics=["y"])
+    first = write_doc(tmp_path / "1.json", [row("m0", a.id, "default", {"x": 1.0})], {a.id: a.as_dict()})
+    second = write_doc(tmp_path / "2.json", [row("m0", b.id, "default", {"y": 2.0})], {b.id: b.as_dict()})
+    merge_files([first, second], tmp_path / "merged.json")
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert specs_from_block(merged["benchmarks"]) == {a.id: a, b.id: b}
+    assert specs_from_block(load_and_merge([tmp_path / "merged.json"]).benchmarks) == {a.id: a, b.id: b}
 
 
 def test_generic_section_from_a_spec_in_the_results_file(tmp_path):
