@@ -13,7 +13,7 @@ import pytest
 
 from pytest_securitynet.plugin.items import benchmark_name, entry_of
 from pytest_securitynet.plugin.runstate import STATE
-from pytest_securitynet.results.spec import BenchmarkSpec, register_spec, spec_for
+from pytest_securitynet.results.spec import BenchmarkSpec, declared_specs, register_spec, spec_for, specs
 
 SPEC_PROPERTY = "securitynet-spec"
 """The `user_properties` name a test report carries its benchmark's spec under."""
@@ -23,16 +23,6 @@ SENT = pytest.StashKey[set[str]]()
 
 class SpecWarning(UserWarning):
     """A benchmark file's SPEC does not fit its tests."""
-
-
-def declared(module: ModuleType) -> list[BenchmarkSpec]:
-    """The specs a module declares as `SPEC` (one) or `SPECS` (several benchmarks in one file)."""
-    found = ([module.SPEC] if hasattr(module, "SPEC") else []) + list(getattr(module, "SPECS", ()))
-    bad = [s for s in found if not isinstance(s, BenchmarkSpec)]
-    if bad:
-        raise pytest.UsageError(f"{module.__file__}: SPEC must be a pytest_securitynet.results.spec.BenchmarkSpec, "
-                                f"got {type(bad[0]).__name__}")
-    return found
 
 
 @pytest.hookimpl(trylast=True)
@@ -46,16 +36,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             names.setdefault(module, set()).add(benchmark_name(item))
     collected = config.stash.setdefault(COLLECTED, {})
     for module, benchmarks in names.items():
-        for spec in declared(module):
+        try:
+            declared = declared_specs(module)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        for spec in declared:
             register_spec(spec)
             if spec.id not in benchmarks:
                 warnings.warn(SpecWarning(
                     f"{module.__file__}: SPEC id {spec.id!r} names none of this file's benchmarks "
                     f"({', '.join(sorted(benchmarks))}: <file without test_>.<function without test_>)"))
-        for benchmark in benchmarks:
-            spec = spec_for(benchmark)
-            if spec is not None:
-                collected[benchmark] = spec
+        registered = specs()
+        collected.update({b: registered[b] for b in benchmarks if b in registered})
 
 
 def spec_of(item: pytest.Item, *blocks: Mapping[str, Any] | None) -> BenchmarkSpec | None:

@@ -17,13 +17,17 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import math
 import re
 import sys
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Iterable, Mapping, Sequence
+
+logger = logging.getLogger(__name__)
 
 BASELINE = "baseline"
 """Tolerance kind: against a re-run (a baseline or an earlier results JSON)."""
@@ -212,9 +216,13 @@ def specs() -> dict[str, BenchmarkSpec]:
     return dict(_REGISTRY)
 
 
-@lru_cache(maxsize=1)
 def builtin_specs() -> dict[str, BenchmarkSpec]:
     """The paper's benchmarks' specs, as their files declare them (`builtin_specs.json`)."""
+    return dict(_builtin())
+
+
+@lru_cache(maxsize=1)
+def _builtin() -> dict[str, BenchmarkSpec]:
     if not BUILTIN_SPECS.is_file():
         return {}
     return specs_from_block(json.loads(BUILTIN_SPECS.read_text(encoding="utf-8"))["benchmarks"])
@@ -226,7 +234,8 @@ def specs_from_block(block: Mapping[str, Any] | None) -> dict[str, BenchmarkSpec
     for key, data in (block or {}).items():
         try:
             spec = BenchmarkSpec.from_dict(data)
-        except ValueError:
+        except ValueError as exc:
+            logger.warning("benchmark spec %s skipped: %s", key, exc)
             continue
         out[key] = spec if spec.id == key else replace(spec, id=key)
     return out
@@ -237,7 +246,7 @@ def resolve_specs(benchmarks: Iterable[str], *blocks: Mapping[str, Any] | None) 
 
     A spec comes from the first of: the `blocks` (results files' `benchmarks`, given first wins),
     the specs registered in this process, the built-in specs, else `implied_spec`. Specs of the
-    blocks whose benchmark has no row are included too, so a section can say it has no data.
+    blocks whose benchmark has no row are included too (their sections draw nothing).
     """
     found: dict[str, BenchmarkSpec] = {}
     for block in blocks:
@@ -264,21 +273,30 @@ def spec_for(benchmark: str, *blocks: Mapping[str, Any] | None) -> BenchmarkSpec
 
 # --- the built-in snapshot --------------------------------------------------------------------
 
+def declared_specs(module: ModuleType) -> list[BenchmarkSpec]:
+    """The specs a benchmark module declares: `SPEC` (one), `SPECS` (several benchmarks in one file)."""
+    found = ([module.SPEC] if hasattr(module, "SPEC") else []) + list(getattr(module, "SPECS", ()))
+    for spec in found:
+        if not isinstance(spec, BenchmarkSpec):
+            raise ValueError(f"{getattr(module, '__file__', module.__name__)}: SPEC must be a "
+                             f"pytest_securitynet.results.spec.BenchmarkSpec, got {type(spec).__name__}")
+    return found
+
+
 def module_specs(path: Path) -> list[BenchmarkSpec]:
-    """The `SPEC` (or `SPECS`) a benchmark file declares, importing it (it needs its own imports)."""
+    """The specs a benchmark file declares, importing it (with its own imports: torch, pytest)."""
     path = Path(path)
     name = f"_securitynet_spec_{path.stem}"
-    loader = importlib.util.spec_from_file_location(name, path)
-    if loader is None or loader.loader is None:
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
         raise ValueError(f"{path}: not a Python file")
-    module = importlib.util.module_from_spec(loader)
-    sys.modules[name] = module
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # dataclasses resolve string annotations through sys.modules
     try:
-        loader.loader.exec_module(module)
+        module_spec.loader.exec_module(module)
     finally:
         sys.modules.pop(name, None)
-    declared = list(getattr(module, "SPECS", ())) + ([module.SPEC] if hasattr(module, "SPEC") else [])
-    return [s for s in declared if isinstance(s, BenchmarkSpec)]
+    return declared_specs(module)
 
 
 def write_builtin_specs(paths: Iterable[Path], out: Path = BUILTIN_SPECS) -> Path:
@@ -289,7 +307,7 @@ def write_builtin_specs(paths: Iterable[Path], out: Path = BUILTIN_SPECS) -> Pat
                     "benchmarks/test_*.py",
            "benchmarks": {s.id: s.as_dict() for s in found}}
     out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    builtin_specs.cache_clear()
+    _builtin.cache_clear()
     return out
 
 
@@ -311,5 +329,6 @@ if __name__ == "__main__":
     raise SystemExit(_spec.main())
 
 
-__all__ = ["BASELINE", "REPORTED", "BenchmarkSpec", "Metric", "builtin_specs", "implied_spec", "ordered",
-           "register_spec", "resolve_specs", "spec_for", "specs", "specs_from_block", "write_builtin_specs"]
+__all__ = ["BASELINE", "REPORTED", "BenchmarkSpec", "Metric", "builtin_specs", "declared_specs", "implied_spec",
+           "module_specs", "ordered", "register_spec", "resolve_specs", "spec_for", "specs", "specs_from_block",
+           "write_builtin_specs"]
