@@ -5,7 +5,6 @@ docs/adding-an-attack.md dropped into a project gets a report section and regres
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -72,11 +71,7 @@ def test_order_and_main_setting():
 
 # --- where specs come from -------------------------------------------------------------------
 
-def test_builtin_snapshot_is_what_the_benchmark_files_declare(pytestconfig):
-    conftest = importlib.util.spec_from_file_location("securitynet_benchmarks_conftest", REPO / "benchmarks" / "conftest.py")
-    markers = importlib.util.module_from_spec(conftest)
-    conftest.loader.exec_module(markers)
-    markers.pytest_configure(pytestconfig)  # the benchmark files' markers, before they are imported
+def test_builtin_snapshot_is_what_the_benchmark_files_declare():
     declared = {s.id: s for path in sorted((REPO / "benchmarks").glob("test_*.py")) for s in module_specs(path)}
     assert declared == builtin_specs(), "rewrite it: python -m pytest_securitynet.results.spec benchmarks/test_*.py"
     assert [s.section for s in sorted(declared.values(), key=lambda s: s.position)] == [
