@@ -16,6 +16,7 @@ from pytest_securitynet.results.spec import BenchmarkSpec
 
 
 def generic(ctx: Context, spec: BenchmarkSpec) -> Section | None:
+    """Per-model table, per-dataset summary and a figure of the spec's headline metrics; None without rows."""
     frame = benchmark_rows(ctx.passed, spec.id)
     metrics = headline(ctx.passed, spec) if len(frame) else []
     if not metrics:
@@ -29,7 +30,7 @@ def generic(ctx: Context, spec: BenchmarkSpec) -> Section | None:
 
     table = _per_model(frame, spec, keys, metrics, numeric)
     section.add(ctx.table(spec.slug, f"{spec.title}: headline metrics per model and {', '.join(keys)}"
-                          f"{_best_first(spec, metrics)}.", table))
+                          f"{_best_first(spec, next(iter(numeric), None))}.", table))
     summary = _summary(frame, keys, numeric)
     if len(summary):
         display = summary.assign(cell=[_cell(r) for r in summary.itertuples()])
@@ -66,9 +67,9 @@ def _per_model(frame: pd.DataFrame, spec: BenchmarkSpec, keys: list[str], metric
     return table.drop(columns=["_key", "_rank"]).reset_index(drop=True)
 
 
-def _best_first(spec: BenchmarkSpec, metrics: list[str]) -> str:
-    direction = spec.metric(metrics[0]).higher_is_better
-    return "" if direction is None else f", best `{metrics[0]}` first ({'higher' if direction else 'lower'} is better)"
+def _best_first(spec: BenchmarkSpec, metric: str | None) -> str:
+    direction = spec.metric(metric).higher_is_better if metric else None
+    return "" if direction is None else f", best `{metric}` first ({'higher' if direction else 'lower'} is better)"
 
 
 def _summary(frame: pd.DataFrame, keys: list[str], numeric: dict[str, pd.Series]) -> pd.DataFrame:
