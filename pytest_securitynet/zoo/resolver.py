@@ -181,10 +181,20 @@ def _from_torchvision_dataset(entry: DatasetEntry) -> Plan:
 
 
 def _from_medmnist(entry: DatasetEntry) -> Plan:
-    """The MedMNIST `.npz` (Zenodo record 10519652); checked against the catalog's sha256 where it records one."""
+    """The MedMNIST `.npz` (Zenodo record 10519652): checked against the catalog's sha256 where it
+    records one, else a download against the medmnist package's MD5 (as the package itself does)."""
     raw = entry.raw
-    need = Need(raw.get("file", f"{raw['flag']}.npz"), _data(entry), "medmnist", (raw["url"],) if raw.get("url") else (),
-                raw.get("sha256"), hint="Zenodo record 10519652")
+    filename = raw.get("file", f"{raw['flag']}.npz")
+    digest = None
+    if not raw.get("sha256") and filename == f"{raw['flag']}.npz":
+        try:
+            from medmnist import INFO
+        except ImportError:
+            INFO = {}
+        md5 = INFO.get(raw["flag"], {}).get("MD5")
+        digest = Digest("md5", md5, downloads_only=True) if md5 else None
+    need = Need(filename, _data(entry), "medmnist", (raw["url"],) if raw.get("url") else (), raw.get("sha256"),
+                digest=digest, hint="Zenodo record 10519652")
     return Plan(entry.id, "medmnist", (need,))
 
 
