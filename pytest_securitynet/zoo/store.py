@@ -23,7 +23,6 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from filelock import FileLock
 
@@ -183,8 +182,10 @@ class FileStore:
         """A verified local copy of `need`: the cache, each mirror, an archive holding it, the URL.
 
         A copy that fails its checksum is passed over (with a warning naming it once a good copy is
-        found); `ChecksumError`, naming every bad copy, only when no good copy is left. Offline or without a URL, a missing file is a `MissingFileError` whose
-        message says what is missing, where to get it and where to put it.
+        found); `ChecksumError`, naming every bad copy, only when no good copy is left. Offline or
+        without a URL, a missing file is a `MissingFileError` whose message says what is missing,
+        where to get it and where to put it. Nothing is written unless an archive is unpacked or a
+        file downloaded (then under a lock, so parallel workers fill one cache entry once).
         """
         bad: list[ChecksumError] = []
         for path, origin in self._copies(need):
