@@ -99,9 +99,8 @@ class Catalog:
 
 
 def catalog_paths(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
-    """The built-in catalog followed by user catalogs (`SECURITYNET_CATALOG` and `extra`)."""
-    env = [p for p in os.environ.get("SECURITYNET_CATALOG", "").split(os.pathsep) if p.strip()]
-    return [BUILTIN_CATALOG, *(Path(p).expanduser() for p in [*env, *extra])]
+    """The built-in catalog followed by the user catalogs `extra` (files or directories)."""
+    return [BUILTIN_CATALOG, *(Path(p).expanduser() for p in extra)]
 
 
 def load_catalog(paths: Iterable[str | os.PathLike] | None = None, cache_dir: Path | None = None) -> Catalog:

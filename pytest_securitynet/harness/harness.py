@@ -18,7 +18,7 @@ from pytest_securitynet.catalog.entries import Catalog, DatasetEntry, ModelEntry
 from pytest_securitynet.harness.data import LabeledSet, SetSizes, make_sets
 from pytest_securitynet.zoo.datasets import ImageData, load_dataset
 from pytest_securitynet.errors import CatalogError
-from pytest_securitynet.harness.settings import Settings
+from pytest_securitynet.harness.settings import Settings, default_cache_dir
 from pytest_securitynet.zoo.weights import load_model
 from pytest_securitynet.zoo.store import FileStore
 from pytest_securitynet.harness.target import PosteriorCache
@@ -42,9 +42,8 @@ class Harness:
         self.settings = settings
         self._device_resolver = device_resolver
         self._device: torch.device | None = None
-        self.files = FileStore(offline=settings.offline)
-        if settings.cache_dir is not None:
-            self.files.cache_dir = Path(settings.cache_dir)
+        self.files = FileStore(cache_dir=Path(settings.cache_dir or default_cache_dir()),
+                               mirrors=list(settings.mirrors), offline=settings.offline)
         self.catalog: Catalog = load_catalog(catalog_paths(settings.catalogs), self.files.cache_dir)
         self._check_overrides()
         self._current: _Loaded | None = None

@@ -112,6 +112,12 @@ def record(request: pytest.FixtureRequest) -> Callable[..., None]:
 
 
 @pytest.fixture
+def results_path(request: pytest.FixtureRequest) -> Path:
+    """The run's results JSON (files a benchmark writes go beside it)."""
+    return request.config.stash[STATE].json_path
+
+
+@pytest.fixture
 def artifacts_dir(request: pytest.FixtureRequest, catalog_entry: ModelEntry) -> Path:
     """A directory beside the results JSON for this test's files (images, masks): `<json stem>-artifacts/<model>/<benchmark>/<setting>`."""
     json_path = request.config.stash[STATE].json_path

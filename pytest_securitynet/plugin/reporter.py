@@ -21,7 +21,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     entry = entry_of(item)
     if entry is not None and (report.when == "call" or (report.when == "setup" and not report.passed)):
-        report.user_properties.append((PAYLOAD, _payload(item, entry)))
+        row = _payload(item, entry)
+        item.config.hook.pytest_securitynet_row(item=item, row=row)
+        report.user_properties.append((PAYLOAD, plain(row)))
     return report
 
 
