@@ -35,23 +35,10 @@ _CHUNK = 1 << 20
 
 
 def default_cache_dir() -> Path:
-    """`SECURITYNET_CACHE`, else the user cache directory (e.g. ~/.cache/securitynet)."""
-    env = os.environ.get("SECURITYNET_CACHE")
-    if env:
-        return Path(env).expanduser()
+    """The user cache directory (e.g. ~/.cache/securitynet); `SECURITYNET_CACHE` is read by the settings."""
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("securitynet"))
-
-
-def mirrors_from_env() -> list[Path]:
-    """Directories in `SECURITYNET_MIRROR`, separated by `os.pathsep`."""
-    raw = os.environ.get("SECURITYNET_MIRROR", "")
-    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
-
-
-def offline_from_env() -> bool:
-    return os.environ.get("SECURITYNET_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def sha256_of(path: Path) -> str:
@@ -156,8 +143,8 @@ class FileStore:
     """Where files come from: a cache directory, mirror directories, and whether to download."""
 
     cache_dir: Path = field(default_factory=default_cache_dir)
-    mirrors: list[Path] = field(default_factory=mirrors_from_env)
-    offline: bool = field(default_factory=offline_from_env)
+    mirrors: list[Path] = field(default_factory=list)
+    offline: bool = False
 
     def path(self, *parts: str) -> Path:
         """A path inside the cache, with its parent directory created."""
