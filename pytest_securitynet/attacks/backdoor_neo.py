@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .backdoor_common import DeviceLike, cpu_generator, predict_labels, sample_index, to_float
+from .common import DeviceLike, predict_labels, sample_index, seeded_generator, to_float
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def neo(
     pass holds about ``batch_size`` images.
     """
     start = time.perf_counter()
-    generator = cpu_generator(seed)
+    generator = seeded_generator(seed)
     height, width = test_images_uint8.shape[-2:]
     block = block_size or default_block_size(height)
     source = test_images_uint8 if inputs_to_score is None else inputs_to_score

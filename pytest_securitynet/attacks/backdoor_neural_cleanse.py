@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torchvision.utils import save_image
 
-from .backdoor_common import DeviceLike, cpu_generator, frozen_parameters, sample_index, to_float
+from .common import DeviceLike, attack_mode, sample_index, seeded_generator, to_float
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def _initial_parameters(
     Drawn for all classes at once so a label gets the same start whichever subset or mode is run.
     """
     channels, height, width = shape
-    generator = cpu_generator(seed)
+    generator = seeded_generator(seed)
     mask = torch.rand(num_classes, 1, height, width, generator=generator)
     pattern = torch.rand(num_classes, channels, height, width, generator=generator)
     return _from_unit(mask), _from_unit(pattern)
@@ -223,7 +223,7 @@ def _reverse_engineer(
     best = [_to_unit(p.detach()).clone() for p in params]
     best_success = np.zeros(len(labels))
     epochs_run = np.zeros(len(labels), dtype=int)
-    generator = cpu_generator(seed)
+    generator = seeded_generator(seed)
     rows_per_chunk = max(1, max_images_per_forward // batch_size)
     for epoch in range(epochs):
         running = np.flatnonzero(schedule.active)
@@ -324,7 +324,7 @@ def _prepare(
     labels = list(range(num_classes)) if labels is None else [int(label) for label in labels]
     if not labels or min(labels) < 0 or max(labels) >= num_classes:
         raise ValueError(f"labels must be a non-empty subset of range({num_classes})")
-    subset = sample_index(len(clean_images_uint8), n_samples, cpu_generator(seed))
+    subset = sample_index(len(clean_images_uint8), n_samples, seeded_generator(seed))
     images = clean_images_uint8[subset].to(device)  # kept uint8; converted batch by batch
     mask_init, pattern_init = _initial_parameters(num_classes, tuple(images.shape[1:]), seed + 1)
     return images, labels, (mask_init[labels], pattern_init[labels])
@@ -354,8 +354,7 @@ def neural_cleanse(
     settings = settings or NeuralCleanseSchedule()
     start = time.perf_counter()
     images, labels, init = _prepare(clean_images_uint8, num_classes, labels, n_samples, device, seed)
-    model.eval()
-    with frozen_parameters(model):
+    with attack_mode(model):
         masks, patterns, success, epochs_run = _reverse_engineer(
             model, images, labels, init, epochs=epochs, batch_size=batch_size, seed=seed,
             max_images_per_forward=max_images_per_forward, settings=settings,
@@ -390,8 +389,7 @@ def neural_cleanse_sequential(
     start = time.perf_counter()
     images, labels, init = _prepare(clean_images_uint8, num_classes, labels, n_samples, device, seed)
     outputs = []
-    model.eval()
-    with frozen_parameters(model):
+    with attack_mode(model):
         for i, label in enumerate(labels):
             outputs.append(_reverse_engineer(
                 model, images, [label], (init[0][i : i + 1], init[1][i : i + 1]), epochs=epochs,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .backdoor_common import DeviceLike, cpu_generator, entropy_bits, sample_index, to_float
+from .common import DeviceLike, entropy_bits, sample_index, seeded_generator, to_float
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def strip(
     below the boundary; the model is flagged when the flagged fraction clears :func:`strip_verdict`.
     """
     start = time.perf_counter()
-    generator = cpu_generator(seed)
+    generator = seeded_generator(seed)
     source = test_images_uint8 if inputs_to_score is None else inputs_to_score
     scored = source[sample_index(len(source), n_inputs, generator)]
     calibration, overlay_pool = _split_clean_pool(clean_pool_uint8, n_calibration or n_inputs, generator)

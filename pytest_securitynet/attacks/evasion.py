@@ -9,7 +9,6 @@ baseline. Images are floats in [0, 1]; eps is measured in that scale (eps 0.03 ~
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Literal
@@ -18,27 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import frozen_parameters, resolve_device, seeded_generator
+
 logger = logging.getLogger(__name__)
 
 Attack = Literal["fgsm", "pgd"]
-
-
-@contextlib.contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
-    """Turn off ``requires_grad`` on the model's parameters for the block, then restore it.
-
-    Attacks need gradients with respect to the input only; frozen weights keep ``.grad`` untouched
-    and let autograd skip weight-gradient kernels and the activations they would save.
-    """
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
 
 
 def _input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -117,13 +100,6 @@ def pgd_linf(
     return x
 
 
-def _resolve_device(device: torch.device | str | None, model: nn.Module) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 def _adversarial_batches(
     source: nn.Module,
     x: torch.Tensor,
@@ -176,10 +152,10 @@ def evaluate_evasion(
     if labels.shape[0] != images_uint8.shape[0] or images_uint8.shape[0] == 0:
         raise ValueError("images and labels must be non-empty and of equal length")
     eps_values = [_check_eps(e) for e in eps_list]
-    device = _resolve_device(device, model)
+    device = resolve_device(device, model)
     source = (model if source_model is None else source_model).to(device)
     model.to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = seeded_generator(seed, device)
     clean_correct = torch.zeros((), dtype=torch.long, device=device)
     adv_correct = torch.zeros(len(eps_values), dtype=torch.long, device=device)
     n = images_uint8.shape[0]

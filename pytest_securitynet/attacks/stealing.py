@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pytest_securitynet.attacks.surrogates import Resize, build_surrogate
+from .common import check_uint8, resolve_device, seeded_generator
+from .surrogates import Resize, build_surrogate
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +37,6 @@ Schedule = Literal["cosine", "constant"]
 
 REFERENCE_BATCH_SIZE = 128
 """Batch size the paper's learning rate is taken to refer to (linear scaling, Goyal et al. 2017)."""
-
-
-def _resolve_device(device: torch.device | str | None, model: nn.Module | None = None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    param = next(model.parameters(), None) if model is not None else None
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _check_uint8(images: torch.Tensor, name: str) -> None:
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"{name} must be a uint8 tensor [N, C, H, W]; got {images.dtype} "
-                         f"{tuple(images.shape)}")
 
 
 def query_target(
@@ -61,8 +49,8 @@ def query_target(
     """Query the black-box target: softmax posteriors [N, K] (float32, on ``device``).
 
     Uses ``no_grad`` rather than ``inference_mode`` so the result can serve as training targets."""
-    _check_uint8(images_uint8, "images_uint8")
-    device = _resolve_device(device, target)
+    check_uint8(images_uint8, "images_uint8")
+    device = resolve_device(device, target)
     target.to(device)
     outputs = []
     with torch.no_grad():
@@ -247,13 +235,13 @@ def steal(
     steps, batch_size, lr, final_train_loss, samples_per_s, label_only, device, amp.
     """
     t_start = time.perf_counter()
-    _check_uint8(query_images_uint8, "query_images_uint8")
+    check_uint8(query_images_uint8, "query_images_uint8")
     n, in_channels, height, _ = query_images_uint8.shape
     if n == 0 or epochs < 1:
         raise ValueError("steal needs at least one query and one epoch")
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant'; got {schedule!r}")
-    dev = _resolve_device(device, surrogate if isinstance(surrogate, nn.Module) else None)
+    dev = resolve_device(device, surrogate if isinstance(surrogate, nn.Module) else None)
     on_cuda = dev.type == "cuda"
     input_size = height if input_size is None else int(input_size)
     batch_size = (512 if on_cuda else REFERENCE_BATCH_SIZE) if batch_size is None else batch_size
@@ -270,7 +258,7 @@ def steal(
     t_all = _prepare_targets(target_outputs, n, num_classes, label_only, dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=momentum,
                                 weight_decay=weight_decay, fused=True if on_cuda else None)
-    generator = torch.Generator(device=dev).manual_seed(seed)
+    generator = seeded_generator(seed, dev)
     train_model = _maybe_compile(model, compile_model)
     cudnn = (torch.backends.cudnn.flags(enabled=True, benchmark=True) if on_cuda
              else contextlib.nullcontext())
@@ -316,12 +304,12 @@ def evaluate_surrogate(
 ) -> dict[str, float]:
     """Attack accuracy (surrogate vs. labels), agreement (surrogate vs. target top-1) and the
     target's accuracy on a uint8 test set (Jagielski et al.'s metrics, as in SecurityNet §3.1)."""
-    _check_uint8(test_images_uint8, "test_images_uint8")
+    check_uint8(test_images_uint8, "test_images_uint8")
     labels = torch.as_tensor(test_labels)
     n = test_images_uint8.shape[0]
     if n == 0 or labels.shape[0] != n:
         raise ValueError("test images and labels must be non-empty and of equal length")
-    device = _resolve_device(device, surrogate)
+    device = resolve_device(device, surrogate)
     surrogate.to(device).eval()
     target.to(device).eval()
     counts = torch.zeros(3, dtype=torch.long, device=device)
