@@ -33,7 +33,9 @@ from pytest_securitynet.attacks.backdoor import (
     train_classifier,
     trigger_images_uint8,
 )
-from pytest_securitynet.attacks.backdoor_neural_cleanse import NeuralCleanseSchedule, _CostSchedule
+from pytest_securitynet.attacks.backdoor_nc_schedule import CostSchedule, NeuralCleanseSchedule
+
+from work_counts import count_work
 
 logger = logging.getLogger(__name__)
 
@@ -178,20 +180,20 @@ def test_mad_anomaly_index_known_answer() -> None:
 
 def test_cost_schedule_follows_reference_trace() -> None:
     settings = NeuralCleanseSchedule()
-    schedule = _CostSchedule(2, settings)
-    reg = np.array([10.0, 10.0])
+    schedule = CostSchedule(2, settings)
+    reg = torch.tensor([10.0, 10.0])
     costs = []
     for epoch in range(26):
-        success = np.array([1.0 if epoch < 9 else 0.5, 0.0])
+        success = torch.tensor([1.0 if epoch < 9 else 0.5, 0.0])
         schedule.update(success, reg)
-        costs.append(schedule.cost[0])
+        costs.append(schedule.cost[0].item())
     # cost stays 0 until 5 successful epochs, then init_cost; 4 more -> x1.5; 5 failures -> /1.5**1.5
     assert costs[3] == 0 and costs[4] == pytest.approx(1e-3)
     assert costs[8] == pytest.approx(1.5e-3)
     assert costs[13] == pytest.approx(1.5e-3 / 1.5**1.5)
     # best norm found at epoch 0 and never improved: stop after 25 stale epochs (both flags set)
     assert schedule.active.tolist() == [False, True]
-    assert schedule.reg_best[0] == 10.0 and np.isinf(schedule.reg_best[1])
+    assert schedule.reg_best[0] == 10.0 and torch.isinf(schedule.reg_best[1])
     assert schedule.cost[1] == 0, "a label whose trigger never works keeps lambda at 0"
 
 
@@ -235,6 +237,55 @@ def test_batched_neural_cleanse_matches_sequential(models: Models, digits: Digit
     assert batched.suspect_label == sequential.suspect_label == TARGET
     torch.testing.assert_close(batched.masks, sequential.masks, atol=1e-4, rtol=0)
     assert batched.epochs_run == sequential.epochs_run
+
+
+def test_neural_cleanse_bf16_keeps_the_verdict(models: Models, digits: Digits) -> None:
+    """bf16 autocast (the CUDA default) against the fp32 reference, on the CPU: same verdict and suspect,
+    suspect anomaly index within 10% and the suspect's and median mask norms within 5%."""
+    common = dict(num_classes=10, n_samples=256, device="cpu", seed=0)
+    for model in (models.poisoned, models.clean):
+        reference = neural_cleanse(model, digits.test_x, amp=False, **common)
+        fast = neural_cleanse(model, digits.test_x, amp=True, channels_last=True, **common)
+        logger.info("NC fp32 %.3f vs bf16 %.3f", reference.suspect_anomaly_index, fast.suspect_anomaly_index)
+        assert fast.amp == "bfloat16" and reference.amp is None and fast.channels_last
+        assert (fast.flagged, fast.suspect_label) == (reference.flagged, reference.suspect_label)
+        assert fast.suspect_anomaly_index == pytest.approx(reference.suspect_anomaly_index, rel=0.10)
+        suspect = reference.labels.index(reference.suspect_label)
+        assert fast.mask_norms[suspect] == pytest.approx(reference.mask_norms[suspect], rel=0.05)
+        assert np.median(fast.mask_norms) == pytest.approx(np.median(reference.mask_norms), rel=0.05)
+    assert reference.flagged is False and fast.flagged is False  # the clean model, last in the loop
+
+
+def test_neural_cleanse_work_per_step(models: Models, digits: Digits) -> None:
+    """Batched: one forward and one backward pass of labels x images per step and no host read
+    inside an epoch (one per epoch: whether any label still runs). The reference: one pass per label."""
+    common = dict(num_classes=10, n_samples=96, batch_size=32, device="cpu", seed=0)  # 3 steps an epoch
+    counts = {}
+    for epochs in (2, 4):
+        with count_work(models.poisoned) as counts[epochs]:
+            result = neural_cleanse(models.poisoned, digits.test_x, epochs=epochs, **common)
+        assert result.images_forwarded == epochs * 96 * 10
+    extra = {k: getattr(counts[4], k) - getattr(counts[2], k)
+             for k in ("forward_calls", "forward_images", "backward_passes", "host_syncs")}
+    assert extra == {"forward_calls": 6, "forward_images": 6 * 320, "backward_passes": 6, "host_syncs": 2}
+    assert counts[2].syncs["scalar read"] == 2
+    with count_work(models.poisoned) as sequential:
+        neural_cleanse_sequential(models.poisoned, digits.test_x, epochs=2, **common)
+    assert sequential.forward_calls == 10 * counts[2].forward_calls
+    assert sequential.forward_images == counts[2].forward_images
+
+
+def test_neural_cleanse_result_records_its_settings(nc_poisoned) -> None:
+    record = nc_poisoned.as_record()
+    assert "masks" not in record and "patterns" not in record
+    assert record["epochs"] == 50 and record["batch_size"] == 32 and record["n_samples"] == 597
+    assert record["schedule"]["lr"] == 0.1 and record["mode"] == "batched"
+    assert record["amp"] is None and record["cuda_graph"] is False
+    assert set(record["phases"]) == {"setup", "optimisation", "outlier_test"}
+    assert record["runtime_s"] == pytest.approx(sum(record["phases"].values()))
+    # The digits CNN: two 3x3 convolutions and a linear layer; forward + input gradient per image.
+    assert record["flops"] == pytest.approx(record["images_forwarded"] * 2 * (2 * 9 * 8 * 64 + 2 * 9 * 8 * 16 * 16
+                                                                                + 2 * 64 * 10), rel=0.02)
 
 
 def test_neural_cleanse_label_subset(models: Models, digits: Digits) -> None:
