@@ -381,3 +381,35 @@ def test_neo_clean_model_ignores_trigger(models: Models, digits: Digits, trigger
     result = neo(models.clean, digits.test_x, inputs_to_score=triggered_test, n_inputs=300,
                  block_size=PATCH, device="cpu", seed=0)
     assert result.confirmed_fraction < 0.01
+
+
+def test_neo_fast_paths_keep_the_verdict(models: Models, digits: Digits, triggered_test) -> None:
+    """bf16 autocast (the CUDA default) and the round-by-round search against the fp32 exhaustive
+    reference: same verdict, confirmed fraction within 0.02 (bf16) and 0.05 (rounds of 10 blocks)."""
+    common = dict(n_inputs=150, block_size=PATCH, device="cpu", seed=0)
+    for model, inputs in ((models.poisoned, triggered_test), (models.clean, triggered_test), (models.poisoned, None)):
+        reference = neo(model, digits.test_x, inputs_to_score=inputs, amp=False, **common)
+        bf16 = neo(model, digits.test_x, inputs_to_score=inputs, amp=True, **common)
+        rounds = neo(model, digits.test_x, inputs_to_score=inputs, blocks_per_round=10, **common)
+        assert reference.blocks_per_round == reference.n_blocks == 49 and bf16.amp == "bfloat16"
+        assert bf16.flagged == rounds.flagged == reference.flagged
+        assert bf16.confirmed_fraction == pytest.approx(reference.confirmed_fraction, abs=0.02)
+        assert rounds.confirmed_fraction == pytest.approx(reference.confirmed_fraction, abs=0.05)
+        assert rounds.blocks_probed < reference.blocks_probed == 150 * 49
+
+
+def test_neo_batches_inputs(models: Models, digits: Digits, triggered_test) -> None:
+    """Candidate blocks of all inputs share forward passes: the pass count and the host reads do not
+    grow with the number of inputs (the one-chunk-of-10-inputs-at-a-time version made 76 passes and
+    678 host reads for 300 inputs)."""
+    counts = {}
+    for n in (150, 300):
+        with count_work(models.poisoned) as counts[n]:
+            result = neo(models.poisoned, digits.test_x, inputs_to_score=triggered_test, n_inputs=n,
+                         block_size=PATCH, device="cpu", seed=0)
+        assert counts[n].forward_images == result.images_forwarded
+    assert counts[300].forward_calls <= 8 and counts[300].host_syncs <= 20
+    assert counts[150].host_syncs == counts[300].host_syncs
+    confirmations, rest = divmod(counts[300].forward_images - (len(digits.test_x) + 300 + 300 * 49), 100)
+    assert rest == 0 and 0.8 * 300 <= confirmations <= 3 * 300  # at most 3 candidates, 100 images each
+

@@ -141,6 +141,37 @@ def cudnn_autotune(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.backends.cudnn.flags(enabled=True, benchmark=True)
 
 
+_PIXELS_PER_FORWARD = {"cuda": 16384 * 32 * 32}
+_PIXELS_PER_FORWARD_DEFAULT = 2048 * 32 * 32
+
+
+def images_per_forward(requested: int | None, device: torch.device, image_shape: tuple[int, ...]) -> int:
+    """Images in one inference pass: ``requested``, or as many as 16384 (CUDA) / 2048 (elsewhere)
+    32x32 images hold in pixels, so larger inputs get proportionally smaller passes."""
+    if requested is not None:
+        return max(1, int(requested))
+    pixels = _PIXELS_PER_FORWARD.get(device.type, _PIXELS_PER_FORWARD_DEFAULT)
+    return max(1, pixels // (image_shape[-1] * image_shape[-2]))
+
+
+@torch.no_grad()
+def logits_in_chunks(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    chunk: int,
+    amp: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """float32 logits of ``images`` (uint8, or float in [0, 1]) on their device, ``chunk`` images per pass."""
+    outputs = []
+    for part in images.split(chunk):
+        x = part.float().div_(255) if part.dtype == torch.uint8 else part
+        with autocast(part.device, amp):
+            outputs.append(model(x.contiguous(memory_format=memory_format(channels_last))).float())
+    return torch.cat(outputs)
+
+
 class PhaseTimer:
     """Wall seconds per named phase (``with timer.phase("attack"): ...``), summed over entries.
 
