@@ -34,6 +34,8 @@ from pytest_securitynet.attacks.backdoor import (
     trigger_images_uint8,
 )
 from pytest_securitynet.attacks.backdoor_nc_schedule import CostSchedule, NeuralCleanseSchedule
+from pytest_securitynet.attacks.backdoor_strip import _split_clean_pool, strip_entropies
+from pytest_securitynet.attacks.common import sample_index
 
 from work_counts import count_work
 
@@ -345,6 +347,41 @@ def test_strip_clean_model_ignores_trigger(models: Models, strip_split) -> None:
     scored, triggered, pool = strip_split
     result = strip(models.clean, scored, pool, frr=0.05, device="cpu", seed=0, inputs_to_score=triggered)
     assert not result.flagged
+
+
+def test_strip_one_pass_equals_two_reference_passes(models: Models, strip_split) -> None:
+    """The single batched pass gives the entropies of the two-pass reference (calibration inputs,
+    then scored inputs, each with its own overlay draw) and runs every blended image once, in
+    full passes, with a fixed number of host reads."""
+    scored, triggered, pool = strip_split
+    with count_work(models.poisoned) as count:
+        result = strip(models.poisoned, scored, pool, frr=0.05, device="cpu", seed=0, inputs_to_score=triggered,
+                       batch_size=1000)
+    generator = torch.Generator().manual_seed(0)
+    reference_scored = triggered[sample_index(len(triggered), 2000, generator)]
+    calibration, overlays = _split_clean_pool(pool, 2000, generator)
+    two_pass = dict(n_overlays=10, blend="add", generator=generator, device="cpu", batch_size=100)
+    torch.testing.assert_close(result.clean_entropies, strip_entropies(models.poisoned, calibration, overlays, **two_pass),
+                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(result.entropies, strip_entropies(models.poisoned, reference_scored, overlays, **two_pass),
+                               rtol=0, atol=1e-6)
+    n_images = 10 * (len(calibration) + len(reference_scored))
+    assert count.forward_images == result.images_forwarded == n_images
+    assert count.forward_calls == -(-(len(calibration) + len(reference_scored)) // 100)  # 100 inputs x 10 overlays
+    assert count.host_syncs <= 4
+    assert set(result.phases) == {"setup", "attack", "evaluation"}
+
+
+def test_strip_bf16_keeps_the_verdict(models: Models, strip_split) -> None:
+    """bf16 autocast (the CUDA default) against fp32: same verdicts, flagged fraction within 0.01 and
+    entropies within 0.05 bits."""
+    scored, triggered, pool = strip_split
+    for inputs in (None, triggered):
+        reference = strip(models.poisoned, scored, pool, frr=0.05, device="cpu", seed=0, inputs_to_score=inputs)
+        bf16 = strip(models.poisoned, scored, pool, frr=0.05, device="cpu", seed=0, inputs_to_score=inputs, amp=True)
+        assert bf16.amp == "bfloat16" and bf16.flagged == reference.flagged
+        assert bf16.flagged_fraction == pytest.approx(reference.flagged_fraction, abs=0.01)
+        torch.testing.assert_close(bf16.entropies, reference.entropies, rtol=0, atol=0.05)
 
 
 # --- NEO -----------------------------------------------------------------------------------
