@@ -198,21 +198,28 @@ class PhaseTimer:
         return sum(self.phases.values())
 
 
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` on the meta device (no memory, no compute) without the caller's hooks,
+    for counting FLOPs."""
+    probe = copy.deepcopy(model).to("meta")
+    for module in probe.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks):
+            hooks.clear()
+    return probe
+
+
 def pass_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[float, float] | None:
     """FLOPs per image of one forward pass and of the backward pass to the input (weights frozen).
 
-    Counted with ``FlopCounterMode`` on a copy of the model on the meta device (no compute);
-    matmuls and convolutions only, so TFLOP/s derived from it are conservative. Returns None when
-    the model cannot be copied to the meta device.
+    Counted with ``FlopCounterMode`` on a meta-device copy of the model (no compute); matmuls and
+    convolutions only, so TFLOP/s derived from it are conservative. Returns None when the model
+    cannot be copied to the meta device.
     """
     try:
-        probe = copy.deepcopy(model).to("meta").eval().requires_grad_(False)
+        probe = meta_copy(model).eval().requires_grad_(False)
     except (RuntimeError, TypeError, NotImplementedError) as exc:
         logger.debug("no FLOP count for %s: %s", type(model).__name__, exc)
         return None
-    for module in probe.modules():  # the copy must not run the caller's hooks
-        for hooks in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks):
-            hooks.clear()
     x = torch.empty((2, *input_shape), device="meta", requires_grad=True)
     with FlopCounterMode(display=False) as counter:
         out = probe(x)
