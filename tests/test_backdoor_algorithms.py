@@ -6,6 +6,7 @@ each detector must flag the backdoor where it should and stay quiet where it sho
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -279,11 +280,12 @@ def test_neural_cleanse_work_per_step(models: Models, digits: Digits) -> None:
 
 def test_neural_cleanse_result_records_its_settings(nc_poisoned) -> None:
     record = nc_poisoned.as_record()
+    assert json.loads(json.dumps(record)) == record
     assert "masks" not in record and "patterns" not in record
     assert record["epochs"] == 50 and record["batch_size"] == 32 and record["n_samples"] == 597
     assert record["schedule"]["lr"] == 0.1 and record["mode"] == "batched"
     assert record["amp"] is None and record["cuda_graph"] is False
-    assert set(record["phases"]) == {"setup", "optimisation", "outlier_test"}
+    assert set(record["phases"]) == {"setup", "attack", "evaluation"}
     assert record["runtime_s"] == pytest.approx(sum(record["phases"].values()))
     # The digits CNN: two 3x3 convolutions and a linear layer; forward + input gradient per image.
     assert record["flops"] == pytest.approx(record["images_forwarded"] * 2 * (2 * 9 * 8 * 64 + 2 * 9 * 8 * 16 * 16
@@ -370,6 +372,9 @@ def test_strip_one_pass_equals_two_reference_passes(models: Models, strip_split)
     assert count.forward_calls == -(-(len(calibration) + len(reference_scored)) // 100)  # 100 inputs x 10 overlays
     assert count.host_syncs <= 4
     assert set(result.phases) == {"setup", "attack", "evaluation"}
+    record = result.as_record()
+    assert json.loads(json.dumps(record)) == record and "entropies" not in record
+    assert record["n_overlays"] == 10 and record["blend"] == "add" and record["images_per_forward"] == 1000
 
 
 def test_strip_bf16_keeps_the_verdict(models: Models, strip_split) -> None:
@@ -447,6 +452,10 @@ def test_neo_batches_inputs(models: Models, digits: Digits, triggered_test) -> N
         assert counts[n].forward_images == result.images_forwarded
     assert counts[300].forward_calls <= 8 and counts[300].host_syncs <= 20
     assert counts[150].host_syncs == counts[300].host_syncs
+    record = result.as_record()
+    assert json.loads(json.dumps(record)) == record and "confirmed" not in record
+    assert record["n_confirm"] == 100 and record["flip_threshold"] == 0.8 and record["blocks_per_round"] == 49
+    assert set(record["phases"]) == {"setup", "attack"} and record["flops"] > 0
     confirmations, rest = divmod(counts[300].forward_images - (len(digits.test_x) + 300 + 300 * 49), 100)
     assert rest == 0 and 0.8 * 300 <= confirmations <= 3 * 300  # at most 3 candidates, 100 images each
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -231,10 +232,11 @@ def test_evasion_result_records_settings_phases_and_flops(model, test_set):
     x, y = test_set
     result = run_evasion(model, x, y, [0.0, 0.1], attack="pgd", steps=4, seed=2)
     record = result.as_record()
+    assert json.loads(json.dumps(record)) == record
     assert record["eps"] == [0.0, 0.1] and record["steps"] == 4 and record["step_size"] == [0.0, 0.025]
     assert record["batch_size"] == 512 and record["seed"] == 2 and record["random_start"]
     assert record["gradient_passes"] == 4 and not record["transfer"]
-    assert set(record["phases"]) == {"setup", "clean_evaluation", "attack"}
+    assert set(record["phases"]) == {"setup", "evaluation", "attack"}
     forward = 2 * (64 * 128 + 128 * 10)  # the MLP's two linear layers; the input gradient costs the same
     assert record["flops"] == pytest.approx(len(x) * (4 * 2 * forward + 2 * forward))
     assert result.by_eps()[0.1]["adversarial_accuracy"] == record["adversarial_accuracy"][1]

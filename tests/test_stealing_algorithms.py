@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -323,6 +325,7 @@ def test_run_model_stealing_records_phases_settings_and_flops(queries, target, d
     surrogate, result = run_model_stealing(answer, images, target, x_test, y_test, num_classes=10,
                                            surrogate=tiny_cnn, epochs=3, lr=LR, seed=1)
     record = result.as_record()
+    assert json.loads(json.dumps(record)) == record
     assert asked == [600] and record["n_queries"] == 600 and record["input_size"] == 8
     assert set(record["phases"]) == {"queries", "training", "evaluation"}
     assert record["training"]["epochs"] == 3 and record["training"]["momentum"] == 0.9

@@ -55,7 +55,10 @@ _COLOUR_CHUNK = 256
 
 @dataclass
 class NeoResult(ResultRecord):
-    """Per-input outcome (CPU tensors), the model verdict, the settings used and the work done."""
+    """Per-input outcome (CPU tensors), the model verdict, the settings used and the work done.
+
+    ``phases``: setup (uploads, predictions, dominant colours) and attack (block search and
+    confirmation); ``images_forwarded`` counts every image the model ran on."""
 
     confirmed: torch.Tensor = field(repr=False)
     has_candidate: torch.Tensor = field(repr=False)
@@ -310,7 +313,7 @@ def neo(
             predictions = probs.argmax(1)
             confidence = probs.gather(1, predictions[:, None]).squeeze(1)
             colours = _colours(images, generator)
-        with timer.phase("search"):
+        with timer.phase("attack"):
             outcome = _search_and_confirm(
                 run, images, colours, positions.to(device), predictions, confidence, pool, excluded,
                 blocks_per_round=rounds, max_candidates=max_candidates, n_confirm=n_confirm,
@@ -322,7 +325,7 @@ def neo(
     forwarded = len(pool_images) + len(images) + probed + outcome.confirm_images
     flops_per_image = pass_flops(model, tuple(source.shape[1:]))
     flops = None if flops_per_image is None else forwarded * flops_per_image[0]
-    seconds = timer.phases["search"]
+    seconds = timer.phases["attack"]
     n_confirmed = int(confirmed.sum())
     result = NeoResult(
         confirmed=confirmed, has_candidate=has_candidate, trigger_positions=found_at,

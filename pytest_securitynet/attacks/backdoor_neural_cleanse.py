@@ -67,8 +67,9 @@ _MAX_IMAGES_PER_FORWARD_DEFAULT = 2048
 class NeuralCleanseResult(ResultRecord):
     """Reverse-engineered triggers, the MAD outlier verdict and the settings that produced them.
 
-    Per-label lists align with ``labels``. ``phases`` holds wall seconds of setup, optimisation and
-    the outlier test; ``flops`` counts the forward and input-gradient passes of the optimisation.
+    Per-label lists align with ``labels``. ``phases`` holds wall seconds of setup, attack (the
+    trigger optimisation) and evaluation (the outlier test); ``flops`` counts the forward and
+    input-gradient passes of the optimisation.
     """
 
     labels: list[int]
@@ -184,7 +185,7 @@ def _run(
     if max_images_per_forward is None:
         max_images_per_forward = _MAX_IMAGES_PER_FORWARD.get(device.type, _MAX_IMAGES_PER_FORWARD_DEFAULT)
     common = dict(epochs=epochs, batch_size=batch_size, seed=seed, settings=settings, fast=fast)
-    with timer.phase("optimisation"), attack_mode(model, channels_last=fast.channels_last), cudnn_autotune(device):
+    with timer.phase("attack"), attack_mode(model, channels_last=fast.channels_last), cudnn_autotune(device):
         if mode == "batched":
             parts = [reverse_engineer(model, images, labels, init,
                                       max_images_per_forward=max_images_per_forward, **common)]
@@ -192,7 +193,7 @@ def _run(
             parts = [reverse_engineer(model, images, [label], (init[0][i : i + 1], init[1][i : i + 1]),
                                       max_images_per_forward=batch_size, **common)
                      for i, label in enumerate(labels)]
-    with timer.phase("outlier_test"):
+    with timer.phase("evaluation"):
         masks = torch.cat([part.masks for part in parts])
         verdict = _outlier_test(labels, masks.flatten(1).sum(1).double().numpy())
     forwarded = sum(part.images_forwarded for part in parts)
@@ -206,7 +207,7 @@ def _run(
         amp=None if fast.amp is None else str(fast.amp).removeprefix("torch."),
         channels_last=fast.channels_last, cuda_graph=any(part.graphed for part in parts),
         images_forwarded=forwarded, phases=dict(timer.phases), flops=flops,
-        tflop_per_s=tflop_per_s(flops, timer.phases["optimisation"]),
+        tflop_per_s=tflop_per_s(flops, timer.phases["attack"]),
     )
 
 

@@ -53,8 +53,9 @@ _DEFAULT_BATCH_SIZE = 512
 @dataclass
 class EvasionResult(ResultRecord):
     """Clean and adversarial accuracy per eps (lists align with ``eps``), the settings used and the
-    work done. ``phases``: setup, clean_evaluation, attack (which includes scoring the adversarial
-    batches on the target). ``gradient_passes``: forward+input-gradient passes per image."""
+    work done. ``phases``: setup, evaluation (clean accuracy) and attack (which includes scoring
+    the adversarial batches on the target). ``gradient_passes``: forward+input-gradient passes per
+    image."""
 
     attack: str
     eps: list[float]
@@ -301,7 +302,7 @@ def run_evasion(
                            autocast_dtype(amp, device), fast_layout,
                            use_fast_path(cuda_graph, device) and device.type == "cuda")
             generator = seeded_generator(seed, device)
-        with timer.phase("clean_evaluation"):
+        with timer.phase("evaluation"):
             clean_correct = sum(_accuracy_count(model, x.float().div_(255), y, fast_layout)
                                 for x, y in zip(setup.images.split(setup.batch_size), setup.labels.split(setup.batch_size)))
         with timer.phase("attack"):
