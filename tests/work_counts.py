@@ -16,6 +16,7 @@ functions whose signatures predate the fast paths, so it also measures older com
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -153,21 +154,25 @@ def main() -> None:
         "strip (297 inputs, 10 overlays)": lambda: strip(model, test_x[:297], test_x[297:], device="cpu", seed=0),
         "pgd-10 (597 images, batch 256)": lambda: evaluate_evasion(model, test_x, test_y, [0.1], attack="pgd",
                                                                   steps=10, batch_size=256),
+        "pgd-10 (597 images, one batch)": lambda: evaluate_evasion(model, test_x, test_y, [0.1], attack="pgd",
+                                                                  steps=10, batch_size=597),
         "fgsm (597 images, batch 256, 3 eps)": lambda: evaluate_evasion(model, test_x, test_y, [0.01, 0.03, 0.1],
                                                                        attack="fgsm", batch_size=256),
     }
-    print(f"{'run':<52} {'forward calls':>13} {'images':>8} {'backward':>8} {'host syncs':>10}")
+    print(f"{'run':<52} {'forward calls':>13} {'images':>8} {'backward':>8} {'host syncs':>10} {'CPU s':>6}")
     for name, run in runs.items():
+        start = time.perf_counter()
         with count_work(model) as count:
             run()
         print(f"{name:<52} {count.forward_calls:>13} {count.forward_images:>8} {count.backward_passes:>8} "
-              f"{count.host_syncs:>10}  {dict(count.syncs)}")
+              f"{count.host_syncs:>10} {time.perf_counter() - start:>6.2f}  {dict(count.syncs)}")
     posteriors = query_target(model, train_x[:600])
     surrogate = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    start = time.perf_counter()
     with count_work(surrogate) as count:
         steal(train_x[:600], posteriors, num_classes=10, surrogate=surrogate, epochs=3)
     print(f"{'steal (600 queries, 3 epochs, batch 128)':<52} {count.forward_calls:>13} {count.forward_images:>8} "
-          f"{count.backward_passes:>8} {count.host_syncs:>10}  {dict(count.syncs)}")
+          f"{count.backward_passes:>8} {count.host_syncs:>10} {time.perf_counter() - start:>6.2f}  {dict(count.syncs)}")
 
 
 if __name__ == "__main__":
