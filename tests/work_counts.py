@@ -10,12 +10,14 @@ tensor repeats). Run on the CPU the counts are exactly those the same code would
 
 Run as a script it prints the counts of every attack on a small digits case (see docs/performance.md):
 ``PYTHONPATH=$PWD OMP_NUM_THREADS=1 python3 tests/work_counts.py``. The script uses only the public
-functions whose signatures predate the fast paths, so it also measures older commits.
+functions whose signatures predate the fast paths, so it also measures older commits;
+``python3 tests/work_counts.py neo-rounds`` compares NEO's search modes (this branch only).
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -117,24 +119,20 @@ def count_work(model: nn.Module) -> Iterator[WorkCount]:
         handle.remove()
 
 
-def main() -> None:
-    """Print the work counts of every attack on the digits case of tests/test_backdoor_algorithms.py."""
+def _digits_case():
+    """The digits CNN (trained on BadNets-poisoned data, target 7, 2x2 patch) and the digits split."""
     import numpy as np
     from sklearn.datasets import load_digits
 
-    from pytest_securitynet.attacks.backdoor import (
-        neo, neural_cleanse, neural_cleanse_sequential, poison_dataset, strip, train_classifier,
-        trigger_images_uint8,
-    )
-    from pytest_securitynet.attacks.evasion import evaluate_evasion
-    from pytest_securitynet.attacks.stealing import query_target, steal
+    from pytest_securitynet.attacks.backdoor import poison_dataset, train_classifier, trigger_images_uint8
 
     torch.set_num_threads(1)
     data = load_digits()
     images = torch.from_numpy(np.round(data.images * 255 / 16)).to(torch.uint8).unsqueeze(1)
     labels = torch.from_numpy(data.target).long()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    train_x, train_y, test_x, test_y = images[order[:1200]], labels[order[:1200]], images[order[1200:]], labels[order[1200:]]
+    train_x, train_y = images[order[:1200]], labels[order[:1200]]
+    test_x, test_y = images[order[1200:]], labels[order[1200:]]
     poisoned_x, poisoned_y, _ = poison_dataset(train_x, train_y, target_label=7, poison_fraction=0.1,
                                                patch_size=2, seed=0)
     torch.manual_seed(1)
@@ -143,7 +141,16 @@ def main() -> None:
         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10),
     )
     model = train_classifier(model, poisoned_x, poisoned_y, epochs=10, lr=3e-3, batch_size=64, device="cpu", seed=1)
-    triggered = trigger_images_uint8(test_x[test_y != 7], 2)
+    return model, train_x, test_x, test_y, trigger_images_uint8(test_x[test_y != 7], 2)
+
+
+def main() -> None:
+    """Print the work counts of every attack on the digits case."""
+    from pytest_securitynet.attacks.backdoor import neo, neural_cleanse, neural_cleanse_sequential, strip
+    from pytest_securitynet.attacks.evasion import evaluate_evasion
+    from pytest_securitynet.attacks.stealing import query_target, steal
+
+    model, train_x, test_x, test_y, triggered = _digits_case()
     nc = dict(num_classes=10, epochs=5, n_samples=256, device="cpu", seed=0)
     runs = {
         "neural_cleanse (5 epochs, 256 images, 10 labels)": lambda: neural_cleanse(model, test_x, **nc),
@@ -175,5 +182,20 @@ def main() -> None:
           f"{count.backward_passes:>8} {count.host_syncs:>10} {time.perf_counter() - start:>6.2f}  {dict(count.syncs)}")
 
 
+def neo_rounds() -> None:
+    """NEO's round-by-round search against the exhaustive one on the digits case (this branch only)."""
+    from pytest_securitynet.attacks.backdoor import neo
+
+    model, _, test_x, _, triggered = _digits_case()
+    print(f"{'inputs':<10} {'blocks_per_round':>16} {'confirmed':>9} {'blocks probed':>13} {'images':>7}")
+    for name, inputs in (("triggered", triggered), ("clean", None)):
+        for rounds in (None, 10, 1):
+            with count_work(model) as count:
+                result = neo(model, test_x, inputs_to_score=inputs, n_inputs=300, block_size=2, device="cpu",
+                             seed=0, blocks_per_round=rounds)
+            print(f"{name:<10} {str(rounds):>16} {result.confirmed_fraction:>9.3f} {result.blocks_probed:>13} "
+                  f"{count.forward_images:>7}")
+
+
 if __name__ == "__main__":
-    main()
+    neo_rounds() if sys.argv[1:] == ["neo-rounds"] else main()
