@@ -120,3 +120,17 @@ def test_rejects_bad_pools():
         train_classifier(images.float(), labels, num_classes=10, seed=0)
     with pytest.raises(ValueError):
         inclusion_matrix(10, 0, seed=0)
+
+
+def test_resnet_recipe_trains_through_the_fast_path_deterministically():
+    """The SGD recipe (CIFAR ResNet-18) uses model stealing's `train_classifier_fast`; one tiny epoch, twice."""
+    gen = torch.Generator().manual_seed(6)
+    images = torch.randint(0, 256, (16, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    labels = torch.randint(10, (16,), generator=gen)
+    recipe = dataclasses.replace(CIFAR_RECIPE, epochs=1, batch_size=8)
+    first = train_classifier(images, labels, num_classes=10, seed=0, recipe=recipe)
+    again = train_classifier(images, labels, num_classes=10, seed=0, recipe=recipe)
+    assert not first.training
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name]), name
+    assert reference_log_probs([first], images[:4]).shape == (1, 4, 10)

@@ -11,8 +11,8 @@ Architecture (a recipe field, overridable): a CIFAR ResNet-18 (`surrogates.build
 two-layer CNN for smaller inputs such as the 8x8 digits demo, trained with Adam. Every model
 takes float images in [0, 1] and normalises inside, like the targets.
 
-Training goes through one function with a plain signature (`TrainFn`), so a faster trainer can
-replace the plain loop here.
+Training goes through one function with a plain signature (`TrainFn`); the ResNet recipes use
+model stealing's fast training path (`training.train_classifier_fast`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .stealing import random_crop_flip
+from .training import random_crop_flip, train_classifier_fast
 from .surrogates import Normalize, build_surrogate
 
 __all__ = [
@@ -146,47 +146,55 @@ def train_classifier(
     device: torch.device | str = "cpu",
     recipe: ReferenceRecipe | None = None,
 ) -> nn.Module:
-    """Train one classifier from scratch with `recipe` (default: by input size); deterministic for a seed on CPU."""
+    """Train one classifier from scratch with `recipe` (default: by input size); deterministic for a seed on CPU.
+
+    SGD recipes go through model stealing's fast path (`training.train_classifier_fast`: on CUDA,
+    bf16 autocast, channels_last and a fused step; momentum 0.9, per-step cosine decay); the Adam
+    recipe of the small CNN is a plain loop with a constant rate.
+    """
     if images_uint8.dtype != torch.uint8 or images_uint8.dim() != 4:
         raise ValueError("images must be uint8 [N, C, H, W]")
     n, in_channels, height, _ = images_uint8.shape
     if n == 0:
         raise ValueError("cannot train a reference model on no images")
     recipe = recipe or default_recipe(height)
+    if recipe.optimizer not in ("sgd", "adam"):
+        raise ValueError(f"unknown optimizer {recipe.optimizer!r}; use 'sgd' or 'adam'")
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_reference_network(recipe, num_classes, height, in_channels).to(device)
-    if recipe.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            model.parameters(), lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay, nesterov=True
-        )
-    elif recipe.optimizer == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    else:
-        raise ValueError(f"unknown optimizer {recipe.optimizer!r}; use 'sgd' or 'adam'")
-    x_all, y_all = images_uint8.to(device), labels.to(device, torch.int64)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    n_batches = math.ceil(n / recipe.batch_size)
-    total, step = recipe.epochs * n_batches, 0
     # Dropout draws from the global generator: fork it so training is seeded and leaves the caller's state.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode(False), torch.enable_grad():
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode(False), \
+            torch.enable_grad():
         torch.manual_seed(seed)
-        model.train()
-        for _ in range(recipe.epochs):
-            for idx in torch.randperm(n, device=device, generator=generator).tensor_split(n_batches):
-                if recipe.optimizer == "sgd":
-                    for group in optimizer.param_groups:
-                        group["lr"] = 0.5 * recipe.lr * (1 + math.cos(math.pi * step / total))
-                xb = x_all[idx]
-                if recipe.augment:
-                    xb = random_crop_flip(xb, max(1, height // 8), True, generator)
-                loss = F.cross_entropy(model(xb.float().div(255)), y_all[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
+        if recipe.optimizer == "sgd":
+            model, _ = train_classifier_fast(
+                model, images_uint8, labels.to(torch.int64), epochs=recipe.epochs, lr=recipe.lr,
+                batch_size=recipe.batch_size, scale_lr=False, device=device, seed=seed,
+                weight_decay=recipe.weight_decay, augment=recipe.augment,
+            )
+            return model.eval()
+        _train_adam(model, images_uint8.to(device), labels.to(device, torch.int64), recipe, seed)
     return model.eval()
+
+
+def _train_adam(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, recipe: ReferenceRecipe, seed: int) -> None:
+    """Adam at a constant rate on shuffled mini-batches, with crop and flip where the recipe says."""
+    n, height = x_all.shape[0], x_all.shape[2]
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    generator = torch.Generator(device=x_all.device).manual_seed(seed)
+    n_batches = math.ceil(n / recipe.batch_size)
+    model.train()
+    for _ in range(recipe.epochs):
+        for idx in torch.randperm(n, device=x_all.device, generator=generator).tensor_split(n_batches):
+            xb = x_all[idx]
+            if recipe.augment:
+                xb = random_crop_flip(xb, max(1, height // 8), True, generator)
+            loss = F.cross_entropy(model(xb.float().div(255)), y_all[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
 
 def inclusion_matrix(n: int, k: int, seed: int) -> torch.Tensor:
