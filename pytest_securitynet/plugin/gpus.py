@@ -1,7 +1,8 @@
 """`--gpus N`: one xdist worker per GPU, each pinned to its own device, one model per worker.
 
 The controller hands GPU indices out from a pool when a worker starts and takes them back when it
-goes down, so a crashed worker's replacement (with a new id) gets a free GPU.
+goes down, so a crashed worker's replacement (with a new id) gets a free GPU. With `--dist loadgroup`
+(which `--gpus` implies) the controller schedules with `ModelScheduling` (plugin/scheduler.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,11 @@ from __future__ import annotations
 import warnings
 
 import pytest
+
+from pytest_securitynet.harness.devices import planned_device
+from pytest_securitynet.plugin.items import xdist_group
+from pytest_securitynet.plugin.runstate import RunState, harness
+from pytest_securitynet.plugin.scheduler import ModelScheduling, worker_count
 
 GPU_KEY = "securitynet_gpu"
 DONE_KEY = "securitynet_done"
@@ -50,6 +56,7 @@ class GpuPool:
         if requested and available < requested:
             warnings.warn(f"--gpus {requested} asked for, but {available} GPU(s) visible; extra workers run on CPU"
                           if available else f"--gpus {requested}: no GPU visible, running on the CPU")
+        self.visible = available
         self.free = list(range(min(requested, available)))
         self.held: dict[str, int] = {}
 
@@ -68,14 +75,27 @@ class GpuPool:
 class XdistHooks:
     """Controller-side xdist hooks (registered only when xdist is active)."""
 
-    def __init__(self, pool: GpuPool, done: list[str], loadgroup: bool):
+    def __init__(self, pool: GpuPool, state: RunState, loadgroup: bool):
         self.pool = pool
-        self.done = done
+        self.state = state
+        self.done = sorted(state.done)
         self.loadgroup = loadgroup
+
+    @pytest.hookimpl(optionalhook=True, tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log) -> ModelScheduling | None:
+        """`--dist loadgroup` (and `--gpus`): keep each model's tests on one worker, on any pytest."""
+        if config.getvalue("dist") != "loadgroup":
+            return None
+        models = harness(config).catalog.models
+        return ModelScheduling(worker_count(config.getvalue("tx")), lambda nodeid: xdist_group(nodeid, models))
 
     @pytest.hookimpl
     def pytest_configure_node(self, node) -> None:
-        node.workerinput[GPU_KEY] = self.pool.take(node.gateway.id)
+        index = self.pool.take(node.gateway.id)
+        node.workerinput[GPU_KEY] = index
+        # Recorded here, so the row of a test whose worker dies still says where it ran.
+        self.state.worker_devices[node.gateway.id] = str(
+            planned_device(self.state.settings.device, index, self.pool.visible > 0))
         node.workerinput[DONE_KEY] = self.done
         # A worker decides on group suffixes from its own command line, which lacks a --dist
         # chosen here; without them the scheduler would not keep one model on one worker.
