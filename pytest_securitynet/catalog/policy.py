@@ -117,7 +117,7 @@ def _check_args(fn: Callable, args: dict, where: str, builder: str) -> None:
     for key, value in args.items():
         kind = hints.get(key)
         if kind in (int, float, str, bool) and not _fits(value, kind):
-            raise CatalogError(f"{where}: field builder_args.{key}: {value!r} is not a {kind.__name__} "
+            raise CatalogError(f"{where}: field builder_args.{key}: {value!r} is not of type {kind.__name__} "
                                f"(builder {builder}{signature})")
 
 
@@ -126,7 +126,7 @@ def _check_num_classes(model: ModelEntry, args: dict, where: str) -> None:
         return
     value = args["num_classes"]
     if not _fits(value, int):
-        raise CatalogError(f"{where}: field builder_args.num_classes: {value!r} is not an int")
+        raise CatalogError(f"{where}: field builder_args.num_classes: {value!r} is not of type int")
     if value != model.annotations["num_classes"]:
         raise CatalogError(f"{where}: field builder_args.num_classes: {value} but annotations.num_classes "
                            f"is {model.annotations['num_classes']}")
