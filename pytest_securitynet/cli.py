@@ -11,6 +11,7 @@ from typing import Sequence
 
 from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, Catalog, catalog_paths, load_catalog
 from pytest_securitynet.catalog.policy import check_builders
+from pytest_securitynet.bench import add_bench_parser
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.harness.settings import settings_from
 from pytest_securitynet.results.merge import merge_files
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="securitynet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_report_parser(sub)
+    add_bench_parser(sub)
     catalog = sub.add_parser("catalog", help="list, show, validate, import, annotate, count or prefetch catalog entries")
     actions = catalog.add_subparsers(dest="action", required=True)
 

@@ -89,6 +89,8 @@ class ResultsWriter:
         self.run = run
         self.models: dict[str, Any] = dict(previous.get("models", {})) if previous else {}
         self.rows: dict[str, dict[str, Any]] = {row_key(r): r for r in previous["results"]} if previous else {}
+        # the specs of the benchmarks that have rows, by id (results/spec.py)
+        self.benchmarks: dict[str, Any] = dict(previous.get("benchmarks", {})) if previous else {}
 
     def add(self, row: dict[str, Any], model_info: dict[str, Any] | None) -> None:
         self.rows[row_key(row)] = plain(row)
@@ -103,5 +105,7 @@ class ResultsWriter:
 
     def write(self) -> None:
         doc = {"schema": SCHEMA, "run": self.run, "models": self.models, "results": list(self.rows.values())}
+        if self.benchmarks:
+            doc["benchmarks"] = self.benchmarks
         with atomic_path(self.path) as tmp:
             tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
