@@ -194,6 +194,19 @@ def test_a_worker_that_dies_after_finishing_a_model_leaves_no_stalled_run():
     assert sum(unit.count(COLLECTION.index(crash)) for w in workers for unit in w.units) == 1  # not rerun
 
 
+def test_workers_that_collected_different_tests_are_reported_and_get_no_work():
+    reports: list[tuple[str, str]] = []
+    sched = ModelScheduling(2, lambda nodeid: xdist_group(nodeid, MODELS), lambda *r: reports.append(r))
+    first, second = FakeWorker("gw0"), FakeWorker("gw1")
+    for worker, collection in ((first, COLLECTION), (second, COLLECTION[:-1])):
+        sched.add_node(worker)
+        sched.add_node_collection(worker, collection)
+    sched.schedule()
+    assert reports == [("gw1", "collected 7 tests, not the same 8 as gw0 (e.g. it lacks tests/test_plain.py::test_unrelated); "
+                               "nothing is scheduled")]
+    assert first.shutdown_sent and second.shutdown_sent and not first.units and sched.tests_finished
+
+
 @pytest.mark.slow
 def test_a_worker_killed_under_gpus_scheduling_ends_the_run_with_its_failed_row(pytester, bench):
     (pytester.path / "benchmarks" / "test_crash.py").write_text(CRASHING)

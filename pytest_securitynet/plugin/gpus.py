@@ -87,7 +87,11 @@ class XdistHooks:
         if config.getvalue("dist") != "loadgroup":
             return None
         models = harness(config).catalog.models
-        return ModelScheduling(worker_count(config.getvalue("tx")), lambda nodeid: xdist_group(nodeid, models))
+
+        def report(worker: str, message: str) -> None:  # shown as a collection error, as xdist does
+            config.hook.pytest_collectreport(report=pytest.CollectReport(worker, "failed", message, []))
+
+        return ModelScheduling(worker_count(config.getvalue("tx")), lambda nodeid: xdist_group(nodeid, models), report)
 
     @pytest.hookimpl
     def pytest_configure_node(self, node) -> None:

@@ -29,9 +29,11 @@ class ModelScheduling:
     so a worker with at most one test left gets the next unit, or a shutdown when none is left.
     """
 
-    def __init__(self, numnodes: int, group_of: Callable[[str], str]):
+    def __init__(self, numnodes: int, group_of: Callable[[str], str],
+                 report: Callable[[str, str], None] | None = None):
         self.numnodes = numnodes
         self.group_of = group_of
+        self.report = report or (lambda worker, message: log.error("%s: %s", worker, message))
         self.collection: list[str] | None = None
         self.registered: dict[Any, list[str]] = {}
         self.pending: dict[Any, list[int]] = {}  # per worker: indices sent and not yet finished
@@ -63,7 +65,8 @@ class ModelScheduling:
 
     def add_node_collection(self, node: Any, collection: Sequence[str]) -> None:
         if self.collection is not None and list(collection) != self.collection:
-            log.warning("worker %s collected different tests; it gets no work", node.gateway.id)
+            self.report(node.gateway.id, _difference(self.collection, list(collection), "the others") + "; it gets no work")
+            node.shutdown()
             return
         self.registered[node] = list(collection)
 
@@ -98,13 +101,15 @@ class ModelScheduling:
     def schedule(self) -> None:
         """First call: split the collection into units. Later calls (a new worker): hand out work."""
         if self.collection is None:
-            collections = list(self.registered.values())
-            if any(c != collections[0] for c in collections[1:]):
-                log.error("workers collected different tests; nothing is scheduled")
+            (first, collection), *others = self.registered.items()
+            differing = [(node, other) for node, other in others if other != collection]
+            for node, other in differing:
+                self.report(node.gateway.id, f"{_difference(collection, other, first.gateway.id)}; nothing is scheduled")
+            if differing:
                 for node in self.nodes:
                     node.shutdown()
                 return
-            self.collection = collections[0]
+            self.collection = collection
             for index, nodeid in enumerate(self.collection):
                 self.queue.setdefault(self.group_of(nodeid), []).append(index)
         for node in self.nodes:
@@ -132,6 +137,15 @@ class ModelScheduling:
             _, indices = self.queue.popitem(last=False)
             self.pending[node].extend(indices)
             node.send_runtest_some(indices)
+
+
+def _difference(expected: list[str], got: list[str], other: str) -> str:
+    got_set, expected_set = set(got), set(expected)
+    missing = [n for n in expected if n not in got_set]
+    extra = [n for n in got if n not in expected_set]
+    first = (f"e.g. it lacks {missing[0]}" if missing else f"e.g. it adds {extra[0]}" if extra
+             else "in another order")
+    return f"collected {len(got)} tests, not the same {len(expected)} as {other} ({first})"
 
 
 def worker_count(tx_specs: Sequence[str]) -> int:
