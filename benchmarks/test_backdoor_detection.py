@@ -13,9 +13,9 @@ Three detectors run on each model, one row each (setting `neural-cleanse`, `stri
 
 The models are presumed clean, so every flag is a false positive; `false_positive_rates` turns a
 results file into Table 1 (per dataset family and detector). By default only CIFAR-10 and SVHN
-models (the paper's) and the demo models run; `-m backdoor_all_datasets` widens the selection.
-SECURITYNET_BACKDOOR_* variables shrink the runs for a CPU (every row records what was used), and
-SECURITYNET_BACKDOOR_SEQUENTIAL=1 also times the one-label-at-a-time Neural Cleanse reference.
+models (the paper's) and the demo models run; `--securitynet-budget backdoor.datasets=all` widens
+the selection. The `backdoor` budget shrinks the runs for a CPU (every row records what was used),
+and `backdoor.sequential=true` also times the one-label-at-a-time Neural Cleanse reference.
 See docs/backdoor-detection.md.
 """
 
@@ -41,13 +41,12 @@ from pytest_securitynet.attacks.backdoor import (
     strip,
 )
 from pytest_securitynet.attacks.backdoor_neural_cleanse import ANOMALY_THRESHOLD
-from pytest_securitynet.plugin import STATE
+from pytest_securitynet.harness.settings import budget
 
 BENCHMARK = "backdoor_detection.detection"
 DETECTORS = ("neural-cleanse", "strip", "neo")
 PAPER_FAMILIES = ("cifar10", "svhn")
 """Dataset families of SecurityNet Table 1; the demo models run too, so the file works offline."""
-WIDEN_MARK = "backdoor_all_datasets"
 NC_BATCH_SIZE = 32
 """Neural Cleanse's batch of clean images per label and step (the authors' script)."""
 STRIP_SETTINGS = dict(n_overlays=10, frr=0.01, blend="add")
@@ -57,25 +56,17 @@ NEO_SETTINGS = dict(n_blocks=200, flip_threshold=0.8, n_confirm=100)
 NEO_MIN_BLOCK = 2
 """NEO's 4x4-per-32x32 block is 1 px on 8x8 digits, too small to cover a patch: use at least 2x2."""
 
-pytestmark = pytest.mark.backdoor_all_datasets
 
-
+@budget("backdoor")
 @dataclass(frozen=True)
 class Budget:
-    """Paper defaults; SECURITYNET_BACKDOOR_{NC_EPOCHS,NC_SAMPLES,INPUTS} shrink them for CPU runs."""
+    """Paper defaults; `--securitynet-budget backdoor.nc_epochs=10` etc. shrink them for CPU runs."""
 
     nc_epochs: int = 50
     nc_samples: int = 1000
     inputs: int = 2000
-    sequential: bool = False
-
-    @classmethod
-    def from_env(cls) -> Budget:
-        env = os.environ.get
-        return cls(nc_epochs=int(env("SECURITYNET_BACKDOOR_NC_EPOCHS", cls.nc_epochs)),
-                   nc_samples=int(env("SECURITYNET_BACKDOOR_NC_SAMPLES", cls.nc_samples)),
-                   inputs=int(env("SECURITYNET_BACKDOOR_INPUTS", cls.inputs)),
-                   sequential=env("SECURITYNET_BACKDOOR_SEQUENTIAL", "").strip().lower() in {"1", "true", "yes", "on"})
+    sequential: bool = False  # also run the one-label-at-a-time Neural Cleanse and record the speed-up
+    datasets: str = "paper"  # "paper": CIFAR-10, SVHN and demo models (SecurityNet §4.3); "all": every model
 
 
 def in_default_selection(entry, family: str) -> bool:
@@ -87,19 +78,24 @@ def in_default_selection(entry, family: str) -> bool:
 def dataset_family(request, catalog_entry, securitynet) -> str:
     """Skip (before the model loads) models outside the paper's datasets unless the run widens it."""
     family = securitynet.dataset_for(catalog_entry).family
-    if not in_default_selection(catalog_entry, family) and WIDEN_MARK not in (request.config.option.markexpr or ""):
+    scope = securitynet.settings.budget(Budget).datasets
+    if scope not in ("paper", "all"):
+        pytest.fail(f"--securitynet-budget backdoor.datasets={scope}: write paper or all", pytrace=False)
+    if not in_default_selection(catalog_entry, family) and scope != "all":
         pytest.skip(f"backdoor detection runs on {'/'.join(PAPER_FAMILIES)} and demo models by default "
-                    f"(SecurityNet §4.3); {catalog_entry.id} is a {family} model: add -m {WIDEN_MARK} to include it")
+                    f"(SecurityNet §4.3); {catalog_entry.id} is a {family} model: add "
+                    f"--securitynet-budget backdoor.datasets=all to include it")
     return family
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
-def test_detection(target_model, test_set, catalog_entry, dataset_family, device, seed, record, request, detector):
+def test_detection(target_model, test_set, catalog_entry, dataset_family, securitynet, device, seed, record, request,
+                   results_path, detector):
     """One detector on one presumed-clean model: verdict, score and runtime (a row of Table 1)."""
-    budget = Budget.from_env()
+    budget = securitynet.settings.budget(Budget)
     images, num_classes = test_set.images, catalog_entry.annotations["num_classes"]
     if detector == "neural-cleanse":
-        json_dir = request.config.stash[STATE].json_path.parent
+        json_dir = results_path.parent
         metrics = run_neural_cleanse(target_model, images, num_classes, budget, device, seed,
                                      request.getfixturevalue("artifacts_dir"), json_dir)
     elif detector == "strip":

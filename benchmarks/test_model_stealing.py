@@ -11,7 +11,6 @@ See docs/model-stealing.md.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
@@ -20,11 +19,19 @@ import torch
 import torch.nn.functional as F
 
 from pytest_securitynet.attacks.stealing import evaluate_surrogate, steal, training_flops
-from pytest_securitynet.datasets import load_dataset
+from pytest_securitynet.zoo.datasets import load_dataset
 from pytest_securitynet.errors import MissingFileError, SecurityNetError
+from pytest_securitynet.harness.settings import budget
 
-EPOCHS = int(os.environ.get("SECURITYNET_STEALING_EPOCHS", "30"))
-"""The paper's 30. SECURITYNET_STEALING_EPOCHS changes it for quick CPU runs; every row records it."""
+
+
+@budget("stealing")
+@dataclass(frozen=True)
+class Budget:
+    """The paper's 30 epochs; `--securitynet-budget stealing.epochs=5` for quick CPU runs (rows record it)."""
+
+    epochs: int = 30
+
 LR, MOMENTUM, WEIGHT_DECAY, SCHEDULE = 0.01, 0.9, 5e-4, "cosine"
 AUXILIARY_FRACTION = 0.5
 """What the `auxiliary` fixture holds: a seeded 50% of the training split (the paper's default)."""
@@ -54,6 +61,7 @@ SETTINGS = [
 def test_model_stealing(target, target_model, auxiliary, test_set, image_data, catalog_entry, securitynet,
                         device, seed, record, setting):
     start = time.perf_counter()
+    epochs = securitynet.settings.budget(Budget).epochs
     n_train = len(image_data.train_labels)
     n_queries = round(len(auxiliary) * setting.budget / AUXILIARY_FRACTION)
     api = target.labels_only() if setting.label_only else target
@@ -68,16 +76,16 @@ def test_model_stealing(target, target_model, auxiliary, test_set, image_data, c
     queries_used = target.queries
 
     surrogate, info = steal(images, answers, num_classes=target.num_classes, surrogate=setting.surrogate,
-                            epochs=EPOCHS, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+                            epochs=epochs, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
                             schedule=SCHEDULE, label_only=setting.label_only, device=device, seed=seed)
     scores = evaluate_surrogate(surrogate, target_model, test_set.images, test_set.labels, device=device)
     attack_time = time.perf_counter() - start
-    flop = training_flops(surrogate, tuple(images.shape[1:]), len(images), EPOCHS)
+    flop = training_flops(surrogate, tuple(images.shape[1:]), len(images), epochs)
 
     record(**scores, queries=queries_used, budget_queries=round(setting.budget * n_train),
            budget_fraction=setting.budget, auxiliary_size=len(auxiliary), n_train=n_train, n_test=len(test_set),
            query_source=source, surrogate=setting.surrogate, label_only=setting.label_only,
-           epochs=EPOCHS, batch_size=info["batch_size"], lr=info["lr"], schedule=SCHEDULE,
+           epochs=epochs, batch_size=info["batch_size"], lr=info["lr"], schedule=SCHEDULE,
            final_train_loss=info["final_train_loss"], train_time_s=info["train_time_s"],
            steal_time_s=info["total_time_s"], attack_time_s=attack_time, samples_per_s=info["samples_per_s"],
            train_tflop=flop / 1e12, train_tflop_per_s=flop / 1e12 / info["train_time_s"], amp=info["amp"])

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .catalog import BUILTIN_CATALOG, catalog_paths, load_catalog
-from .errors import SecurityNetError
-from .merge_results import merge_files
-from .report.cli import add_report_parser
+from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, catalog_paths, load_catalog
+from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.harness.settings import settings_from
+from pytest_securitynet.results.merge import merge_files
+from pytest_securitynet.report.cli import add_report_parser
 
 DEFAULT_CSV = BUILTIN_CATALOG.parent.parent / "shared" / "reference" / "securitynet-models.csv"
 
@@ -94,13 +95,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _catalog_paths(args: argparse.Namespace) -> list[Path]:
+    """The built-in catalog, `SECURITYNET_CATALOG` and `--catalog` (the same as the plugin's)."""
+    return catalog_paths(settings_from({"catalog": args.catalog}).catalogs)
+
+
 def _add_catalog_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--catalog", action="append", default=[], metavar="PATH",
                         help="extra catalog file or directory (repeatable)")
 
 
 def _list(args: argparse.Namespace) -> int:
-    catalog = load_catalog(catalog_paths(args.catalog))
+    catalog = load_catalog(_catalog_paths(args))
     for entry in catalog.models.values():
         if args.dataset and entry.dataset != args.dataset:
             continue
@@ -120,10 +126,10 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .annotate import read_computed
-    from .regression import load_reported
+    from pytest_securitynet.catalog.annotate import read_computed
+    from pytest_securitynet.results.regression import load_reported
 
-    entry = load_catalog(catalog_paths(args.catalog)).model(args.model_id)
+    entry = load_catalog(_catalog_paths(args)).model(args.model_id)
     shown = entry.raw | {"catalog_file": entry.origin}
     computed = read_computed().get(entry.id)
     if computed:
@@ -136,13 +142,13 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    catalog = load_catalog(catalog_paths(args.catalog))
+    catalog = load_catalog(_catalog_paths(args))
     print(f"ok: {len(catalog.models)} models, {len(catalog.datasets)} datasets")
     return 0
 
 
 def _import_csv(args: argparse.Namespace) -> int:
-    from .zoo_import import run_import
+    from pytest_securitynet.catalog.importer import run_import
 
     if not args.csv.is_file():
         print(f"securitynet: {args.csv} does not exist", file=sys.stderr)
@@ -157,9 +163,9 @@ def _import_csv(args: argparse.Namespace) -> int:
 def _annotate(args: argparse.Namespace) -> int:
     from fnmatch import fnmatchcase
 
-    from .annotate import COMPUTED_CSV, annotate, read_computed, write_computed
+    from pytest_securitynet.catalog.annotate import COMPUTED_CSV, annotate, read_computed, write_computed
 
-    catalog = load_catalog(catalog_paths(args.catalog))
+    catalog = load_catalog(_catalog_paths(args))
     entries = [e for e in catalog.models.values() if not args.patterns or any(fnmatchcase(e.id, p) for p in args.patterns)]
     out = args.out or COMPUTED_CSV
     rows, skipped = annotate(entries, count_flops=not args.no_flops, progress=lambda line: print(line, file=sys.stderr))
@@ -173,9 +179,9 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from .stats import format_tables, plot, records
+    from pytest_securitynet.catalog.stats import format_tables, plot, records
 
-    catalog = load_catalog(catalog_paths(args.catalog))
+    catalog = load_catalog(_catalog_paths(args))
     recs = records(catalog, database_only=not args.all)
     print(format_tables(recs))
     if args.plots:
@@ -185,13 +191,12 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _prefetch(args: argparse.Namespace) -> int:
-    from .prefetch import plan, prefetch, select
-    from .sources import FileStore, offline_from_env
+    from pytest_securitynet.zoo.prefetch import plan, prefetch, select
+    from pytest_securitynet.zoo.store import FileStore
 
-    catalog = load_catalog(catalog_paths(args.catalog))
-    store = FileStore(offline=args.offline or offline_from_env())
-    if args.cache:
-        store.cache_dir = args.cache
+    settings = settings_from({"catalog": args.catalog, "cache": args.cache, "offline": args.offline})
+    catalog = load_catalog(catalog_paths(settings.catalogs))
+    store = FileStore(cache_dir=settings.cache_dir, mirrors=list(settings.mirrors), offline=settings.offline)
     needs, unavailable = plan(select(catalog, args.patterns), catalog, store)
     for model_id, reason in unavailable.items():
         print(f"skipped {model_id} (unavailable): {reason}")

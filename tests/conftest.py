@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_securitynet.session import Harness, Settings
+from pytest_securitynet.harness.harness import Harness
+from pytest_securitynet.harness.settings import Settings
 
 pytest_plugins = ["pytester"]
 

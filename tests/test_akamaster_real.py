@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pytest_securitynet.builders import CifarResNet
-from pytest_securitynet.session import Harness, Settings
+from pytest_securitynet.zoo.architectures import CifarResNet
+from pytest_securitynet.harness.harness import Harness
+from pytest_securitynet.harness.settings import Settings
 
 from conftest import AKAMASTER_DIR, DATA_DIR, needs_shared
 

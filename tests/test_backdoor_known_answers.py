@@ -33,8 +33,8 @@ from pytest_securitynet.attacks.backdoor import (
     train_classifier,
     trigger_images_uint8,
 )
-from pytest_securitynet.builders import Normalized, build
-from pytest_securitynet.datasets import ImageData, load_dataset
+from pytest_securitynet.zoo.architectures import Normalized, build
+from pytest_securitynet.zoo.datasets import ImageData, load_dataset
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 BENCHMARK_FILE = BENCHMARKS / "test_backdoor_detection.py"
@@ -46,8 +46,9 @@ install it was run on, which not all seeds did (docs/backdoor-detection.md)."""
 TRAIN = dict(epochs=30, lr=3e-3, batch_size=64, device="cpu", seed=MODEL_SEED)
 WIDTH = 8
 POISONED, TWIN = "digits-badnets-ka", "digits-clean-twin-ka"
+ALL_DATASETS = "--securitynet-budget=backdoor.datasets=all"
 INPUTS = 300
-"""STRIP/NEO inputs in the end-to-end run (SECURITYNET_BACKDOOR_INPUTS), to keep NEO short on CPU."""
+"""STRIP/NEO inputs in the end-to-end run (budget `backdoor.inputs`), to keep NEO short on CPU."""
 
 CATALOG_ENTRY = """
 [[models]]
@@ -133,15 +134,13 @@ def test_badnets_models_behave(models):
 # --- end to end through the benchmark file ---------------------------------------------------
 
 
-def run_benchmark(pytester, monkeypatch, cache_dir: Path, catalog: Path, *args: str, **env: str):
-    """benchmarks/test_backdoor_detection.py (and its conftest) in a fresh session; returns (result, rows)."""
+def run_benchmark(pytester, monkeypatch, cache_dir: Path, catalog: Path, *args: str, **budget: str):
+    """benchmarks/test_backdoor_detection.py in a fresh session, `budget` as `backdoor.*` overrides;
+    returns (result, rows)."""
     monkeypatch.delenv("SECURITYNET_DATASET", raising=False)
-    for name in ("NC_EPOCHS", "NC_SAMPLES", "INPUTS", "SEQUENTIAL"):
-        monkeypatch.delenv(f"SECURITYNET_BACKDOOR_{name}", raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(f"SECURITYNET_BACKDOOR_{name}", value)
+    monkeypatch.delenv("SECURITYNET_BUDGET", raising=False)
+    args = (*args, *(f"--securitynet-budget=backdoor.{name}={value}" for name, value in budget.items()))
     shutil.copy(BENCHMARK_FILE, pytester.path / BENCHMARK_FILE.name)
-    shutil.copy(BENCHMARKS / "conftest.py", pytester.path / "conftest.py")
     out = pytester.path / "results.json"
     result = pytester.runpytest("-p", "no:cacheprovider", BENCHMARK_FILE.name, "--securitynet-json", str(out),
                                 "--securitynet-cache", str(cache_dir), "--securitynet-catalog", str(catalog),
@@ -152,8 +151,8 @@ def run_benchmark(pytester, monkeypatch, cache_dir: Path, catalog: Path, *args: 
 
 def test_benchmark_flags_badnets_model_and_spares_its_twin(pytester, monkeypatch, cache_dir, models, bench):
     """Paper settings for Neural Cleanse (50 epochs, all 899 test images as its 1,000-sample budget)."""
-    result, rows = run_benchmark(pytester, monkeypatch, cache_dir, models.catalog, "-m", "backdoor_all_datasets",
-                                 "-k", f"{POISONED} or {TWIN}", INPUTS=str(INPUTS))
+    result, rows = run_benchmark(pytester, monkeypatch, cache_dir, models.catalog, ALL_DATASETS,
+                                 "-k", f"{POISONED} or {TWIN}", inputs=str(INPUTS))
     result.assert_outcomes(passed=6)
     assert set(rows) == {(m, d) for m in (POISONED, TWIN) for d in bench.DETECTORS}
     for row in rows.values():
@@ -232,7 +231,7 @@ def test_neo_on_triggered_inputs(models, bench, which):
 
 
 def test_other_datasets_are_skipped_unless_widened(pytester, monkeypatch, cache_dir, models):
-    """digits is not a Table 1 dataset: without -m backdoor_all_datasets the rows say how to include it.
+    """digits is not a Table 1 dataset: without `backdoor.datasets=all` the rows say how to include it.
     A model whose checkpoint is missing is skipped too, not an error: the skip comes before loading."""
     missing = pytester.path / "missing.toml"
     missing.write_text(CATALOG_ENTRY.format(id="digits-missing-ka", file="missing.pt", width=WIDTH,
@@ -242,24 +241,25 @@ def test_other_datasets_are_skipped_unless_widened(pytester, monkeypatch, cache_
     result.assert_outcomes(skipped=6)
     assert {model for model, _ in rows} == {POISONED, "digits-missing-ka"}
     for row in rows.values():
-        assert row["outcome"] == "skipped" and "-m backdoor_all_datasets" in row["message"]
+        assert row["outcome"] == "skipped" and "--securitynet-budget backdoor.datasets=all" in row["message"]
 
 
 def test_default_selection(harness, bench):
-    """The paper's datasets and the demo models run by default; anything else needs the marker."""
+    """The paper's datasets and the demo models run by default; anything else needs `datasets=all`."""
     entries = harness.catalog.models
     assert bench.in_default_selection(entries["cifar10-resnet20-akamaster"], "cifar10")
     assert bench.in_default_selection(entries["demo-digits-cnn"], "digits")
-    assert bench.PAPER_FAMILIES == ("cifar10", "svhn") and bench.WIDEN_MARK == "backdoor_all_datasets"
+    assert bench.PAPER_FAMILIES == ("cifar10", "svhn")
     assert [bench.neo_block_size(h) for h in (8, 16, 32, 224)] == [2, 2, 4, 28]
-    assert bench.Budget() == bench.Budget(nc_epochs=50, nc_samples=1000, inputs=2000, sequential=False)
+    assert bench.Budget() == bench.Budget(nc_epochs=50, nc_samples=1000, inputs=2000, sequential=False,
+                                             datasets="paper")
 
 
 def test_sequential_reference_agrees_and_is_timed(pytester, monkeypatch, cache_dir, models):
-    """SECURITYNET_BACKDOOR_SEQUENTIAL=1: the one-label-at-a-time run finds the same masks; the row has the ratio."""
-    result, rows = run_benchmark(pytester, monkeypatch, cache_dir, models.catalog, "-m", "backdoor_all_datasets",
-                                 "-k", f"{POISONED} and neural-cleanse", NC_EPOCHS="3", NC_SAMPLES="64",
-                                 SEQUENTIAL="1")
+    """`backdoor.sequential=true`: the one-label-at-a-time run finds the same masks; the row has the ratio."""
+    result, rows = run_benchmark(pytester, monkeypatch, cache_dir, models.catalog, ALL_DATASETS,
+                                 "-k", f"{POISONED} and neural-cleanse", nc_epochs="3", nc_samples="64",
+                                 sequential="true")
     result.assert_outcomes(passed=1)
     m = rows[(POISONED, "neural-cleanse")]["metrics"]
     assert (m["epochs"], m["n_samples"]) == (3, 64)

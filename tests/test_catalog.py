@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_securitynet.catalog import BUILTIN_CATALOG, load_catalog
+from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, load_catalog
 from pytest_securitynet.errors import CatalogError
 
 from conftest import AKAMASTER_DIR, needs_shared

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from pytest_securitynet.attacks.membership import ATTACKS, run_membership_attacks
-from pytest_securitynet.data import LabeledSet, take
-from pytest_securitynet.session import Harness, Settings
-from pytest_securitynet.target import BlackBoxTarget
+from pytest_securitynet.harness.data import LabeledSet, take
+from pytest_securitynet.harness.harness import Harness
+from pytest_securitynet.harness.settings import Settings
+from pytest_securitynet.harness.target import BlackBoxTarget
 
 from conftest import AKAMASTER_DIR, DATA_DIR, needs_shared
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from pytest_securitynet.cli import main
-from pytest_securitynet.results import ResultsWriter, load_results, run_info
+from pytest_securitynet.results.rows import ResultsWriter, load_results, run_info
 
 
 def row(model: str, setting: str, outcome: str = "passed", auc: float = 0.6, at: str = "2026-01-01T00:00:00+00:00"):

@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 
-from pytest_securitynet.builders import build
-from pytest_securitynet.catalog import BUILTIN_CATALOG, load_catalog
+from pytest_securitynet.zoo.architectures import build
+from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, load_catalog
 from pytest_securitynet.errors import UnsafeCheckpointError
-from pytest_securitynet.models import load_model, safe_load, state_dict_from
-from pytest_securitynet.sources import FileStore
+from pytest_securitynet.zoo.weights import load_model, safe_load, state_dict_from
+from pytest_securitynet.zoo.store import FileStore
 
 from conftest import AKAMASTER_DIR, needs_shared
 

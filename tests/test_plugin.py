@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_securitynet.catalog import BUILTIN_CATALOG, load_catalog
+from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, load_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "adding-an-attack.md"

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import pytest_securitynet.plugin
-from pytest_securitynet.regression import (
+import pytest_securitynet.plugin.hooks
+from pytest_securitynet.results.regression import (
     BASELINE_TOLERANCES, REPORTED, REPORTED_TOLERANCES, Drift, baseline_document, compare, format_table,
     load_reference, load_reported, parse_tolerances, tolerances_for, write_baseline,
 )
-from pytest_securitynet.results import SCHEMA
+from pytest_securitynet.results.rows import SCHEMA
 
 from conftest import AKAMASTER_DIR, DATA_DIR, needs_shared
 
@@ -26,8 +26,8 @@ SELECTION = "resnet20 and akamaster and (accuracy or correctness or mentropy or 
 LIMIT = "1000"
 
 registered = pytest.mark.skipif(
-    not hasattr(pytest_securitynet.plugin, "regression"),
-    reason="RegressionPlugin is not registered by pytest_securitynet.plugin yet (see docs/regression.md)",
+    not hasattr(pytest_securitynet.plugin.hooks, "regression"),
+    reason="RegressionPlugin is not registered by pytest_securitynet.plugin.hooks yet (see docs/regression.md)",
 )
 
 

@@ -19,8 +19,8 @@ from PIL import Image
 from pytest_securitynet.report import build_report
 from pytest_securitynet.report.cli import add_report_parser, main
 from pytest_securitynet.report.figures import pearson
-from pytest_securitynet.report.merge import load_and_merge
-from pytest_securitynet.results import SCHEMA
+from pytest_securitynet.results.merge import load_and_merge
+from pytest_securitynet.results.rows import SCHEMA
 
 CHROMIUM = Path("/usr/bin/chromium")
 DPI = 60

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from pytest_securitynet.errors import ChecksumError, MissingFileError
-from pytest_securitynet.sources import FileStore
+from pytest_securitynet.zoo.store import FileStore
 
 
 @pytest.fixture

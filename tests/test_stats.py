@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pytest_securitynet.catalog import BUILTIN_CATALOG, load_catalog
-from pytest_securitynet.stats import PANELS, dataset_table_counts, format_tables, panel_counts, plot, records
+from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, load_catalog
+from pytest_securitynet.catalog.stats import PANELS, dataset_table_counts, format_tables, panel_counts, plot, records
 
 from conftest import SHARED, needs_shared
 

@@ -3,7 +3,7 @@
 With the full budget (half the training split, 449 queries) a ResNet-18 surrogate agrees with
 `demo-digits-cnn` on more than 90% of the test split; with 1% of the training split (9 queries) it
 stays far below. The full-budget case runs the benchmark file itself, end to end, with 15 epochs
-instead of the paper's 30 (through SECURITYNET_STEALING_EPOCHS) so it fits a laptop CPU; at 30 epochs
+instead of the paper's 30 (through `--securitynet-budget stealing.epochs=E`) so it fits a laptop CPU; at 30 epochs
 it reaches 0.96 (docs/model-stealing.md).
 """
 
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from pytest_securitynet.attacks.stealing import evaluate_surrogate, steal
-from pytest_securitynet.target import BlackBoxTarget
+from pytest_securitynet.harness.target import BlackBoxTarget
 
 from conftest import DATA_DIR, needs_shared
 
@@ -45,13 +45,13 @@ def bench():
 
 def run_benchmark(pytester, monkeypatch, cache_dir: Path, keyword: str, epochs: int, *args: str):
     """Run benchmarks/test_model_stealing.py in a fresh pytest session; returns (result, rows by setting)."""
-    monkeypatch.setenv("SECURITYNET_STEALING_EPOCHS", str(epochs))
+    monkeypatch.delenv("SECURITYNET_BUDGET", raising=False)
     monkeypatch.delenv("SECURITYNET_DATASET", raising=False)
     pytester.makepyfile(test_model_stealing=BENCHMARK.read_text(encoding="utf-8"))
     out = pytester.path / "results.json"
     result = pytester.runpytest("-p", "no:cacheprovider", "-k", keyword, "--securitynet-json", str(out),
                                 "--securitynet-cache", str(cache_dir), "--securitynet-offline",
-                                "--securitynet-device", "cpu", *args)
+                                "--securitynet-device", "cpu", f"--securitynet-budget=stealing.epochs={epochs}", *args)
     rows = json.loads(out.read_text(encoding="utf-8"))["results"]
     return result, {row["setting"]: row for row in rows}
 

@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pytest_securitynet.annotate import COMPUTED_CSV, build_architecture, compute, output_width, read_computed
-from pytest_securitynet.catalog import BUILTIN_CATALOG, load_catalog
-from pytest_securitynet.datasets_extra import balanced_subset, load_image_folder, load_medmnist
+from pytest_securitynet.catalog.annotate import COMPUTED_CSV, build_architecture, compute, output_width, read_computed
+from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, load_catalog
+from pytest_securitynet.zoo.datasets_extra import balanced_subset, load_image_folder, load_medmnist
 from pytest_securitynet.errors import MissingFileError
-from pytest_securitynet.regression import REPORTED_CSV
-from pytest_securitynet.sources import FileStore
-from pytest_securitynet.zoo_import import run_import
+from pytest_securitynet.results.regression import REPORTED_CSV
+from pytest_securitynet.zoo.store import FileStore
+from pytest_securitynet.catalog.importer import run_import
 
 from conftest import SHARED, needs_shared
 

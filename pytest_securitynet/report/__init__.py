@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .merge import Conflict, ResultSet, load_and_merge
+from pytest_securitynet.results.merge import Conflict, ResultSet, load_and_merge
 
 GENERATOR = "securitynet report"
 MANIFEST = "manifest.json"
@@ -48,11 +48,11 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, *, reported: 
     """
     import pandas as pd
 
-    from . import figures
-    from .blocks import Context, Section
-    from .frames import load_reported, reported_paths
-    from .render import render_html, render_markdown
-    from .sections import BUILDERS
+    from pytest_securitynet.report import figures
+    from pytest_securitynet.report.blocks import Context, Section
+    from pytest_securitynet.report.frames import load_reported, reported_paths
+    from pytest_securitynet.report.render import render_html, render_markdown
+    from pytest_securitynet.report.sections import BUILDERS
 
     paths = [Path(p) for p in paths]
     if not paths:

@@ -10,9 +10,9 @@ from typing import Any, Union
 
 import pandas as pd
 
-from . import figures
-from .frames import load_reported, rows_frame
-from .merge import ResultSet
+from pytest_securitynet.report import figures
+from pytest_securitynet.report.frames import load_reported, rows_frame
+from pytest_securitynet.results.merge import ResultSet
 
 
 @dataclass

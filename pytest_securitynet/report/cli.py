@@ -11,7 +11,7 @@ import shlex
 import sys
 from typing import Sequence
 
-from ..errors import SecurityNetError
+from pytest_securitynet.errors import SecurityNetError
 
 DESCRIPTION = ("Write an HTML report (index.html, README.md, PNG figures, CSV tables) of one or more results "
                "files, merged by row key; sections without data are left out.")
@@ -41,7 +41,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import TITLE, build_report
+    from pytest_securitynet.report import TITLE, build_report
 
     try:
         report = build_report(args.results, args.output, reported=args.reported, use_reported=not args.no_reported,

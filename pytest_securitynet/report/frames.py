@@ -15,9 +15,9 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from ..catalog import BUILTIN_CATALOG
-from ..results import row_key
-from .merge import ResultSet
+from pytest_securitynet.catalog.entries import BUILTIN_CATALOG
+from pytest_securitynet.results.rows import row_key
+from pytest_securitynet.results.merge import ResultSet
 
 BASE_COLUMNS = ("key", "model", "benchmark", "setting", "outcome", "dataset", "dataset_source", "data", "purpose",
                 "year", "venue", "venue_type", "model_type", "architecture", "device", "seed", "worker",

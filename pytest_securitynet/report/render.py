@@ -12,7 +12,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from .blocks import Figure, Gallery, Section, Table, Text
+from pytest_securitynet.report.blocks import Figure, Gallery, Section, Table, Text
 
 GALLERY_WIDTH = 190
 """Width in px of a gallery image in README.md (trigger PNGs are a few pixels wide)."""

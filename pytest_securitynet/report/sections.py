@@ -12,9 +12,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import figures as F
-from .blocks import Context, Gallery, Section, Text, format_value
-from .frames import benchmark_rows, numeric_metrics
+from pytest_securitynet.report import figures as F
+from pytest_securitynet.report.blocks import Context, Gallery, Section, Text, format_value
+from pytest_securitynet.report.frames import benchmark_rows, numeric_metrics
 
 TASK = "task_performance.accuracy"
 STEALING = "model_stealing.model_stealing"

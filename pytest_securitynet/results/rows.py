@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from .sources import atomic_path
+from pytest_securitynet.zoo.store import atomic_path
 
 SCHEMA = "securitynet-results/1"
 PASSED = "passed"

@@ -1,4 +1,4 @@
-"""Read one or more results files (shards, reruns) and merge their rows by key.
+"""Read one or more results files (shards, reruns) and merge their rows by key; `securitynet merge`.
 
 Rows are keyed by `model::benchmark::setting` (`results.row_key`). A key seen in several files is
 a duplicate: identical duplicates (same outcome and metrics) collapse into one row; duplicates that
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..results import PASSED, SCHEMA, load_results, row_key
+from pytest_securitynet.results.rows import PASSED, SCHEMA, ResultsWriter, load_results, now, row_key
 
 MAX_DIFF_SHOWN = 4
 """Differing metrics named per conflict in the report (all of them are in the CSV)."""
@@ -158,3 +158,20 @@ def _short(value: Any) -> str:
         return f"{value:.6g}"
     text = json.dumps(value) if not isinstance(value, str) else value
     return text if len(text) <= 40 else text[:37] + "..."
+
+def merge_files(paths: Iterable[str | Path], out: str | Path) -> ResultSet:
+    """Merge the results files `paths` into `out` (written atomically); returns what the merge found."""
+    result_set = load_and_merge(paths)
+    started = [s.run.get("started_at") for s in result_set.sources if s.run.get("started_at")]
+    run = {
+        "status": "merged",
+        "merged_at": now(),
+        "started_at": min(started) if started else None,
+        "merged_from": [{"path": str(s.path), "rows": s.rows, "status": s.run.get("status"),
+                         "host": s.run.get("host"), "argv": s.run.get("argv")} for s in result_set.sources],
+        "conflicts": [conflict.key for conflict in result_set.conflicts],
+    }
+    present = {row["model"] for row in result_set.rows}
+    models = {m: info for m, info in result_set.models.items() if m in present}
+    ResultsWriter(Path(out), run, {"models": models, "results": result_set.rows}).write()
+    return result_set

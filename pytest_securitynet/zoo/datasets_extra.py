@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .catalog import DatasetEntry
-from .errors import CatalogError, MissingFileError
-from .sources import FileStore
+from pytest_securitynet.catalog.entries import DatasetEntry
+from pytest_securitynet.errors import CatalogError, MissingFileError
+from pytest_securitynet.zoo.store import FileStore
 
 log = logging.getLogger(__name__)
 

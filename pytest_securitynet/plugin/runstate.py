@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from .errors import SecurityNetError
-from .results import ResultsWriter
-from .session import Harness, Settings, default_device
+from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.results.rows import ResultsWriter
+from pytest_securitynet.harness.devices import default_device
+from pytest_securitynet.harness.harness import Harness
+from pytest_securitynet.harness.settings import Settings
 
 
 @dataclass

@@ -14,10 +14,10 @@ from pathlib import PurePosixPath
 import numpy as np
 import torch
 
-from .catalog import DatasetEntry
-from .datasets_extra import LOADERS as EXTRA_LOADERS
-from .errors import CatalogError, MissingFileError
-from .sources import FileStore, atomic_path
+from pytest_securitynet.catalog.entries import DatasetEntry
+from pytest_securitynet.zoo.datasets_extra import LOADERS as EXTRA_LOADERS
+from pytest_securitynet.errors import CatalogError, MissingFileError
+from pytest_securitynet.zoo.store import FileStore, atomic_path
 
 log = logging.getLogger(__name__)
 

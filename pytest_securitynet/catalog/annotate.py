@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .catalog import BUILTIN_CATALOG, ModelEntry
+from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def build_architecture(entry: ModelEntry, device: str | torch.device = "meta") -
             return torchvision.models.get_model(name, weights=None), f"torchvision:{name}"
         builder = entry.raw.get("builder")
         if builder:
-            from .builders import build
+            from pytest_securitynet.zoo.architectures import build
 
             return build(builder, **entry.raw.get("builder_args", {})), f"builder:{builder}"
     raise NotBuildable(f"{entry.id}: source {entry.source!r} names no architecture builder")

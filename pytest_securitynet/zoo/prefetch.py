@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 from urllib.parse import urlparse
 
-from .catalog import Catalog, DatasetEntry, ModelEntry
-from .errors import CatalogError, MissingFileError
-from .sources import FileStore
+from pytest_securitynet.catalog.entries import Catalog, DatasetEntry, ModelEntry
+from pytest_securitynet.errors import CatalogError, MissingFileError
+from pytest_securitynet.zoo.store import FileStore
 
 PYTORCHCV_REPO = "https://github.com/osmr/imgclsmob"
 
@@ -178,7 +178,7 @@ def dataset_needs(dataset: DatasetEntry, store: FileStore) -> list[Need]:
         return []
 
     def decode() -> object:
-        from .datasets import load_dataset
+        from pytest_securitynet.zoo.datasets import load_dataset
 
         return load_dataset(dataset, store)
 

@@ -11,10 +11,10 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .builders import Normalized, build
-from .catalog import Catalog, ModelEntry
-from .errors import CatalogError, ChecksumError, MissingFileError, UnsafeCheckpointError
-from .sources import FileStore, sha256_of, verify_file
+from pytest_securitynet.zoo.architectures import Normalized, build
+from pytest_securitynet.catalog.entries import Catalog, ModelEntry
+from pytest_securitynet.errors import CatalogError, ChecksumError, MissingFileError, UnsafeCheckpointError
+from pytest_securitynet.zoo.store import FileStore, sha256_of, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _from_file(entry: ModelEntry, catalog: Catalog, store: FileStore) -> nn.Modu
 
 
 def _from_demo(entry: ModelEntry, catalog: Catalog, store: FileStore) -> nn.Module:
-    from .demo import demo_network
+    from pytest_securitynet.zoo.demo import demo_network
 
     return demo_network(entry, catalog, store)
 

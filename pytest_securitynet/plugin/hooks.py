@@ -7,28 +7,36 @@ from typing import Any
 
 import pytest
 
-from . import fixtures, gpus, regression, reporter
-from .errors import SecurityNetError
-from .items import entry_of, item_row_key
-from .results import PASSED, ResultsWriter, load_results, row_key, run_info
-from .runstate import STATE, RunState, harness
-from .session import Settings, env_overrides, parse_overrides
-from .sources import default_cache_dir, offline_from_env
+from pytest_securitynet.plugin import fixtures, gpus, hookspec, reporter
+from pytest_securitynet.plugin import regression
+from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.plugin.items import entry_of, item_row_key
+from pytest_securitynet.results.rows import PASSED, ResultsWriter, load_results, plain, row_key, run_info
+from pytest_securitynet.plugin.runstate import STATE, RunState, harness
+from pytest_securitynet.harness.settings import Settings, declared_budgets, settings_from
 
 DEFAULT_JSON = "securitynet-results.json"
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspec)
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.register(fixtures, "securitynet-fixtures")
     pluginmanager.register(reporter, "securitynet-report-rows")
     group = parser.getgroup("securitynet", "SecurityNet benchmarks")
-    group.addoption("--gpus", dest="securitynet_gpus", type=int, default=0, metavar="N",
+    group.addoption("--gpus", dest="securitynet_gpus", type=int, default=None, metavar="N",
                     help="start N xdist workers, one pinned to each GPU (unless -n is given). Default: 0 (no workers).")
     group.addoption("--securitynet-catalog", action="append", default=[], metavar="PATH",
                     help="extra catalog file or directory (repeatable; also SECURITYNET_CATALOG). Default: built-in only.")
     group.addoption("--securitynet-dataset", action="append", default=[], metavar="ID=OTHER",
                     help="evaluate models of dataset ID on catalogued copy OTHER, e.g. cifar10=cifar10-jpeg "
                          "(repeatable; also ini securitynet_dataset and env SECURITYNET_DATASET). Default: none.")
+    group.addoption("--securitynet-budget", action="append", default=[], metavar="NAME.FIELD=VALUE",
+                    help="change a benchmark's budget, e.g. neural_cleanse.epochs=10 (repeatable; also ini "
+                         "securitynet_budget and env SECURITYNET_BUDGET; every row records what was used). "
+                         "Default: each benchmark's own (docs/budgets.md).")
     group.addoption("--securitynet-json", default=None, metavar="PATH",
                     help=f"results file, rewritten after every test. Default: {DEFAULT_JSON} in the invocation directory.")
     group.addoption("--securitynet-resume", action="store_true",
@@ -37,16 +45,17 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
                     help="weights and data cache (also SECURITYNET_CACHE). Default: the user cache dir.")
     group.addoption("--securitynet-offline", action="store_true",
                     help="never download; a missing file fails at once (also SECURITYNET_OFFLINE=1). Default: off.")
-    group.addoption("--securitynet-seed", type=int, default=0, metavar="N", help="seed for every sampled set. Default: 0.")
-    group.addoption("--securitynet-members", type=int, default=5000, metavar="N",
+    group.addoption("--securitynet-seed", type=int, default=None, metavar="N", help="seed for every sampled set. Default: 0.")
+    group.addoption("--securitynet-members", type=int, default=None, metavar="N",
                     help="members (and as many non-members) per model. Default: 5000 (the paper's).")
     group.addoption("--securitynet-limit", type=int, default=None, metavar="N",
                     help="cap every set (members, auxiliary, train/test evaluation) at N samples, for quick runs. Default: none.")
-    group.addoption("--securitynet-batch-size", type=int, default=256, metavar="N", help="inference batch size. Default: 256.")
+    group.addoption("--securitynet-batch-size", type=int, default=None, metavar="N", help="inference batch size. Default: 256.")
     group.addoption("--securitynet-device", default=None, metavar="DEVICE",
                     help="torch device for every test, e.g. cpu or cuda:1. Default: the worker's GPU, else cpu.")
     regression.add_options(group)
     parser.addini("securitynet_dataset", "dataset overrides ID=OTHER, one per line", type="linelist", default=[])
+    parser.addini("securitynet_budget", "budget overrides NAME.FIELD=VALUE, one per line", type="linelist", default=[])
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -55,22 +64,24 @@ def pytest_cmdline_main(config: pytest.Config):
     return (yield)
 
 
+def settings_of(config: pytest.Config) -> Settings:
+    """The run's settings from options, ini values and environment (a usage error when one is bad)."""
+    names = ("catalog", "dataset", "budget", "cache", "offline", "seed", "members", "limit", "batch_size", "device")
+    options = {name: config.getoption(f"securitynet_{name}") for name in names}
+    options["gpus"] = config.getoption("securitynet_gpus")
+    ini = {"dataset": config.getini("securitynet_dataset"), "budget": config.getini("securitynet_budget")}
+    try:
+        return settings_from(options, ini)
+    except SecurityNetError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "benchmark_models: tests on models published as benchmarks")
     config.addinivalue_line("markers", "security_models: tests on models published by security papers")
     config.addinivalue_line("markers", "xdist_group(name): keep tests of one group on one xdist worker")
     opt = config.getoption
-    try:
-        overrides = parse_overrides(config.getini("securitynet_dataset") + env_overrides() + opt("securitynet_dataset"))
-    except SecurityNetError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    settings = Settings(
-        catalogs=opt("securitynet_catalog"), dataset_overrides=overrides,
-        cache_dir=Path(opt("securitynet_cache")) if opt("securitynet_cache") else default_cache_dir(),
-        offline=opt("securitynet_offline") or offline_from_env(), seed=opt("securitynet_seed"),
-        members=opt("securitynet_members"), limit=opt("securitynet_limit"),
-        batch_size=opt("securitynet_batch_size"), device=opt("securitynet_device"),
-    )
+    settings = settings_of(config)
     workerinput = getattr(config, "workerinput", None)
     json_path = Path(opt("securitynet_json") or Path(config.invocation_params.dir) / DEFAULT_JSON)
     state = RunState(settings, json_path, opt("securitynet_resume"),
@@ -85,10 +96,12 @@ def pytest_configure(config: pytest.Config) -> None:
     previous = _previous_results(state) if state.resume else None
     state.done = {row_key(r) for r in previous["results"] if r.get("outcome") == PASSED} if previous else set()
     if not config.option.collectonly:
-        state.writer = ResultsWriter(json_path, run_info(config.invocation_params.args, settings.as_dict()), previous)
+        run = run_info(config.invocation_params.args, settings.as_dict())
+        config.hook.pytest_securitynet_run_info(config=config, run=run)
+        state.writer = ResultsWriter(json_path, plain(run), previous)
         config.pluginmanager.register(reporter.ResultsReporter(state), "securitynet-results")
     if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
-        pool = gpus.GpuPool(opt("securitynet_gpus"))
+        pool = gpus.GpuPool(settings.gpus)
         config.pluginmanager.register(gpus.XdistHooks(pool, sorted(state.done), config.option.dist == "loadgroup"))
 
 
@@ -130,6 +143,7 @@ def _unavailable(entry) -> list:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[STATE]
+    _check_budgets(config, state.settings)
     models = harness(config).catalog.models
     order = {model_id: i for i, model_id in enumerate(models)}
     keywords: dict[str, set[str]] = {}  # per model, computed once and shared by its tests
@@ -149,3 +163,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if done:
         config.hook.pytest_deselected(items=done)
     items[:] = [item for _, item in keep]
+
+
+def _check_budgets(config: pytest.Config, settings: Settings) -> None:
+    """Budget overrides are checked once the benchmark modules (which declare them) are imported."""
+    declared = declared_budgets()
+    for name in settings.budgets:
+        if name not in declared:
+            config.issue_config_time_warning(pytest.PytestConfigWarning(
+                f"--securitynet-budget {name}.*: no collected benchmark declares a budget {name!r} "
+                f"(declared: {', '.join(sorted(declared)) or 'none'}); ignored"), stacklevel=2)
+            continue
+        try:
+            settings.budget(declared[name])
+        except SecurityNetError as exc:
+            raise pytest.UsageError(str(exc)) from None

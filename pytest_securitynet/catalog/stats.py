@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .catalog import Catalog, ModelEntry
+from pytest_securitynet.catalog.entries import Catalog, ModelEntry
 
 TABLES = ("benchmark", "security")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from .catalog import ModelEntry
-from .results import row_key
+from pytest_securitynet.catalog.entries import ModelEntry
+from pytest_securitynet.results.rows import row_key
 
 METRICS = pytest.StashKey[dict]()
 

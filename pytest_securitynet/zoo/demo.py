@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .builders import Normalized, RBFNet, build
-from .catalog import Catalog, ModelEntry
-from .datasets import load_dataset
-from .sources import FileStore, atomic_path
+from pytest_securitynet.zoo.architectures import Normalized, RBFNet, build
+from pytest_securitynet.catalog.entries import Catalog, ModelEntry
+from pytest_securitynet.zoo.datasets import load_dataset
+from pytest_securitynet.zoo.store import FileStore, atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .errors import ChecksumError, MissingFileError
+from pytest_securitynet.errors import ChecksumError, MissingFileError
 
 log = logging.getLogger(__name__)
 

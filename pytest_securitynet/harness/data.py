@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .datasets import ImageData
+from pytest_securitynet.zoo.datasets import ImageData
 
 # Each purpose draws from its own seeded stream, so changing one set's size never moves another.
 _STREAMS = {"members": 1, "nonmembers": 2, "auxiliary": 3, "train": 4, "test": 5}

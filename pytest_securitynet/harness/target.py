@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .data import LabeledSet, to_float
+from pytest_securitynet.harness.data import LabeledSet, to_float
 
 
 class PosteriorCache:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import CatalogError
+from pytest_securitynet.errors import CatalogError
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 

@@ -1,4 +1,4 @@
-"""Per-process state of a run: settings, catalog, and caches of models, datasets and posteriors.
+"""The harness: per-process state of a run (catalog, and caches of models, datasets and posteriors).
 
 One instance lives in each pytest process (controller or xdist worker). Tests are ordered so all
 tests of one model run together, so keeping the most recent model is enough to load it once.
@@ -7,53 +7,23 @@ tests of one model run together, so keeping the most recent model is enough to l
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .catalog import Catalog, DatasetEntry, ModelEntry, load_catalog, catalog_paths
-from .data import LabeledSet, SetSizes, make_sets
-from .datasets import ImageData, load_dataset
-from .errors import CatalogError
-from .models import load_model
-from .sources import FileStore
-from .target import PosteriorCache
+from pytest_securitynet.catalog.entries import Catalog, DatasetEntry, ModelEntry, load_catalog, catalog_paths
+from pytest_securitynet.harness.data import LabeledSet, SetSizes, make_sets
+from pytest_securitynet.zoo.datasets import ImageData, load_dataset
+from pytest_securitynet.errors import CatalogError
+from pytest_securitynet.harness.settings import Settings, default_cache_dir
+from pytest_securitynet.zoo.weights import load_model
+from pytest_securitynet.zoo.store import FileStore
+from pytest_securitynet.harness.target import PosteriorCache
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Settings:
-    """Everything a run is configured with (options, ini values and environment, resolved)."""
-
-    catalogs: list[str] = field(default_factory=list)
-    dataset_overrides: dict[str, str] = field(default_factory=dict)
-    cache_dir: Path | None = None
-    offline: bool = False
-    seed: int = 0
-    members: int = 5000
-    limit: int | None = None
-    batch_size: int = 256
-    device: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
-
-
-def parse_overrides(items: list[str]) -> dict[str, str]:
-    """`["cifar10=cifar10-jpeg", ...]` → `{"cifar10": "cifar10-jpeg"}`."""
-    out = {}
-    for item in items:
-        for part in item.replace(",", " ").split():
-            name, sep, other = part.partition("=")
-            if not sep or not name or not other:
-                raise CatalogError(f"bad dataset override {part!r}: write DATASET=OTHER, e.g. cifar10=cifar10-jpeg")
-            out[name.strip()] = other.strip()
-    return out
 
 
 @dataclass
@@ -72,9 +42,8 @@ class Harness:
         self.settings = settings
         self._device_resolver = device_resolver
         self._device: torch.device | None = None
-        self.files = FileStore(offline=settings.offline)
-        if settings.cache_dir is not None:
-            self.files.cache_dir = Path(settings.cache_dir)
+        self.files = FileStore(cache_dir=Path(settings.cache_dir or default_cache_dir()),
+                               mirrors=list(settings.mirrors), offline=settings.offline)
         self.catalog: Catalog = load_catalog(catalog_paths(settings.catalogs), self.files.cache_dir)
         self._check_overrides()
         self._current: _Loaded | None = None
@@ -122,19 +91,3 @@ class Harness:
                     f"--securitynet-dataset {name}={other}: {other!r} is not a copy of {name!r} "
                     f"(its variant_of is {replacement.raw.get('variant_of')!r})"
                 )
-
-
-def default_device(requested: str | None, gpu_index: int | None) -> torch.device:
-    """`requested` if given; else this worker's GPU, the first GPU, or the CPU."""
-    if requested:
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        index = gpu_index if gpu_index is not None else 0
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
-    return torch.device("cpu")
-
-
-def env_overrides() -> list[str]:
-    raw = os.environ.get("SECURITYNET_DATASET", "")
-    return [raw] if raw.strip() else []

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import CatalogError
+from pytest_securitynet.errors import CatalogError
 
 REPORTED_COLUMNS = ("model", "benchmark", "setting", "metric", "value", "database_column")
 

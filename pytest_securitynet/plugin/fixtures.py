@@ -8,15 +8,15 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from .catalog import ModelEntry
-from .data import LabeledSet
-from .datasets import ImageData
-from .errors import SecurityNetError
-from .items import METRICS, benchmark_name, setting_of
-from .results import plain
-from .runstate import STATE, harness
-from .session import Harness
-from .target import BlackBoxTarget
+from pytest_securitynet.catalog.entries import ModelEntry
+from pytest_securitynet.harness.data import LabeledSet
+from pytest_securitynet.zoo.datasets import ImageData
+from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.plugin.items import METRICS, benchmark_name, setting_of
+from pytest_securitynet.results.rows import plain
+from pytest_securitynet.plugin.runstate import STATE, harness
+from pytest_securitynet.harness.harness import Harness
+from pytest_securitynet.harness.target import BlackBoxTarget
 
 
 @pytest.fixture
@@ -109,6 +109,12 @@ def record(request: pytest.FixtureRequest) -> Callable[..., None]:
         metrics.update(plain(values))
 
     return _record
+
+
+@pytest.fixture
+def results_path(request: pytest.FixtureRequest) -> Path:
+    """The run's results JSON (files a benchmark writes go beside it)."""
+    return request.config.stash[STATE].json_path
 
 
 @pytest.fixture

@@ -16,10 +16,18 @@ from typing import Any, Iterable
 
 import jsonschema
 
-from . import schema
-from .errors import CatalogError
+from pytest_securitynet.catalog import schema
+from pytest_securitynet.errors import CatalogError
 
-BUILTIN_CATALOG = Path(__file__).resolve().parent.parent / "catalog"
+def _builtin_catalog() -> Path:
+    """The repository's `catalog/` in a checkout or editable install, else the copy in the wheel."""
+    checkout = Path(__file__).resolve().parents[2] / "catalog"
+    if (checkout / "datasets-securitynet.toml").is_file():
+        return checkout
+    return Path(__file__).resolve().parent / "builtin"
+
+
+BUILTIN_CATALOG = _builtin_catalog()
 
 
 @dataclass(frozen=True)
@@ -91,9 +99,8 @@ class Catalog:
 
 
 def catalog_paths(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
-    """The built-in catalog followed by user catalogs (`SECURITYNET_CATALOG` and `extra`)."""
-    env = [p for p in os.environ.get("SECURITYNET_CATALOG", "").split(os.pathsep) if p.strip()]
-    return [BUILTIN_CATALOG, *(Path(p).expanduser() for p in [*env, *extra])]
+    """The built-in catalog followed by the user catalogs `extra` (files or directories)."""
+    return [BUILTIN_CATALOG, *(Path(p).expanduser() for p in extra)]
 
 
 def load_catalog(paths: Iterable[str | os.PathLike] | None = None, cache_dir: Path | None = None) -> Catalog:

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from .catalog import ModelEntry
-from .items import METRICS, benchmark_name, entry_of, setting_from_id, setting_of
-from .results import now, plain
-from .runstate import STATE, RunState, harness, state_harness
-from .summary import summary_lines
+from pytest_securitynet.catalog.entries import ModelEntry
+from pytest_securitynet.plugin.items import METRICS, benchmark_name, entry_of, setting_from_id, setting_of
+from pytest_securitynet.results.rows import now, plain
+from pytest_securitynet.plugin.runstate import STATE, RunState, harness, state_harness
+from pytest_securitynet.results.summary import summary_lines
 
 PAYLOAD = "securitynet"
 
@@ -21,7 +21,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     entry = entry_of(item)
     if entry is not None and (report.when == "call" or (report.when == "setup" and not report.passed)):
-        report.user_properties.append((PAYLOAD, _payload(item, entry)))
+        row = _payload(item, entry)
+        item.config.hook.pytest_securitynet_row(item=item, row=row)
+        report.user_properties.append((PAYLOAD, plain(row)))
     return report
 
 
