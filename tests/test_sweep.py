@@ -17,8 +17,8 @@ import pytest
 
 submitit = pytest.importorskip("submitit")
 
-from pytest_securitynet.journal import load_journaled  # noqa: E402
-from pytest_securitynet.results import load_results, row_key  # noqa: E402
+from pytest_securitynet.plugin import gpus  # noqa: E402
+from pytest_securitynet.results.rows import load_results, row_key  # noqa: E402
 from pytest_securitynet.sweep.cli import add_sweep_parser  # noqa: E402
 from pytest_securitynet.sweep.manifest import write_manifest  # noqa: E402
 from pytest_securitynet.sweep.plan import (CollectedTest, Durations, ModelGroup, assign, collect,  # noqa: E402
@@ -73,7 +73,7 @@ def selection(cache_dir: Path, *extra: str) -> list[str]:
 
 
 def rows_of(path: Path) -> list[dict]:
-    return load_journaled(path, load_results)["results"]
+    return load_results(path)["results"]
 
 
 def wait_for(predicate, timeout: float = 120.0, what: str = "a condition") -> None:
@@ -276,6 +276,31 @@ def test_slurm_gets_one_array_limited_to_max_parallel(tmp_path):
                  "#SBATCH --signal=USR2@120", "#SBATCH --mem=32GB", "#SBATCH --account=abc",
                  "#SBATCH --job-name=securitynet-cifar10", "source venv/bin/activate"):
         assert line in text.splitlines()
+
+
+class FakeNode:
+    """What `pytest_configure_node` sees of an xdist worker."""
+
+    def __init__(self, worker_id: str):
+        self.gateway = argparse.Namespace(id=worker_id)
+        self.workerinput: dict = {}
+
+
+def test_gpus_index_into_an_inherited_cuda_visible_devices_and_never_change_it(monkeypatch):
+    """CUDA_VISIBLE_DEVICES=3,5 with --gpus 2: the workers get cuda:0 and cuda:1, which are GPUs 3 and 5."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    hooks = gpus.XdistHooks(gpus.GpuPool(2, gpus.inherited_gpus(count=2)), [], True)  # torch sees the two
+    nodes = [FakeNode("gw0"), FakeNode("gw1")]
+    for node in nodes:
+        hooks.pytest_configure_node(node)
+    assert [(n.workerinput[gpus.GPU_KEY], n.workerinput[gpus.GPU_ID_KEY]) for n in nodes] == [(0, "3"), (1, "5")]
+    hooks.pytest_testnodedown(nodes[0], None)  # a crashed worker's replacement gets its GPU
+    replacement = FakeNode("gw2")
+    hooks.pytest_configure_node(replacement)
+    assert (replacement.workerinput[gpus.GPU_KEY], replacement.workerinput[gpus.GPU_ID_KEY]) == (0, "3")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,5"
+    assert gpus.inherited_gpus({"CUDA_VISIBLE_DEVICES": "3,5"}, count=0) == []  # listed, but torch sees none
+    assert gpus.inherited_gpus({}, count=2) == ["0", "1"]
 
 
 def test_local_shards_get_their_gpus_from_the_inherited_list():

@@ -1,16 +1,21 @@
 """`--gpus N`: one xdist worker per GPU, each pinned to its own device, one model per worker.
 
 The controller hands GPU indices out from a pool when a worker starts and takes them back when it
-goes down, so a crashed worker's replacement (with a new id) gets a free GPU.
+goes down, so a crashed worker's replacement (with a new id) gets a free GPU. The GPUs are the
+ones this process inherited: index i is the i-th entry of CUDA_VISIBLE_DEVICES (as Slurm or the
+user set it), which is torch's `cuda:i` in every worker; the variable itself is never changed.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
+from typing import Mapping
 
 import pytest
 
 GPU_KEY = "securitynet_gpu"
+GPU_ID_KEY = "securitynet_gpu_id"
 DONE_KEY = "securitynet_done"
 LOADGROUP_KEY = "securitynet_loadgroup"
 
@@ -40,18 +45,35 @@ def configure_workers(config: pytest.Config) -> None:
         config.option.dist = "loadgroup"
 
 
-class GpuPool:
-    """Free GPU indices; each xdist worker takes one when it starts."""
+def inherited_gpus(environ: Mapping[str, str] = os.environ, count: int | None = None) -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (else `0`..`n-1`).
 
-    def __init__(self, requested: int):
+    `count` is how many devices torch sees (asked when not given); entry i is torch's `cuda:i`."""
+    if count is None:
         import torch
 
-        available = torch.cuda.device_count()
+        count = torch.cuda.device_count()
+    raw = environ.get("CUDA_VISIBLE_DEVICES")
+    names = [d.strip() for d in raw.split(",") if d.strip()] if raw is not None else [str(i) for i in range(count)]
+    return names[:count]
+
+
+class GpuPool:
+    """Free GPU indices into the inherited devices; each xdist worker takes one when it starts."""
+
+    def __init__(self, requested: int, devices: list[str] | None = None):
+        devices = inherited_gpus() if devices is None else devices
+        available = len(devices)
         if requested and available < requested:
             warnings.warn(f"--gpus {requested} asked for, but {available} GPU(s) visible; extra workers run on CPU"
                           if available else f"--gpus {requested}: no GPU visible, running on the CPU")
-        self.free = list(range(min(requested, available)))
+        self.devices = devices[:min(requested, available)]
+        self.free = list(range(len(self.devices)))
         self.held: dict[str, int] = {}
+
+    def device(self, index: int | None) -> str | None:
+        """The inherited name (e.g. `5` of CUDA_VISIBLE_DEVICES=3,5) of GPU index `index`."""
+        return None if index is None else self.devices[index]
 
     def take(self, worker_id: str) -> int | None:
         if not self.free:
@@ -75,7 +97,9 @@ class XdistHooks:
 
     @pytest.hookimpl
     def pytest_configure_node(self, node) -> None:
-        node.workerinput[GPU_KEY] = self.pool.take(node.gateway.id)
+        index = self.pool.take(node.gateway.id)
+        node.workerinput[GPU_KEY] = index  # the worker's torch device is cuda:<index>
+        node.workerinput[GPU_ID_KEY] = self.pool.device(index)
         node.workerinput[DONE_KEY] = self.done
         # A worker decides on group suffixes from its own command line, which lacks a --dist
         # chosen here; without them the scheduler would not keep one model on one worker.

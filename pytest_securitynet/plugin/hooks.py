@@ -11,7 +11,8 @@ from pytest_securitynet.plugin import fixtures, gpus, hookspec, reporter
 from pytest_securitynet.plugin import regression
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.plugin.items import entry_of, item_row_key
-from pytest_securitynet.results.rows import PASSED, ResultsWriter, load_results, plain, row_key, run_info
+from pytest_securitynet.results.rows import (PASSED, ResultsWriter, load_results, plain, results_exist, row_key,
+                                             run_info)
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness
 from pytest_securitynet.harness.settings import Settings, declared_budgets, settings_from
 
@@ -112,7 +113,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _previous_results(state: RunState) -> dict[str, Any] | None:
-    if not state.json_path.exists():
+    if not results_exist(state.json_path):  # a killed run may have left only its journal
         return None
     try:
         return load_results(state.json_path)

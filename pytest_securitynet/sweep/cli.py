@@ -8,9 +8,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .plan import PLAN_FILE, read_plan
-from .status import status_lines, sweep_status
-from .submit import EXECUTORS, SweepOptions, run_sweep
+from pytest_securitynet.sweep.plan import PLAN_FILE, read_plan
+from pytest_securitynet.sweep.status import status_lines, sweep_status
+from pytest_securitynet.sweep.submit import EXECUTORS, SweepOptions, run_sweep
 
 DESCRIPTION = """Run a selection of the catalog as a job array: collect it once, cut it into shards by
 model (longest first), and run each shard's pytest with its own results file and

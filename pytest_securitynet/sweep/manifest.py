@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ..items import benchmark_name, entry_of, setting_of
+from pytest_securitynet.plugin.items import benchmark_name, entry_of, setting_of
 
 PLUGIN = __name__
 SELECTED = pytest.StashKey[frozenset]()

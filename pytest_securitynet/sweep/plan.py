@@ -17,14 +17,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..errors import SecurityNetError
-from ..journal import load_journaled
-from ..results import load_results, row_key
-from .manifest import PLUGIN, write_manifest
+from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.results.rows import load_results, row_key
+from pytest_securitynet.sweep.manifest import PLUGIN, read_manifest, write_manifest
 
 PLAN_SCHEMA = "securitynet-sweep-plan/1"
 PLAN_FILE = "plan.json"
@@ -145,7 +144,7 @@ class Durations:
         rows: list[dict[str, Any]] = []
         for path in paths:
             try:
-                rows.extend(load_journaled(Path(path), load_results)["results"])
+                rows.extend(load_results(Path(path))["results"])
             except (OSError, ValueError) as exc:
                 raise PlanError(f"--durations-from: cannot read {path}: {exc}") from None
         return cls(rows)
@@ -227,8 +226,6 @@ def write_plan(plan: Plan, out: Path) -> Path:
 
 def read_plan(out: Path) -> Plan:
     """The plan of the sweep in `out`, with each shard's node ids read back from its manifest."""
-    from .manifest import read_manifest
-
     path = out / PLAN_FILE
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -260,6 +257,3 @@ def plan_summary(plan: Plan) -> list[str]:
     lines.append(f"costs from {source}")
     return lines
 
-
-def as_dict(plan: Plan) -> dict[str, Any]:
-    return asdict(plan)

@@ -27,10 +27,10 @@ from typing import Any
 import submitit
 from filelock import FileLock, Timeout
 
-from ..journal import write_atomic
-from ..results import now
-from .manifest import PLUGIN
-from .status import read_state
+from pytest_securitynet.results.journal import write_atomic
+from pytest_securitynet.results.rows import now
+from pytest_securitynet.sweep.manifest import PLUGIN
+from pytest_securitynet.sweep.status import read_state
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..journal import load_journaled, write_atomic
-from ..results import PASSED, load_results
-from .plan import Plan, ShardPlan
+from pytest_securitynet.results.journal import write_atomic
+from pytest_securitynet.results.rows import PASSED, load_results, results_exist
+from pytest_securitynet.sweep.plan import PLAN_FILE, Plan, PlanError, ShardPlan, read_plan
 
 JOBS_FILE = "jobs.json"
 STATES = ("pending", "running", "done", "failed")
@@ -172,7 +172,7 @@ def _exit_detail(code: Any) -> str:
 def count_rows(results: Path) -> tuple[int, int]:
     """Rows and passed rows in a shard's results file and journal (0, 0 when there is none yet)."""
     try:
-        rows = load_journaled(results, load_results)["results"]
+        rows = load_results(results)["results"]
     except (OSError, ValueError):
         return 0, 0
     return len(rows), sum(1 for r in rows if r.get("outcome") == PASSED)
@@ -201,3 +201,18 @@ def status_lines(statuses: list[ShardStatus]) -> list[str]:
     lines.append(", ".join(f"{n} {state}" for state, n in counts.items()) + f"; {rows} of {tests} rows written")
     return lines
 
+
+
+def shard_results(out: Path, plan: Plan) -> list[Path]:
+    """The results files the shards have written so far (or their journals), in plan order."""
+    return [Path(out) / f"{s.name}.json" for s in plan.shards if results_exist(Path(out) / f"{s.name}.json")]
+
+
+def sweep_results(out: Path) -> list[Path]:
+    """The shards' results files of the sweep directory `out` (`securitynet merge DIR`)."""
+    if not (Path(out) / PLAN_FILE).exists():
+        raise PlanError(f"{out}: not a sweep directory (no {PLAN_FILE})")
+    files = shard_results(out, read_plan(Path(out)))
+    if not files:
+        raise PlanError(f"{out}: no shard has written results yet")
+    return files

@@ -24,12 +24,14 @@ from typing import Any, Callable, Sequence
 
 from filelock import FileLock, Timeout
 
-from ..errors import SecurityNetError
-from ..journal import write_atomic
-from ..results import now
-from .plan import PLAN_FILE, Durations, Plan, collect, make_plan, plan_summary, read_plan, write_plan
-from .status import (ShardStatus, SlurmLiveness, local_liveness, read_submissions, record_submissions,
-                     status_lines, sweep_status)
+from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.plugin.gpus import inherited_gpus
+from pytest_securitynet.results.journal import write_atomic
+from pytest_securitynet.results.merge import merge_files
+from pytest_securitynet.results.rows import now
+from pytest_securitynet.sweep.plan import PLAN_FILE, Durations, Plan, collect, make_plan, plan_summary, read_plan, write_plan
+from pytest_securitynet.sweep.status import (ShardStatus, SlurmLiveness, local_liveness, read_submissions,
+                                             record_submissions, shard_results, status_lines, sweep_status)
 
 log = logging.getLogger(__name__)
 
@@ -182,18 +184,6 @@ def make_executor(out: Path, options: SweepOptions):
     return executor
 
 
-def visible_devices() -> list[str]:
-    """The GPUs this process may use: the entries of CUDA_VISIBLE_DEVICES, else all that torch sees."""
-    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if raw is not None:
-        return [d.strip() for d in raw.split(",") if d.strip()]
-    try:
-        import torch
-    except ImportError:
-        return []
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
 def local_slots(options: SweepOptions, devices: list[str]) -> list[str]:
     """One CUDA_VISIBLE_DEVICES value per local shard that may run at once.
 
@@ -218,7 +208,7 @@ class _Driver:
         self.executor = make_executor(out, options)
         self.attempts: dict[str, int] = {}  # submissions per shard in this call
         self.jobs: dict[str, Any] = {}  # shard -> submitit job of this call
-        self.slots = local_slots(options, visible_devices()) if options.executor == "local" else []
+        self.slots = local_slots(options, inherited_gpus()) if options.executor == "local" else []
         self.held: dict[str, int] = {}  # shard -> index of the slot its local job holds
         self.submissions = 0
 
@@ -247,7 +237,7 @@ class _Driver:
             names = names[:len(free)]
         if not names:
             return
-        from .shard import ShardRun, ShardSpec
+        from pytest_securitynet.sweep.shard import ShardRun, ShardSpec
 
         runs = []
         for i, name in enumerate(names):
@@ -309,15 +299,8 @@ def _drive(out: Path, plan: Plan, settings: dict, options: SweepOptions, say: Sa
     return outcome
 
 
-def shard_results(out: Path, plan: Plan) -> list[Path]:
-    """The results files the shards have written so far, in plan order."""
-    return [out / f"{s.name}.json" for s in plan.shards if (out / f"{s.name}.json").exists()]
-
-
 def merge_shards(out: Path, plan: Plan) -> tuple[Path, int] | None:
     """Merge the shards' results into `out/results.json`; returns it and the number of conflicts."""
-    from ..merge_results import merge_files
-
     files = shard_results(out, plan)
     if not files:
         return None
