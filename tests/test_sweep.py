@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +19,8 @@ import pytest
 submitit = pytest.importorskip("submitit")
 
 from pytest_securitynet.plugin import gpus  # noqa: E402
-from pytest_securitynet.results.rows import load_results, row_key  # noqa: E402
+from pytest_securitynet.cli import main  # noqa: E402
+from pytest_securitynet.results.rows import load_results, results_exist, row_key  # noqa: E402
 from pytest_securitynet.sweep.cli import add_sweep_parser  # noqa: E402
 from pytest_securitynet.sweep.manifest import write_manifest  # noqa: E402
 from pytest_securitynet.sweep.plan import (CollectedTest, Durations, ModelGroup, assign, collect,  # noqa: E402
@@ -57,6 +59,7 @@ def test_signal(catalog_entry, record):
 '''
 
 DEMO_MODELS = ("demo-digits-cnn", "demo-digits-rbf-overfit")
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -318,62 +321,103 @@ def sweep_cli(*argv: str) -> int:
     return args.run(args)
 
 
-def test_a_local_sweep_merges_the_rows_of_a_single_run_and_continues(project, cache_dir, tmp_path, capsys,
-                                                                      monkeypatch):
-    out = tmp_path / "runs" / "quick"
-    single = tmp_path / "single.json"
-    subprocess.run(["python3", "-m", "pytest", *selection(cache_dir), f"--securitynet-json={single}"], cwd=project,
-                   check=True, capture_output=True)
-    monkeypatch.chdir(project)
+GATE = """
+import os, time
+from pathlib import Path
+
+def test_gate(catalog_entry, record):
+    gate = os.environ.get("SWEEP_GATE")
+    while gate and Path(gate).exists():
+        time.sleep(0.05)
+    record(ok=1)
+"""
+DEMO_FILES = ("benchmarks/test_membership_inference.py", "benchmarks/test_task_performance.py")
+"""The quick benchmarks: 11 tests per demo model (naming the files keeps collection short)."""
+
+
+@pytest.fixture
+def demo_project(tmp_path) -> Path:
+    """A copy of the repository's benchmarks, plus a test that blocks while SWEEP_GATE's file exists."""
+    root = tmp_path / "demo-project"
+    shutil.copytree(REPO / "benchmarks", root / "benchmarks", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "benchmarks" / "test_zz_gate.py").write_text(GATE)  # runs after a model's other tests
+    return root
+
+
+def demo_selection(cache_dir: Path, *files: str) -> list[str]:
+    return [*DEMO_FILES, *files, "-k", "demo", "--securitynet-limit", "200", "-p", "no:cacheprovider",
+            f"--securitynet-cache={cache_dir}"]
+
+
+def comparable(path: Path) -> list[tuple]:
+    return sorted((r["model"], r["benchmark"], r["setting"], r["outcome"], json.dumps(r["metrics"], sort_keys=True))
+                  for r in rows_of(path))
+
+
+def test_a_two_shard_local_sweep_gives_the_rows_of_a_single_run(demo_project, cache_dir, tmp_path, capsys,
+                                                                   monkeypatch):
+    out, single = tmp_path / "runs" / "demo", tmp_path / "single.json"
+    subprocess.run(["python3", "-m", "pytest", *demo_selection(cache_dir), f"--securitynet-json={single}"],
+                   cwd=demo_project, check=True, capture_output=True)
+    monkeypatch.chdir(demo_project)
     assert sweep_cli("--shards", "2", "--executor", "local", "--gpus-per-shard", "0", "--poll", "0.5",
-                     "--out", str(out), "--", *selection(cache_dir)) == 0
-    def comparable(path):
-        return sorted((r["model"], r["benchmark"], r["setting"], r["outcome"], json.dumps(r["metrics"])) for r in rows_of(path))
-    assert comparable(out / "results.json") == comparable(single) and len(comparable(single)) == 6
+                     "--out", str(out), "--", *demo_selection(cache_dir)) == 0
+    assert len(comparable(single)) == 22 and comparable(out / "results.json") == comparable(single)
     assert load_results(out / "results.json")["run"]["status"] == "merged"
+    assert [s.models for s in read_plan(out).shards] == [["demo-digits-cnn"], ["demo-digits-rbf-overfit"]]
     capsys.readouterr()
     assert sweep_cli("status", str(out)) == 0
-    table = capsys.readouterr().out
-    assert "0 pending, 0 running, 2 done, 0 failed; 6 of 6 rows written" in table
+    assert "0 pending, 0 running, 2 done, 0 failed; 22 of 22 rows written" in capsys.readouterr().out
+    # Again with the same directory: nothing is submitted, the merged rows stay; merge reads a sweep directory.
     submissions = len(json.loads((out / "jobs.json").read_text())["submissions"])
-    # Again with the same directory: nothing to submit, the same merged rows.
     outcome = run_sweep(out, [], SweepOptions(executor="local", gpus_per_shard=0, poll_s=0.5), say=lambda line: None)
     assert outcome.submissions == 0 and outcome.complete
     assert len(json.loads((out / "jobs.json").read_text())["submissions"]) == submissions
+    (out / "results.json").unlink()
+    assert main(["merge", str(out)]) == 0
     assert comparable(out / "results.json") == comparable(single)
 
 
-def test_a_shard_killed_mid_run_is_resubmitted_and_loses_or_repeats_no_row(project, cache_dir, tmp_path, monkeypatch):
+def test_a_shard_killed_mid_run_is_resubmitted_and_loses_or_repeats_no_row(demo_project, cache_dir, tmp_path,
+                                                                           monkeypatch):
     gate = tmp_path / "gate"
     gate.touch()
     monkeypatch.setenv("SWEEP_GATE", str(gate))
     out = tmp_path / "runs" / "killed"
+    args = demo_selection(cache_dir, "benchmarks/test_zz_gate.py")
     killed: dict = {}
 
-    def kill_first_shard_mid_run():
-        state_file, results = out / "shard-000.state.json", out / "shard-000.json"
-        wait_for(lambda: results.exists() and len(rows_of(results)) >= 2, timeout=180, what="shard-000's first rows")
-        killed["state"] = json.loads(state_file.read_text())
+    def submissions() -> list[str]:
+        try:
+            return [r["shard"] for r in json.loads((out / "jobs.json").read_text())["submissions"]]
+        except (OSError, ValueError):
+            return []
+
+    def kill_first_shard_at_the_gate():
+        # shard-000 runs demo-digits-cnn: its 11 benchmark tests, then test_gate, which waits.
+        results = out / "shard-000.json"
+        wait_for(lambda: results_exist(results) and len(rows_of(results)) >= 11, timeout=300, what="shard-000's rows")
+        killed["state"] = json.loads((out / "shard-000.state.json").read_text())
         killed["rows"] = {row_key(r): r["finished_at"] for r in rows_of(results)}
         os.kill(killed["state"]["pid"], signal.SIGKILL)  # the shard's process; its pytest dies with it
-        wait_for(lambda: json.loads((out / "jobs.json").read_text())["submissions"][-1]["shard"] == "shard-000"
-                 and len(json.loads((out / "jobs.json").read_text())["submissions"]) == 3, what="the resubmission")
+        wait_for(lambda: submissions().count("shard-000") == 2, what="the resubmission")
         gate.unlink()
 
-    helper = threading.Thread(target=kill_first_shard_mid_run)
+    helper = threading.Thread(target=kill_first_shard_at_the_gate)
     helper.start()
     try:
-        outcome = run_sweep(out, selection(cache_dir), SweepOptions(executor="local", shards=2, gpus_per_shard=0,
-                                                                    retries=1, poll_s=0.3),
-                            cwd=project, say=lambda line: None)
+        outcome = run_sweep(out, args, SweepOptions(executor="local", shards=2, gpus_per_shard=0, retries=1, poll_s=0.3),
+                            cwd=demo_project, say=lambda line: None)
     finally:
-        if gate.exists():
-            gate.unlink()
+        gate.unlink(missing_ok=True)
         helper.join()
     assert outcome.complete, [(s.name, s.state, s.detail) for s in outcome.statuses]
-    submissions = [r["shard"] for r in json.loads((out / "jobs.json").read_text())["submissions"]]
-    assert sorted(submissions) == ["shard-000", "shard-000", "shard-001"]
+    assert sorted(submissions()) == ["shard-000", "shard-000", "shard-001"]
+    assert len(killed["rows"]) == 11
     rows = rows_of(out / "results.json")
-    assert len(rows) == 6 == len({row_key(r) for r in rows}) and all(r["outcome"] == "passed" for r in rows)
+    planned = {row_key({"model": t.model, "benchmark": t.benchmark, "setting": t.setting})
+               for t in collect(args, demo_project)}
+    assert len(rows) == len(planned) == 24 and {row_key(r) for r in rows} == planned  # none lost, none twice
+    assert all(r["outcome"] == "passed" for r in rows)
     kept = {row_key(r): r["finished_at"] for r in rows}
     assert all(kept[k] == v for k, v in killed["rows"].items())  # finished before the kill: kept, not rerun
