@@ -132,6 +132,19 @@ def test_a_plan_is_identical_across_two_runs(project, cache_dir, tmp_path):
     assert [s.models for s in read_plan(tmp_path / "one").shards] == [["demo-digits-cnn"], ["demo-digits-rbf-overfit"]]
 
 
+def test_plan_only_submits_nothing_and_a_sweep_directory_keeps_its_selection(project, cache_dir, tmp_path, capsys,
+                                                                            monkeypatch):
+    out = tmp_path / "runs" / "planned"
+    monkeypatch.chdir(project)
+    assert main(["sweep", "--shards", "2", "--plan-only", "--out", str(out), "--", *selection(cache_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "6 tests of 2 models in 2 shards" in printed and "shard-001" in printed
+    assert (out / "plan.json").exists() and not (out / "jobs.json").exists()
+    assert main(["sweep", "--out", str(out), "--executor", "local", "--", "bench", "-k", "cnn"]) == 2
+    assert "holds a sweep of" in capsys.readouterr().err
+    assert main(["sweep", "--out", str(out), "--shards", "3", "--plan-only"]) == 2
+
+
 def test_a_manifest_runs_only_its_tests_and_names_what_it_lacks(project, cache_dir, tmp_path):
     manifest = tmp_path / "m.txt"
     write_manifest(manifest, ["bench/test_quick.py::test_quick[demo-digits-cnn-2]",

@@ -39,7 +39,8 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
                          "securitynet_budget and env SECURITYNET_BUDGET; every row records what was used). "
                          "Default: each benchmark's own (docs/budgets.md).")
     group.addoption("--securitynet-json", default=None, metavar="PATH",
-                    help=f"results file, rewritten after every test. Default: {DEFAULT_JSON} in the invocation directory.")
+                    help=f"results file; each finished row is journaled beside it at once. "
+                         f"Default: {DEFAULT_JSON} in the invocation directory.")
     group.addoption("--securitynet-resume", action="store_true",
                     help="keep the rows of an existing results file and skip tests that already passed. Default: off.")
     group.addoption("--securitynet-cache", default=None, metavar="DIR",

@@ -56,6 +56,8 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--durations-from", action="append", default=[], type=Path, metavar="RESULTS",
                         help="plan with the test times of an earlier results file (repeatable). "
                              "Default: per-benchmark estimates")
+    parser.add_argument("--plan-only", action="store_true",
+                        help="write the plan (plan.json, one manifest per shard) and print it; submit nothing")
     parser.add_argument("--no-wait", action="store_true",
                         help="submit and return; run the same command again to retry, resubmit and merge")
     parser.add_argument("--poll", type=float, default=None, metavar="SECONDS",
@@ -84,10 +86,14 @@ def run(args: argparse.Namespace) -> int:
         cpus_per_shard=args.cpus_per_shard, mem_gb=args.mem_gb, partition=args.partition, time_min=args.time,
         max_parallel=args.max_parallel, retries=args.retries, signal_delay_s=args.signal_delay,
         slurm_setup=args.slurm_setup, slurm_parameters=parameters, durations_from=args.durations_from,
-        wait=not args.no_wait, poll_s=args.poll)
+        wait=not args.no_wait, plan_only=args.plan_only, poll_s=args.poll)
     outcome = run_sweep(args.out, rest, options, say=lambda line: print(f"securitynet sweep: {line}", flush=True))
-    if not options.wait:
+    if options.plan_only:
+        for shard in outcome.plan.shards:
+            print(f"{shard.name}  {len(shard.nodeids):5} tests  {shard.seconds / 60:7.1f} min  {', '.join(shard.models)}")
         return 0
+    if outcome.merged is None and not options.wait:
+        return 0  # submitted; the shards run on
     if outcome.merged is not None:
         print(f"{outcome.merged}: merged from {sum(1 for s in outcome.statuses if s.rows)} shard(s), "
               f"{outcome.conflicts} conflict(s)")

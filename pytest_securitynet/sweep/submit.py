@@ -67,6 +67,7 @@ class SweepOptions:
     slurm_parameters: dict[str, str] = field(default_factory=dict)
     durations_from: list[Path] = field(default_factory=list)
     wait: bool = True
+    plan_only: bool = False  # write the plan and stop (nothing is submitted)
     poll_s: float | None = None  # default: 30 s on Slurm, 1 s otherwise
 
 
@@ -99,6 +100,8 @@ def run_sweep(out: Path, pytest_args: Sequence[str], options: SweepOptions, cwd:
         raise SweepError(f"another `securitynet sweep` is working on {out}") from None
     try:
         plan, settings = prepare(out, pytest_args, options, Path(cwd or os.getcwd()).resolve(), say)
+        if options.plan_only:
+            return SweepOutcome(plan, sweep_status(out, plan, local_liveness), 0)
         return _drive(out, plan, settings, options, say)
     finally:
         lock.release()
@@ -284,10 +287,10 @@ def _drive(out: Path, plan: Plan, settings: dict, options: SweepOptions, say: Sa
         if summary != last:
             say(summary)
             last = summary
+        if not driver.active(statuses) and not driver.wanted(statuses):
+            break  # every shard has ended: merge
         if not options.wait:
             return SweepOutcome(plan, statuses, driver.submissions)
-        if not driver.active(statuses) and not driver.wanted(statuses):
-            break
         time.sleep(poll)
     outcome = SweepOutcome(plan, statuses, driver.submissions)
     merged = merge_shards(out, plan)
