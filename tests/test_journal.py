@@ -216,6 +216,7 @@ print(json.dumps({"wchar": written, "counted": writer.bytes_written, "compaction
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts written bytes with Linux's /proc/self/io")
 def test_a_20000_row_run_writes_less_than_three_times_its_final_file(tmp_path):
     """The operating system's count of bytes written (wchar) by a process that does nothing else.

@@ -168,6 +168,7 @@ def shard_spec(project: Path, out: Path, cache_dir: Path, name: str = "shard-000
     return ShardSpec(out=str(out), name=name, pytest_args=args, cwd=str(project), stop_grace_s=30)
 
 
+@pytest.mark.slow
 def test_checkpoint_stops_pytest_and_the_requeued_shard_resumes(project, cache_dir, tmp_path, monkeypatch):
     """submitit's path on a timeout, called directly: the signal handler calls `checkpoint` and
     exits; the DelayedSubmission it returned is what submitit runs when the job restarts."""
@@ -209,6 +210,7 @@ def test_checkpoint_stops_pytest_and_the_requeued_shard_resumes(project, cache_d
     assert {k: v for k, v in ((row_key(r), r["finished_at"]) for r in rows) if k in before} == before  # not rerun
 
 
+@pytest.mark.slow
 def test_usr2_sent_to_every_process_of_a_shard_kills_none(project, cache_dir, tmp_path, monkeypatch):
     """Slurm signals every process of a job step; pytest and its xdist workers must outlive USR2."""
     (project / "bench" / "test_signal.py").write_text(SIGNALLING)
@@ -230,6 +232,7 @@ def test_usr2_sent_to_every_process_of_a_shard_kills_none(project, cache_dir, tm
     assert plain.returncode == -signal.SIGUSR2
 
 
+@pytest.mark.slow
 def test_a_timeout_requeues_through_submitit_and_the_shard_finishes(project, cache_dir, tmp_path, monkeypatch):
     """submitit's local executor sends USR2 `signal_delay_s` before the time limit, as Slurm does;
     its handler calls `checkpoint`, the task exits for requeue and restarts from the checkpoint."""
@@ -367,6 +370,7 @@ def comparable(path: Path) -> list[tuple]:
                   for r in rows_of(path))
 
 
+@pytest.mark.slow
 def test_a_two_shard_local_sweep_gives_the_rows_of_a_single_run(demo_project, cache_dir, tmp_path, capsys,
                                                                    monkeypatch):
     out, single = tmp_path / "runs" / "demo", tmp_path / "single.json"
@@ -391,6 +395,7 @@ def test_a_two_shard_local_sweep_gives_the_rows_of_a_single_run(demo_project, ca
     assert comparable(out / "results.json") == comparable(single)
 
 
+@pytest.mark.slow
 def test_a_shard_killed_mid_run_is_resubmitted_and_loses_or_repeats_no_row(demo_project, cache_dir, tmp_path,
                                                                            monkeypatch):
     gate = tmp_path / "gate"
