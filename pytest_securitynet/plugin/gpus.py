@@ -8,11 +8,14 @@ user set it), which is torch's `cuda:i` in every worker; the variable itself is 
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import Mapping
 
 import pytest
+
+log = logging.getLogger(__name__)
 
 GPU_KEY = "securitynet_gpu"
 GPU_ID_KEY = "securitynet_gpu_id"
@@ -21,9 +24,11 @@ LOADGROUP_KEY = "securitynet_loadgroup"
 
 
 def configure_worker(config: pytest.Config, workerinput: dict) -> None:
-    """On an xdist worker: adopt the controller's scheduling choice."""
+    """On an xdist worker: adopt the controller's scheduling choice; say which GPU it was given."""
     if workerinput.get(LOADGROUP_KEY):
         config.option.loadgroup = True
+    if workerinput.get(GPU_ID_KEY) is not None:
+        log.info("%s: GPU %s (cuda:%s)", workerinput.get("workerid"), workerinput[GPU_ID_KEY], workerinput[GPU_KEY])
 
 
 def configure_workers(config: pytest.Config) -> None:

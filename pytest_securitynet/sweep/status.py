@@ -131,12 +131,14 @@ def shard_status(out: Path, shard: ShardPlan, submission: dict[str, Any] | None,
     status.rows, status.passed = count_rows(Path(out) / f"{shard.name}.json")
     if submission is not None:
         status.job_id = str(submission.get("job_id"))
-    if state is not None:
-        status.host, status.exit_code = state.get("host"), state.get("exit_code")
-        status.starts = int(state.get("starts", 0))
-        status.job_id = state.get("job_id") or status.job_id
+    # A submission after the state file's last start or end is a retry whose job has not started yet.
     resubmitted = (submission is not None and state is not None
                    and float(submission.get("submitted_ts", 0)) > float(state.get("ended_ts") or state.get("started_ts") or 0))
+    if state is not None:
+        status.starts = int(state.get("starts", 0))
+        if not resubmitted:
+            status.host, status.exit_code = state.get("host"), state.get("exit_code")
+            status.job_id = state.get("job_id") or status.job_id
     if state is None or resubmitted:
         if submission is None:
             return status

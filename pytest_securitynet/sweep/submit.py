@@ -99,10 +99,11 @@ def run_sweep(out: Path, pytest_args: Sequence[str], options: SweepOptions, cwd:
     except Timeout:
         raise SweepError(f"another `securitynet sweep` is working on {out}") from None
     try:
+        executor = None if options.plan_only else make_executor(out, options)  # no Slurm: fail before collecting
         plan, settings = prepare(out, pytest_args, options, Path(cwd or os.getcwd()).resolve(), say)
-        if options.plan_only:
+        if executor is None:
             return SweepOutcome(plan, sweep_status(out, plan, local_liveness), 0)
-        return _drive(out, plan, settings, options, say)
+        return _drive(out, plan, settings, options, executor, say)
     finally:
         lock.release()
 
@@ -206,9 +207,9 @@ def local_slots(options: SweepOptions, devices: list[str]) -> list[str]:
 class _Driver:
     """The submission loop of one `run_sweep` call."""
 
-    def __init__(self, out: Path, plan: Plan, settings: dict, options: SweepOptions, say: Say):
+    def __init__(self, out: Path, plan: Plan, settings: dict, options: SweepOptions, executor: Any, say: Say):
         self.out, self.plan, self.settings, self.options, self.say = out, plan, settings, options, say
-        self.executor = make_executor(out, options)
+        self.executor = executor
         self.attempts: dict[str, int] = {}  # submissions per shard in this call
         self.jobs: dict[str, Any] = {}  # shard -> submitit job of this call
         self.slots = local_slots(options, inherited_gpus()) if options.executor == "local" else []
@@ -273,8 +274,8 @@ class _Driver:
         return any(s.state == "running" or (s.state == "pending" and s.job_id) for s in statuses)
 
 
-def _drive(out: Path, plan: Plan, settings: dict, options: SweepOptions, say: Say) -> SweepOutcome:
-    driver = _Driver(out, plan, settings, options, say)
+def _drive(out: Path, plan: Plan, settings: dict, options: SweepOptions, executor: Any, say: Say) -> SweepOutcome:
+    driver = _Driver(out, plan, settings, options, executor, say)
     poll = options.poll_s if options.poll_s is not None else (30.0 if options.executor == "slurm" else 1.0)
     last = ""
     while True:
