@@ -25,6 +25,7 @@ from torch import nn
 
 from pytest_securitynet.attacks.evasion import evaluate_evasion
 from pytest_securitynet.attacks.stealing import evaluate_surrogate, steal
+from pytest_securitynet.results.spec import BenchmarkSpec, Metric
 
 EPS = (0.01, 0.03, 0.1)
 SURROGATE = "resnet18"
@@ -45,6 +46,13 @@ SETTINGS = {
     "pgd10": Setting("pgd", steps=10),
     "pgd50": Setting("pgd", steps=50),
 }
+
+SPEC = BenchmarkSpec(
+    id="evasion.accuracy_drop", title="Evasion", section="evasion", short="evasion", position=50,
+    settings=tuple(f"{attack}-eps{eps}" for attack in SETTINGS for eps in EPS),
+    metrics=(Metric("accuracy_drop", higher_is_better=True),),
+    highlights=("fgsm-whitebox-eps0.03 accuracy_drop", "fgsm-transfer-eps0.03 accuracy_drop"),
+)
 
 _SURROGATES: dict[tuple, tuple[nn.Module, dict[str, Any]]] = {}
 """Trained transfer sources, keyed by the data they were trained on (see `transfer_source`)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, catalog_paths, load_catalog
+from pytest_securitynet.bench import add_bench_parser
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.harness.settings import settings_from
 from pytest_securitynet.results.merge import merge_files
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="securitynet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_report_parser(sub)
+    add_bench_parser(sub)
     catalog = sub.add_parser("catalog", help="list, show, validate, import, annotate, count or prefetch catalog entries")
     actions = catalog.add_subparsers(dest="action", required=True)
 

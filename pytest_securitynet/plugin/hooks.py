@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pytest_securitynet.plugin import fixtures, gpus, hookspec, reporter
+from pytest_securitynet.plugin import fixtures, gpus, hookspec, profiling, reporter, specs
 from pytest_securitynet.plugin import regression
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.plugin.items import entry_of, item_row_key
@@ -26,6 +26,8 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.register(fixtures, "securitynet-fixtures")
     pluginmanager.register(reporter, "securitynet-report-rows")
+    pluginmanager.register(specs, "securitynet-specs")
+    pluginmanager.register(profiling, "securitynet-profiling")
     group = parser.getgroup("securitynet", "SecurityNet benchmarks")
     group.addoption("--gpus", dest="securitynet_gpus", type=int, default=None, metavar="N",
                     help="start N xdist workers, one pinned to each GPU (unless -n is given). Default: 0 (no workers).")

@@ -145,15 +145,21 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 
 def replay(doc: dict[str, Any], records: Iterable[dict[str, Any]],
            key: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
-    """`doc` with the journal's rows applied in order: a row replaces the one with its `key`, or is appended."""
+    """`doc` with the journal's records applied in order: a row replaces the one with its `key`, or is
+    appended; a record's model data and benchmark specs are added to the document's."""
     rows = {key(r): r for r in doc.get("results", [])}
     models = dict(doc.get("models") or {})
+    benchmarks = dict(doc.get("benchmarks") or {})
     for record in records:
         row = record["row"]
         rows[key(row)] = row
         if record.get("model_info") is not None:
             models[row["model"]] = record["model_info"]
-    return {**doc, "models": models, "results": list(rows.values())}
+        benchmarks.update(record.get("benchmarks") or {})
+    replayed = {**doc, "models": models, "results": list(rows.values())}
+    if benchmarks:
+        replayed["benchmarks"] = benchmarks
+    return replayed
 
 
 def load_journaled(path: Path, load_document: Callable[[Path], dict[str, Any]], empty: dict[str, Any],

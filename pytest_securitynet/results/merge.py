@@ -62,6 +62,7 @@ class ResultSet:
     conflicts: list[Conflict] = field(default_factory=list)
     collapsed: int = 0  # identical duplicates folded into one row
     origin: dict[str, Path] = field(default_factory=dict)  # row key -> file it was taken from
+    benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)  # the files' specs by id (the later file wins)
 
     @property
     def passed(self) -> list[dict[str, Any]]:
@@ -95,11 +96,13 @@ def merge(documents: list[tuple[Path, dict[str, Any]]]) -> ResultSet:
     rows: dict[str, dict[str, Any]] = {}
     origin: dict[str, Path] = {}
     models: dict[str, dict[str, Any]] = {}
+    benchmarks: dict[str, dict[str, Any]] = {}
     sources, conflicts, collapsed = [], [], 0
     for path, doc in documents:
         sources.append(Source(path=path, run=doc.get("run") or {}, rows=len(doc["results"])))
         for model_id, info in (doc.get("models") or {}).items():
             models[model_id] = info
+        benchmarks.update(doc.get("benchmarks") or {})
         for row in doc["results"]:
             key = row_key(row)
             if key not in rows:
@@ -118,7 +121,7 @@ def merge(documents: list[tuple[Path, dict[str, Any]]]) -> ResultSet:
             if keep_new:
                 rows[key], origin[key] = row, path
     return ResultSet(rows=list(rows.values()), models=models, sources=sources, conflicts=conflicts,
-                     collapsed=collapsed, origin=origin)
+                     collapsed=collapsed, origin=origin, benchmarks=benchmarks)
 
 
 def load_and_merge(paths: Iterable[str | Path]) -> ResultSet:
@@ -174,5 +177,6 @@ def merge_files(paths: Iterable[str | Path], out: str | Path) -> ResultSet:
     }
     present = {row["model"] for row in result_set.rows}
     models = {m: info for m, info in result_set.models.items() if m in present}
-    ResultsWriter(Path(out), run, {"models": models, "results": result_set.rows}).write()
+    ResultsWriter(Path(out), run, {"models": models, "results": result_set.rows,
+                                   "benchmarks": result_set.benchmarks}).write()
     return result_set

@@ -113,6 +113,8 @@ class ResultsWriter:
         self.run = run
         self.models: dict[str, Any] = dict(previous.get("models", {})) if previous else {}
         self.rows: dict[str, dict[str, Any]] = {row_key(r): r for r in previous["results"]} if previous else {}
+        # the specs of the benchmarks that have rows, by id (results/spec.py)
+        self.benchmarks: dict[str, Any] = dict(previous.get("benchmarks", {})) if previous else {}
         self.policy = policy or CompactionPolicy()
         self.durable = durable
         self.journal = Journal(journal_path(self.path), durable)
@@ -123,6 +125,7 @@ class ResultsWriter:
         self._last_compaction = clock()
         self._started = False
         self._fresh = previous is None  # a journal found now belongs to the run this one replaces
+        self._stored_benchmarks: set[str] = set()  # specs already in the document or the journal
 
     @property
     def bytes_written(self) -> int:
@@ -138,7 +141,12 @@ class ResultsWriter:
         if not self._started:
             self.write()
             return
-        self.journal.append({"row": row, "model_info": info})
+        record: dict[str, Any] = {"row": row, "model_info": info}
+        new_specs = {k: v for k, v in self.benchmarks.items() if k not in self._stored_benchmarks}
+        if new_specs:  # put in `benchmarks` by the spec recorder just before this row
+            record["benchmarks"] = plain(new_specs)
+            self._stored_benchmarks.update(new_specs)
+        self.journal.append(record)
         if self.policy.due(self.journal.size, self._document_size, self._clock() - self._last_compaction):
             self.write()
 
@@ -152,6 +160,8 @@ class ResultsWriter:
     def write(self) -> None:
         """Compact: rewrite the whole document atomically, then empty the journal."""
         doc = {"schema": SCHEMA, "run": self.run, "models": self.models, "results": list(self.rows.values())}
+        if self.benchmarks:
+            doc["benchmarks"] = self.benchmarks
         data = (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode("utf-8")
         if not self._started and self._fresh:
             self.journal.clear()  # before the document: its rows must never be replayed into this run's
@@ -162,6 +172,7 @@ class ResultsWriter:
         self._document_size = len(data)
         self._last_compaction = self._clock()
         self._started = True
+        self._stored_benchmarks = set(self.benchmarks)
 
     def close(self) -> None:
         self.journal.close()
