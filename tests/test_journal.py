@@ -247,3 +247,16 @@ def test_merge_and_reports_read_the_journal_a_killed_run_left(tmp_path):
     merged = merge_files([path], tmp_path / "merged.json")
     assert len(merged.rows) == 3 and len(load_document(tmp_path / "merged.json")["results"]) == 3
     assert not journal_path(tmp_path / "merged.json").exists()
+
+
+def test_benchmark_specs_reach_the_journal_with_their_first_row(tmp_path):
+    path = tmp_path / "r.json"
+    killed = ResultsWriter(path, {"status": "running"}, policy=CompactionPolicy(interval_s=1e9))
+    killed.add(make_row(0), None)
+    killed.benchmarks["membership_inference"] = {"id": "membership_inference", "headline": ["auc"]}
+    killed.add(make_row(1), None)  # the spec recorder fills `benchmarks` just before a row is added
+    killed.add(make_row(2), None)
+    killed.close()
+    records = read_journal(journal_path(path))
+    assert [sorted(r.get("benchmarks", {})) for r in records] == [["membership_inference"], []]
+    assert load_results(path)["benchmarks"] == {"membership_inference": {"id": "membership_inference", "headline": ["auc"]}}

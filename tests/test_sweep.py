@@ -18,13 +18,13 @@ import pytest
 
 submitit = pytest.importorskip("submitit")
 
+from pytest_securitynet.harness.devices import inherited_gpus  # noqa: E402
 from pytest_securitynet.plugin import gpus  # noqa: E402
 from pytest_securitynet.cli import main  # noqa: E402
 from pytest_securitynet.results.rows import load_results, results_exist, row_key  # noqa: E402
 from pytest_securitynet.sweep.cli import add_sweep_parser  # noqa: E402
-from pytest_securitynet.sweep.manifest import write_manifest  # noqa: E402
-from pytest_securitynet.sweep.plan import (CollectedTest, Durations, ModelGroup, assign, collect,  # noqa: E402
-                                           make_plan, read_plan, write_plan)
+from pytest_securitynet.sweep.plan import (PLUGIN, CollectedTest, Durations, ModelGroup, assign,  # noqa: E402
+                                           collect, make_plan, read_plan, write_manifest, write_plan)
 from pytest_securitynet.sweep.shard import ShardRun, ShardSpec, launch, stop, wait  # noqa: E402
 from pytest_securitynet.sweep.status import record_submissions, sweep_status  # noqa: E402
 from pytest_securitynet.sweep.submit import SweepOptions, local_slots, run_sweep, slurm_parameters  # noqa: E402
@@ -150,7 +150,7 @@ def test_a_manifest_runs_only_its_tests_and_names_what_it_lacks(project, cache_d
     write_manifest(manifest, ["bench/test_quick.py::test_quick[demo-digits-cnn-2]",
                               "bench/test_quick.py::test_quick[demo-digits-gone-1]"])
     out = tmp_path / "r.json"
-    proc = subprocess.run(["python3", "-m", "pytest", *selection(cache_dir), "-p", "pytest_securitynet.sweep.manifest",
+    proc = subprocess.run(["python3", "-m", "pytest", *selection(cache_dir), "-p", PLUGIN,
                            f"--securitynet-manifest={manifest}", f"--securitynet-json={out}"],
                           cwd=project, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -308,7 +308,7 @@ class FakeNode:
 def test_gpus_index_into_an_inherited_cuda_visible_devices_and_never_change_it(monkeypatch):
     """CUDA_VISIBLE_DEVICES=3,5 with --gpus 2: the workers get cuda:0 and cuda:1, which are GPUs 3 and 5."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    hooks = gpus.XdistHooks(gpus.GpuPool(2, gpus.inherited_gpus(count=2)), [], True)  # torch sees the two
+    hooks = gpus.XdistHooks(gpus.GpuPool(2, inherited_gpus(count=2)), [], True)  # torch sees the two
     nodes = [FakeNode("gw0"), FakeNode("gw1")]
     for node in nodes:
         hooks.pytest_configure_node(node)
@@ -318,8 +318,8 @@ def test_gpus_index_into_an_inherited_cuda_visible_devices_and_never_change_it(m
     hooks.pytest_configure_node(replacement)
     assert (replacement.workerinput[gpus.GPU_KEY], replacement.workerinput[gpus.GPU_ID_KEY]) == (0, "3")
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,5"
-    assert gpus.inherited_gpus({"CUDA_VISIBLE_DEVICES": "3,5"}, count=0) == []  # listed, but torch sees none
-    assert gpus.inherited_gpus({}, count=2) == ["0", "1"]
+    assert inherited_gpus({"CUDA_VISIBLE_DEVICES": "3,5"}, count=0) == []  # listed, but torch sees none
+    assert inherited_gpus({}, count=2) == ["0", "1"]
 
 
 def test_local_shards_get_their_gpus_from_the_inherited_list():

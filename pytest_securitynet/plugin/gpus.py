@@ -9,11 +9,11 @@ user set it), which is torch's `cuda:i` in every worker; the variable itself is 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
-from typing import Mapping
 
 import pytest
+
+from pytest_securitynet.harness.devices import inherited_gpus
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +48,6 @@ def configure_workers(config: pytest.Config) -> None:
         # One model's tests stay on one worker, so it is loaded and queried once. With a plain
         # `-n N` the user's --dist stands (pass --dist loadgroup for the same effect).
         config.option.dist = "loadgroup"
-
-
-def inherited_gpus(environ: Mapping[str, str] = os.environ, count: int | None = None) -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (else `0`..`n-1`).
-
-    `count` is how many devices torch sees (asked when not given); entry i is torch's `cuda:i`."""
-    if count is None:
-        import torch
-
-        count = torch.cuda.device_count()
-    raw = environ.get("CUDA_VISIBLE_DEVICES")
-    names = [d.strip() for d in raw.split(",") if d.strip()] if raw is not None else [str(i) for i in range(count)]
-    return names[:count]
 
 
 class GpuPool:

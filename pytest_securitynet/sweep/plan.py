@@ -23,8 +23,9 @@ from typing import Any, Iterable, Sequence
 
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.results.rows import load_results, row_key
-from pytest_securitynet.sweep.manifest import PLUGIN, read_manifest, write_manifest
 
+PLUGIN = "pytest_securitynet.plugin.manifest"
+"""The pytest plugin (`-p`) that records a collection for the planner and runs a shard's manifest."""
 PLAN_SCHEMA = "securitynet-sweep-plan/1"
 PLAN_FILE = "plan.json"
 
@@ -45,6 +46,19 @@ FALLBACK_SECONDS = 10.0
 """The weight of a test of a benchmark file not in `DEFAULT_SECONDS` (a user's own attack)."""
 NO_MODEL = "(no model)"
 """The group of collected tests that are not parametrized with a catalog model."""
+
+
+def write_manifest(path: Path, nodeids: list[str]) -> None:
+    """A shard's manifest: its node ids, one a line."""
+    bad = [n for n in nodeids if "\n" in n]
+    if bad:
+        raise PlanError(f"a test id with a line break cannot go in a manifest: {bad[0]!r}")
+    Path(path).write_text("".join(f"{n}\n" for n in nodeids), encoding="utf-8")
+
+
+def read_manifest(path: Path) -> list[str]:
+    """The node ids a manifest lists, in order."""
+    return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 class PlanError(SecurityNetError):

@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 
 from pytest_securitynet.results.journal import write_atomic
 from pytest_securitynet.results.rows import now
-from pytest_securitynet.sweep.manifest import PLUGIN
+from pytest_securitynet.sweep.plan import PLUGIN
 from pytest_securitynet.sweep.status import read_state
 
 log = logging.getLogger(__name__)

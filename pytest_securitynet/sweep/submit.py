@@ -25,7 +25,6 @@ from typing import Any, Callable, Sequence
 from filelock import FileLock, Timeout
 
 from pytest_securitynet.errors import SecurityNetError
-from pytest_securitynet.plugin.gpus import inherited_gpus
 from pytest_securitynet.results.journal import write_atomic
 from pytest_securitynet.results.merge import merge_files
 from pytest_securitynet.results.rows import now
@@ -212,7 +211,11 @@ class _Driver:
         self.executor = executor
         self.attempts: dict[str, int] = {}  # submissions per shard in this call
         self.jobs: dict[str, Any] = {}  # shard -> submitit job of this call
-        self.slots = local_slots(options, inherited_gpus()) if options.executor == "local" else []
+        self.slots = []
+        if options.executor == "local":
+            from pytest_securitynet.harness.devices import inherited_gpus  # imports torch: only here
+
+            self.slots = local_slots(options, inherited_gpus())
         self.held: dict[str, int] = {}  # shard -> index of the slot its local job holds
         self.submissions = 0
 

@@ -1,4 +1,4 @@
-"""A pytest plugin (`-p pytest_securitynet.sweep.manifest`) for the two ends of a sweep.
+"""A pytest plugin (`-p pytest_securitynet.plugin.manifest`) for the two ends of a sweep (`sweep/`).
 
 `--securitynet-collect-to FILE` (with `--collect-only`) writes what the selection collected, one
 record per test with its model, benchmark and setting, for the planner. `--securitynet-manifest
@@ -16,21 +16,13 @@ import pytest
 
 from pytest_securitynet.plugin.items import benchmark_name, entry_of, setting_of
 
-PLUGIN = __name__
 SELECTED = pytest.StashKey[frozenset]()
 SEEN = pytest.StashKey[set]()
 
 
 def read_manifest(path: Path) -> list[str]:
-    """The node ids a manifest lists, in order."""
+    """The node ids a manifest lists (one a line; `sweep.plan.write_manifest` writes them)."""
     return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def write_manifest(path: Path, nodeids: list[str]) -> None:
-    bad = [n for n in nodeids if "\n" in n]
-    if bad:
-        raise ValueError(f"a test id with a line break cannot go in a manifest: {bad[0]!r}")
-    Path(path).write_text("".join(f"{n}\n" for n in nodeids), encoding="utf-8")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
