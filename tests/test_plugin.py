@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, load_catalog
+from pytest_securitynet.results.rows import load_results
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "adding-an-attack.md"
@@ -104,7 +105,8 @@ def test_a_killed_run_leaves_valid_json_with_every_finished_row(pytester, bench)
     (pytester.path / "benchmarks" / "test_crash.py").write_text(CRASHING)
     result = bench("benchmarks/test_crash.py", "-k", "demo", subprocess=True)
     assert result.ret != 0
-    doc = json.loads((pytester.path / "out.json").read_text())
+    json.loads((pytester.path / "out.json").read_text())  # valid JSON; rows since its last compaction are in the journal
+    doc = load_results(pytester.path / "out.json")
     finished = {(r["model"], r["benchmark"]) for r in doc["results"]}
     # Tests run model by model: both of the CNN's, then the overfit model's first, then the kill.
     assert finished == {("demo-digits-cnn", "crash.first"), ("demo-digits-cnn", "crash.second"),

@@ -11,7 +11,8 @@ from pytest_securitynet.plugin import fixtures, gpus, hookspec, profiling, repor
 from pytest_securitynet.plugin import regression
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.plugin.items import entry_of, item_row_key
-from pytest_securitynet.results.rows import PASSED, ResultsWriter, load_results, plain, row_key, run_info
+from pytest_securitynet.results.rows import (PASSED, ResultsWriter, load_results, plain, results_exist, row_key,
+                                             run_info)
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness
 from pytest_securitynet.harness.settings import Settings, declared_budgets, settings_from
 
@@ -40,7 +41,8 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
                          "securitynet_budget and env SECURITYNET_BUDGET; every row records what was used). "
                          "Default: each benchmark's own (docs/budgets.md).")
     group.addoption("--securitynet-json", default=None, metavar="PATH",
-                    help=f"results file, rewritten after every test. Default: {DEFAULT_JSON} in the invocation directory.")
+                    help=f"results file; each finished row is journaled beside it at once. "
+                         f"Default: {DEFAULT_JSON} in the invocation directory.")
     group.addoption("--securitynet-resume", action="store_true",
                     help="keep the rows of an existing results file and skip tests that already passed. Default: off.")
     group.addoption("--securitynet-cache", default=None, metavar="DIR",
@@ -114,7 +116,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _previous_results(state: RunState) -> dict[str, Any] | None:
-    if not state.json_path.exists():
+    if not results_exist(state.json_path):  # a killed run may have left only its journal
         return None
     try:
         return load_results(state.json_path)
