@@ -3,8 +3,10 @@ a stale result or a hang."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import socket
 import tarfile
 import time
@@ -317,3 +319,33 @@ def test_a_benchmark_run_without_network_shows_each_message_once(pytester, tmp_p
     out = result.stdout.str()
     assert out.count("missing file 'tiny-0123.pt'") == 2, out
     assert "During handling" not in out and "Connection refused" in out and "could not be reached earlier" in out
+
+
+def test_a_full_disk_while_downloading_is_the_caches_fault_not_the_networks(tmp_path, monkeypatch):
+    source = tmp_path / "w.pt"
+    source.write_bytes(b"weights" * 1000)
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        handle = real_fdopen(fd, mode, *args, **kwargs)
+        return FullDisk(handle) if "w" in mode else handle
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    store = FileStore(cache_dir=tmp_path / "cache", offline=False)
+    with pytest.raises(CacheError, match=r"cannot write .*w\.pt\..*\.part in the cache .*No space left on device"):
+        store.get(Need("w.pt", "weights of m", "weights", (source.as_uri(),)))
+    monkeypatch.setattr(os, "fdopen", real_fdopen)
+    assert store.get(Need("w.pt", "weights of m", "weights", (source.as_uri(),))).read_bytes() == source.read_bytes()

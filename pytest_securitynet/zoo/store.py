@@ -409,9 +409,14 @@ def _download(url: str, dest: Path, store: FileStore) -> None:
         raise store.unwritable(dest.parent, exc) from None
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
-            _copy_with_progress(resp, out, dest.name, lambda exc: store.unwritable(tmp, exc))
-        os.replace(tmp, dest)
+        with os.fdopen(fd, "wb") as out:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+                _copy_with_progress(resp, out, dest.name, lambda exc: store.unwritable(tmp, exc))
+            try:
+                out.flush()
+                os.replace(tmp, dest)
+            except OSError as exc:
+                raise store.unwritable(dest, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
 
