@@ -68,8 +68,9 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, *, reported: 
     correlations = pd.DataFrame(ctx.correlations)
     if len(correlations):
         extra = Section("correlations", "All correlations")
-        extra.add(ctx.table("correlations", "Every Pearson correlation drawn in a figure above (r undefined below "
-                            "3 points or when a variable is constant).", correlations))
+        extra.add(ctx.table("correlations", "Every Pearson correlation of a figure above (r undefined below 3 "
+                            "points or when a variable is constant; `distinct` is the smaller number of different x "
+                            "and y values, and a figure shows r only where it is 3 or more).", correlations))
         sections.append(extra)
     subtitle = (f"Made by `{GENERATOR}` on {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
                 f"{', '.join(f'`{p.name}`' for p in paths)}." + (f" Command: `{command}`" if command else ""))

@@ -104,7 +104,7 @@ class Context:
     def note_correlation(self, figure: str, x: str, y: str, group: str, corr: figures.Corr, **extra: Any) -> None:
         """Record a correlation shown in a figure, for `correlations.csv`."""
         self.correlations.append({"figure": figure, "x": x, "y": y, "group": group, "n": corr.n,
-                                  "pearson_r": corr.r, "p_value": corr.p, **extra})
+                                  "distinct": corr.distinct, "pearson_r": corr.r, "p_value": corr.p, **extra})
 
 
 def format_frame(frame: pd.DataFrame) -> pd.DataFrame:

@@ -51,7 +51,8 @@ def backdoor_detection(ctx: Context, spec: BenchmarkSpec) -> Section | None:
     n_panels = 1 + (not nc.empty and "anomaly_index" in nc)
     fig, axes = F.panels(n_panels, panel=(5.0, 3.6))
     F.strip_by_category(axes[0], frame, "detector", "runtime_s", order=detectors, xlabel="detector",
-                        ylabel=F.LABELS["runtime_s"], title="runtime per model", log=True)
+                        ylabel=F.LABELS["runtime_s"], title="runtime per model", log=True,
+                        identify="model")
     if n_panels == 2:
         _anomaly_bars(axes[1], nc)
     section.add(ctx.figure(fig, "backdoor-detection", "Backdoor detection: runtime and Neural Cleanse anomaly index",
@@ -72,7 +73,8 @@ def _anomaly_bars(ax, nc: pd.DataFrame) -> None:
     if len(threshold):
         ax.axhline(float(threshold.iloc[0]), color="black", linestyle="--", linewidth=0.8,
                    label=f"threshold {float(threshold.iloc[0]):g}")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="best", framealpha=0.85)
+    ax.margins(y=0.12)  # the threshold line and the tallest bar clear the top edge
     ax.set_xticks(range(len(nc)))
     ax.set_xticklabels(nc["model"], rotation=35, ha="right", fontsize=6)
     ax.set_xlabel("model (red: flagged)", fontsize=8)

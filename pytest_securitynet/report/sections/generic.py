@@ -94,8 +94,9 @@ def _figure(ctx: Context, spec: BenchmarkSpec, frame: pd.DataFrame, key: str, me
     label = spec.metric(metric).axis_label(F.LABELS.get(metric))
     for ax, data in zip(axes, datas):
         F.strip_by_category(ax, frame[frame["data"] == data], key, metric, order=categories, xlabel=key,
-                            ylabel=label, title=data, connect="model" if len(categories) > 1 else None)
-    joined = "; grey lines join the values of one model" if len(categories) > 1 else ""
+                            ylabel=label, title=data, connect="model" if len(categories) > 1 else None,
+                            identify="model")
+    joined = "; lines join the values of one model" if len(categories) > 1 else ""
     return ctx.figure(fig, spec.slug, f"{spec.title}: {metric} per {key}",
                       f"`{metric}` of each model per `{key}`, one panel per dataset (boxes where a {key} has 3 or "
                       f"more models){joined}.")

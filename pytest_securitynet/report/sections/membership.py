@@ -39,7 +39,7 @@ def membership_inference(ctx: Context, spec: BenchmarkSpec) -> Section | None:
                                 "mean_gap": sub["gap"].mean()})
         section.add(ctx.figure(fig, "mia-auc-vs-gap", "Membership inference: AUC vs overfitting gap per attack",
                                "Attack AUC against the overfitting gap, one panel per attack, Pearson's r per "
-                               "dataset (paper Fig. 13)."))
+                               "dataset where 3 or more models differ (paper Fig. 13)."))
         section.add(ctx.table("mia-auc-vs-gap", "AUC per attack and dataset, and its correlation with the gap.",
                               pd.DataFrame(records)))
     if {"mlp-full", "mlp-top3"} <= set(attacks):
@@ -52,7 +52,7 @@ def membership_inference(ctx: Context, spec: BenchmarkSpec) -> Section | None:
             for ax, data in zip(axes, datas):
                 part = mia[(mia["data"] == data) & mia["setting"].isin(shown)]
                 F.scatter_groups(ax, part, "gap", "auc", "setting", title=data, xlabel=F.LABELS[gap_label],
-                                 ylabel=F.LABELS["auc"], label_col=None)
+                                 ylabel=F.LABELS["auc"])
             section.add(ctx.figure(fig, "mia-mlp-full-vs-top3", "Membership inference: MLP on full vs top-3 posteriors",
                                    "AUC against the overfitting gap for the MLP attack on the full posterior, on the "
                                    "top-3 posteriors and for modified entropy, per dataset (paper Fig. 14)."))

@@ -43,7 +43,7 @@ def metadata(ctx: Context) -> Section | None:
         fig, axes = F.panels(len(by_venue), panel=(5.0, 3.8))
         for ax, (part, metric, title) in zip(axes, by_venue):
             F.strip_by_category(ax, part.dropna(subset=["venue_type"]), "venue_type", metric, xlabel="venue type",
-                                ylabel=F.LABELS[metric], title=title)
+                                ylabel=F.LABELS[metric], title=title, identify="model")
         section.add(ctx.figure(fig, "metadata-venue", "Attack performance by venue type",
                                "Stealing attack accuracy (paper Fig. 12) and membership inference AUC (Fig. 17) per "
                                "type of publishing venue (boxes where a venue type has 3 or more models)."))

@@ -26,7 +26,7 @@ def purposes(ctx: Context) -> Section | None:
         for i, (data, metric) in enumerate((d, m) for d in datas for m in metrics):
             label = F.LABELS["test_accuracy"] if metric == "test_accuracy" else F.LABELS["gap_train_test"]
             F.strip_by_category(axes[i], task[task["data"] == data], "purpose", metric, order=("benchmark", "security"),
-                                xlabel="model purpose", ylabel=label, title=data)
+                                xlabel="model purpose", ylabel=label, title=data, identify="model")
         section.add(ctx.figure(fig, "purpose-task", "Target accuracy and overfitting gap by model purpose",
                                "Test accuracy and overfitting gap of benchmark and security models per dataset "
                                "(paper Fig. 2 and 3)."))
@@ -38,12 +38,12 @@ def purposes(ctx: Context) -> Section | None:
                                            ("target_accuracy", "attack_accuracy", "attack vs target accuracy"))):
             if x in stealing and y in stealing:
                 groups = F.scatter_groups(ax, stealing, x, y, "purpose", title=name, xlabel=F.LABELS[x],
-                                          ylabel=F.LABELS[y], label_col=None)
+                                          ylabel=F.LABELS[y])
                 for group, corr in groups.items():
                     ctx.note_correlation("purpose-stealing", x, y, group, corr)
         section.add(ctx.figure(fig, "purpose-stealing", f"Model stealing by model purpose ({stealing_setting})",
                                "Agreement vs attack accuracy (paper Fig. 8) and attack vs target accuracy "
-                               "(Fig. 9), coloured by purpose, r per purpose."))
+                               "(Fig. 9), coloured by purpose, r per purpose where 3 or more models differ."))
     mia_spec, mia = section_rows(ctx, "membership", "auc")
     if len(mia):
         mia, attack = main_rows(mia_spec, mia)
@@ -51,7 +51,7 @@ def purposes(ctx: Context) -> Section | None:
         if mia["purpose"].nunique() > 1 and mia["gap"].notna().any():
             fig, axes = F.panels(1, panel=(5.2, 4.0))
             groups = F.scatter_groups(axes[0], mia, "gap", "auc", "purpose", title=attack,
-                                      xlabel=F.LABELS[gap_label], ylabel=F.LABELS["auc"], label_col=None)
+                                      xlabel=F.LABELS[gap_label], ylabel=F.LABELS["auc"])
             for group, corr in groups.items():
                 ctx.note_correlation("purpose-mia", "gap", "auc", group, corr)
             section.add(ctx.figure(fig, "purpose-mia", f"Membership inference ({attack}) by model purpose",

@@ -44,7 +44,7 @@ def model_stealing(ctx: Context, spec: BenchmarkSpec) -> Section | None:
         section.add(ctx.figure(fig, "stealing-accuracy-vs-target",
                                f"Model stealing: surrogate accuracy vs target accuracy ({default})",
                                "Surrogate (attack) accuracy against the target's test accuracy, one panel per dataset, "
-                               "with Pearson's r (paper Fig. 5)."))
+                               "with Pearson's r where 3 or more models differ (paper Fig. 5)."))
         table = pd.DataFrame(records)
         section.add(ctx.table("stealing-accuracy-vs-target",
                               "Pearson correlation of attack accuracy with target accuracy per dataset; the ratio is "
@@ -74,26 +74,25 @@ def model_stealing(ctx: Context, spec: BenchmarkSpec) -> Section | None:
         for ax, data in zip(axes, datas):
             F.strip_by_category(ax, frame[frame["data"] == data], "setting", "attack_accuracy", order=settings,
                                 xlabel="stealing setting", ylabel=F.LABELS["attack_accuracy"], title=data,
-                                connect="model")
+                                connect="model", identify="model")
         section.add(ctx.figure(fig, "stealing-settings", "Model stealing: attack accuracy per setting",
-                               "Attack accuracy of each setting; grey lines join the settings of one target model "
+                               "Attack accuracy of each setting; lines join the settings of one target model "
                                "(effect of budget, surrogate, out-of-distribution queries, label-only answers)."))
         if frame["target_accuracy"].notna().any():
             fig, axes = F.panels(len(datas))
             for ax, data in zip(axes, datas):
                 part = frame[frame["data"] == data]
                 groups = F.scatter_groups(ax, part, "target_accuracy", "attack_accuracy", "setting", title=data,
-                                          xlabel=F.LABELS["target_accuracy"], ylabel=F.LABELS["attack_accuracy"],
-                                          label_col=None)
+                                          xlabel=F.LABELS["target_accuracy"], ylabel=F.LABELS["attack_accuracy"])
                 for name, corr in groups.items():
                     ctx.note_correlation("stealing-settings-vs-target", "target_accuracy", "attack_accuracy",
                                          f"{data} / {name}", corr)
             section.add(ctx.figure(fig, "stealing-settings-vs-target",
                                    "Model stealing: attack accuracy vs target accuracy per setting",
                                    "As Fig. 5, one colour per setting: out-of-distribution queries (paper Fig. 6), "
-                                   "WRN-50-2 surrogate (Fig. 7), query budgets (Fig. 19); r per setting in the legend."))
+                                   "WRN-50-2 surrogate (Fig. 7), query budgets (Fig. 19); r per setting in the legend "
+                                   "where 3 or more models differ."))
     return section
-
 
 
 def _corr_record(data: str, setting: str, corr: F.Corr, x: pd.Series, y: pd.Series) -> dict:
