@@ -131,7 +131,7 @@ def run_neural_cleanse(model, images: torch.Tensor, num_classes: int, budget: Bu
         attack_success=result.attack_success, epochs_run=result.epochs_run,
         trigger_label=label, trigger_png=Path(os.path.relpath(png, json_dir)).as_posix(),
         epochs=budget.nc_epochs, n_samples=min(budget.nc_samples, len(images)), batch_size=NC_BATCH_SIZE,
-        mode="batched",
+        mode="batched", phases=result.phases, attack_tflop_per_s=result.tflop_per_s,
     )
     if budget.sequential:
         reference = neural_cleanse_sequential(model, images, **settings)
@@ -160,7 +160,7 @@ def run_strip(model, images: torch.Tensor, budget: Budget, device, seed: int) ->
         runtime_s=result.runtime_s, threshold=result.verdict_threshold, flagged_fraction=result.flagged_fraction,
         boundary=result.boundary, expected_frr=result.expected_frr, n_inputs=result.n_inputs,
         n_calibration=len(result.clean_entropies), n_overlay_pool=len(pool) - len(result.clean_entropies),
-        n_overlays=result.n_overlays, blend=STRIP_SETTINGS["blend"],
+        n_overlays=result.n_overlays, blend=STRIP_SETTINGS["blend"], phases=result.phases,
     )
 
 
@@ -178,7 +178,8 @@ def run_neo(model, images: torch.Tensor, budget: Budget, device, seed: int) -> d
         runtime_s=result.runtime_s, threshold=1, confirmed_fraction=result.confirmed_fraction,
         n_confirmed=result.n_confirmed, candidate_fraction=result.candidate_fraction, n_inputs=result.n_inputs,
         n_blocks=result.n_blocks, block_size=result.block_size, n_clusters=3,
-        flip_threshold=NEO_SETTINGS["flip_threshold"], n_confirm=NEO_SETTINGS["n_confirm"],
+        flip_threshold=NEO_SETTINGS["flip_threshold"], n_confirm=NEO_SETTINGS["n_confirm"], phases=result.phases,
+        attack_tflop_per_s=result.tflop_per_s,
     )
 
 

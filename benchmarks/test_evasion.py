@@ -7,9 +7,9 @@ underestimates how far large models can be pushed. One test per (attack, eps) gi
 e.g. setting `fgsm-transfer-eps0.03`; `-k "fgsm and eps0.1"` picks a slice.
 
 The transfer source is trained on the true labels of the attacker's `auxiliary` set (a seeded 50%
-of the training split) with the stealing loop (`steal(..., label_only=True)`), so it never queries
-the target; it depends only on the data and is trained once per data set and shared by every eps
-and every model evaluated on that data.
+of the training split) with the stealing trainer, so it never queries the target; it depends only
+on the data and recipe, is trained once per worker (`SURROGATES`) and serves every eps and every
+model evaluated on that data.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
-from pytest_securitynet.attacks.evasion import evaluate_evasion
-from pytest_securitynet.attacks.stealing import evaluate_surrogate, steal
+from pytest_securitynet.attacks.evasion import run_evasion
+from pytest_securitynet.attacks.stealing import evaluate_surrogate
+from pytest_securitynet.attacks.surrogate_cache import SurrogateCache, SurrogateRecipe
 from pytest_securitynet.results.spec import BenchmarkSpec, Metric
 
 EPS = (0.01, 0.03, 0.1)
@@ -54,22 +53,22 @@ SPEC = BenchmarkSpec(
     highlights=("fgsm-whitebox-eps0.03 accuracy_drop", "fgsm-transfer-eps0.03 accuracy_drop"),
 )
 
-_SURROGATES: dict[tuple, tuple[nn.Module, dict[str, Any]]] = {}
-"""Trained transfer sources, keyed by the data they were trained on (see `transfer_source`)."""
+SURROGATES = SurrogateCache()
+"""Trained transfer sources of this worker, keyed by the data they were trained on and the recipe."""
+
+
+def auxiliary_key(auxiliary) -> tuple:
+    """What makes two auxiliary sets the same training data: dataset, split and the sample indices."""
+    digest = hashlib.sha256(auxiliary.indices.numpy().tobytes()).hexdigest()[:16]
+    return (auxiliary.dataset_id, auxiliary.split, digest, "true-labels")
 
 
 def transfer_source(auxiliary, num_classes: int, topic: str, device: torch.device, seed: int):
     """The auxiliary ResNet-18 (Appendix C) trained on `auxiliary`'s true labels, cached per data."""
-    digest = hashlib.sha256(auxiliary.indices.numpy().tobytes()).hexdigest()[:16]
-    key = (auxiliary.dataset_id, auxiliary.split, digest, num_classes, SURROGATE_EPOCHS, str(device), seed)
-    cached = key in _SURROGATES
-    if not cached:
-        _SURROGATES[key] = steal(
-            auxiliary.images, auxiliary.labels, num_classes=num_classes, surrogate=SURROGATE,
-            epochs=SURROGATE_EPOCHS, label_only=True, hflip="digit" not in topic, device=device, seed=seed,
-        )
-    model, info = _SURROGATES[key]
-    return model, dict(info, cached=cached)
+    recipe = SurrogateRecipe(architecture=SURROGATE, epochs=SURROGATE_EPOCHS, label_only=True,
+                             hflip="digit" not in topic, seed=seed)
+    return SURROGATES.get_or_train(auxiliary_key(auxiliary), recipe, auxiliary.images, auxiliary.labels,
+                                   num_classes=num_classes, device=device)
 
 
 @pytest.mark.parametrize("eps", [pytest.param(e, id=f"eps{e}") for e in EPS])
@@ -77,22 +76,28 @@ def transfer_source(auxiliary, num_classes: int, topic: str, device: torch.devic
 def test_accuracy_drop(target_model, test_set, auxiliary, catalog_entry, securitynet, device, seed, record,
                        attack, eps):
     setting = SETTINGS[attack]
-    source, extra = None, {"source": "target"}
+    source, extra, phases = None, {"source": "target"}, {}
     if setting.transfer:
-        source, info = transfer_source(auxiliary, catalog_entry.annotations["num_classes"],
-                                       catalog_entry.annotations.get("topic_category", ""), device, seed)
-        quality = evaluate_surrogate(source, target_model, test_set.images, test_set.labels, device=device,
-                                     batch_size=securitynet.settings.batch_size)
-        extra = {"source": f"{SURROGATE}-surrogate", "source_labels": "true", "source_epochs": info["epochs"],
-                 "source_train_size": info["queries"], "source_train_time_s": info["train_time_s"],
-                 "source_cached": info["cached"], "source_clean_accuracy": quality["attack_accuracy"],
-                 "source_agreement": quality["agreement"]}
+        start = time.perf_counter()
+        source, stats, cached = transfer_source(auxiliary, catalog_entry.annotations["num_classes"],
+                                                catalog_entry.annotations.get("topic_category", ""), device, seed)
+        phases["training"] = 0.0 if cached else stats.train_time_s
+        quality = evaluate_surrogate(source, target_model, test_set.images, test_set.labels, device=device)
+        phases["setup"] = time.perf_counter() - start - phases["training"]
+        extra = {"source": f"{SURROGATE}-surrogate", "source_labels": "true", "source_epochs": stats.epochs,
+                 "source_train_size": stats.n_samples, "source_train_time_s": stats.train_time_s,
+                 "source_cached": cached, "source_clean_accuracy": quality["attack_accuracy"],
+                 "source_agreement": quality["agreement"], "source_train_tflop_per_s": stats.tflop_per_s}
     start = time.perf_counter()
-    result = evaluate_evasion(target_model, test_set.images, test_set.labels, [eps], attack=setting.attack,
-                              steps=setting.steps, source_model=source, device=device, seed=seed,
-                              batch_size=securitynet.settings.batch_size)[eps]
+    # batch_size=None: the attack sizes its own batches (large on a GPU), independent of inference.
+    outcome = run_evasion(target_model, test_set.images, test_set.labels, [eps], attack=setting.attack,
+                          steps=setting.steps, source_model=source, device=device, seed=seed, batch_size=None)
+    result = outcome.by_eps()[eps]
+    phases.update(outcome.phases)
     record(**result, eps=eps, attack=setting.attack, steps=setting.steps,
            step_size=eps / 4 if setting.attack == "pgd" else eps, random_start=setting.attack == "pgd",
-           attack_time_s=time.perf_counter() - start, n_test=len(test_set), **extra)
+           attack_time_s=time.perf_counter() - start, n_test=len(test_set), phases=phases,
+           attack_tflop_per_s=outcome.tflop_per_s, amp=outcome.amp,
+           **extra)
     assert 0.0 <= result["adversarial_accuracy"] <= 1.0
     assert 0.0 <= result["clean_accuracy"] <= 1.0

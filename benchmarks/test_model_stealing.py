@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pytest_securitynet.attacks.stealing import evaluate_surrogate, steal, training_flops
+from pytest_securitynet.attacks.stealing import run_model_stealing
 from pytest_securitynet.zoo.datasets import load_dataset
 from pytest_securitynet.errors import MissingFileError, SecurityNetError
 from pytest_securitynet.results.spec import BenchmarkSpec, Metric
@@ -87,20 +87,22 @@ def test_model_stealing(target, target_model, auxiliary, test_set, image_data, c
         answers = api.posteriors(queries)  # cached per sample, shared with other benchmarks
     queries_used = target.queries
 
-    surrogate, info = steal(images, answers, num_classes=target.num_classes, surrogate=setting.surrogate,
-                            epochs=epochs, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
-                            schedule=SCHEDULE, label_only=setting.label_only, device=device, seed=seed)
-    scores = evaluate_surrogate(surrogate, target_model, test_set.images, test_set.labels, device=device)
-    attack_time = time.perf_counter() - start
-    flop = training_flops(surrogate, tuple(images.shape[1:]), len(images), epochs)
+    query_time = time.perf_counter() - start
+    surrogate, result = run_model_stealing(
+        answers, images, target_model, test_set.images, test_set.labels, num_classes=target.num_classes,
+        surrogate=setting.surrogate, label_only=setting.label_only, device=device,
+        epochs=epochs, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, schedule=SCHEDULE, seed=seed)
+    info, attack_time = result.training, time.perf_counter() - start
+    scores = {k: getattr(result, k) for k in ("attack_accuracy", "agreement", "target_accuracy")}
 
     record(**scores, queries=queries_used, budget_queries=round(setting.budget * n_train),
            budget_fraction=setting.budget, auxiliary_size=len(auxiliary), n_train=n_train, n_test=len(test_set),
            query_source=source, surrogate=setting.surrogate, label_only=setting.label_only,
-           epochs=epochs, batch_size=info["batch_size"], lr=info["lr"], schedule=SCHEDULE,
-           final_train_loss=info["final_train_loss"], train_time_s=info["train_time_s"],
-           steal_time_s=info["total_time_s"], attack_time_s=attack_time, samples_per_s=info["samples_per_s"],
-           train_tflop=flop / 1e12, train_tflop_per_s=flop / 1e12 / info["train_time_s"], amp=info["amp"])
+           epochs=epochs, batch_size=info.batch_size, lr=info.lr, schedule=SCHEDULE,
+           final_train_loss=info.final_train_loss, train_time_s=info.train_time_s,
+           steal_time_s=attack_time - query_time, attack_time_s=attack_time, samples_per_s=info.samples_per_s,
+           train_tflop=(info.flops or 0.0) / 1e12, train_tflop_per_s=info.tflop_per_s, amp=info.amp,
+           channels_last=info.channels_last, phases={**result.phases, "queries": query_time})
     assert queries_used == len(images)  # one query per sample, nothing else asked of the target
     assert 0.0 <= scores["agreement"] <= 1.0
 

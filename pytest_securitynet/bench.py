@@ -80,7 +80,7 @@ def format_table(rows: Sequence[dict[str, Any]], run: dict[str, Any] | None = No
         tflops = _tflop_per_s(row.get("metrics") or {})
         memory = row.get("peak_gpu_memory_gib")
         lines.append(f"| {row.get('benchmark')} [{row.get('setting')}] | {row.get('outcome')} | {wall:.2f} | "
-                     f"{phase_text} | {'' if tflops is None else f'{tflops:.1f}'} | "
+                     f"{phase_text} | {'' if tflops is None else f'{tflops:.3g}'} | "
                      f"{'' if memory is None else f'{memory:.2f}'} |")
     device = (run or {}).get("device") or next((r.get("device") for r in rows if r.get("device")), "?")
     lines.append(f"| **all {len(rows)} tests** | | {total:.1f} | | | |")

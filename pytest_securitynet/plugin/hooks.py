@@ -11,7 +11,8 @@ from pytest_securitynet.plugin import fixtures, gpus, hookspec, profiling, repor
 from pytest_securitynet.plugin import regression
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.plugin.items import entry_of, item_row_key
-from pytest_securitynet.results.rows import PASSED, ResultsWriter, load_results, plain, row_key, run_info
+from pytest_securitynet.results.rows import (PASSED, ResultsWriter, load_results, plain, results_exist, row_key,
+                                             run_info)
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness
 from pytest_securitynet.harness.settings import Settings, declared_budgets, settings_from
 
@@ -30,6 +31,8 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     group = parser.getgroup("securitynet", "SecurityNet benchmarks")
     group.addoption("--gpus", dest="securitynet_gpus", type=int, default=None, metavar="N",
                     help="start N xdist workers, one pinned to each GPU (unless -n is given). Default: 0 (no workers).")
+    group.addoption("--workers-per-gpu", dest="securitynet_workers_per_gpu", type=int, default=None, metavar="K",
+                    help="with --gpus N: K workers pinned to each GPU, N*K in all. Default: 1.")
     group.addoption("--securitynet-catalog", action="append", default=[], metavar="PATH",
                     help="extra catalog file or directory (repeatable; also SECURITYNET_CATALOG). Default: built-in only.")
     group.addoption("--securitynet-dataset", action="append", default=[], metavar="ID=OTHER",
@@ -40,7 +43,8 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
                          "securitynet_budget and env SECURITYNET_BUDGET; every row records what was used). "
                          "Default: each benchmark's own (docs/budgets.md).")
     group.addoption("--securitynet-json", default=None, metavar="PATH",
-                    help=f"results file, rewritten after every test. Default: {DEFAULT_JSON} in the invocation directory.")
+                    help=f"results file; each finished row is journaled beside it at once. "
+                         f"Default: {DEFAULT_JSON} in the invocation directory.")
     group.addoption("--securitynet-resume", action="store_true",
                     help="keep the rows of an existing results file and skip tests that already passed. Default: off.")
     group.addoption("--securitynet-cache", default=None, metavar="DIR",
@@ -55,9 +59,14 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     group.addoption("--securitynet-batch-size", type=int, default=None, metavar="N", help="inference batch size. Default: 256.")
     group.addoption("--securitynet-device", default=None, metavar="DEVICE",
                     help="torch device for every test, e.g. cpu or cuda:1. Default: the worker's GPU, else cpu.")
+    group.addoption("--securitynet-allow-code-builders", action="store_true",
+                    help="let catalog entries name a module:function builder, i.e. run code from the catalog "
+                         "file (also ini securitynet_allow_code_builders). Default: registered builders only.")
     regression.add_options(group)
     parser.addini("securitynet_dataset", "dataset overrides ID=OTHER, one per line", type="linelist", default=[])
     parser.addini("securitynet_budget", "budget overrides NAME.FIELD=VALUE, one per line", type="linelist", default=[])
+    parser.addini("securitynet_allow_code_builders", "let catalog entries name module:function builders (code)",
+                  type="bool", default=False)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -68,10 +77,13 @@ def pytest_cmdline_main(config: pytest.Config):
 
 def settings_of(config: pytest.Config) -> Settings:
     """The run's settings from options, ini values and environment (a usage error when one is bad)."""
-    names = ("catalog", "dataset", "budget", "cache", "offline", "seed", "members", "limit", "batch_size", "device")
+    names = ("catalog", "dataset", "budget", "cache", "offline", "seed", "members", "limit", "batch_size", "device",
+             "allow_code_builders")
     options = {name: config.getoption(f"securitynet_{name}") for name in names}
     options["gpus"] = config.getoption("securitynet_gpus")
-    ini = {"dataset": config.getini("securitynet_dataset"), "budget": config.getini("securitynet_budget")}
+    options["workers_per_gpu"] = config.getoption("securitynet_workers_per_gpu")
+    ini = {"dataset": config.getini("securitynet_dataset"), "budget": config.getini("securitynet_budget"),
+           "allow_code_builders": config.getini("securitynet_allow_code_builders")}
     try:
         return settings_from(options, ini)
     except SecurityNetError as exc:
@@ -103,8 +115,8 @@ def pytest_configure(config: pytest.Config) -> None:
         state.writer = ResultsWriter(json_path, plain(run), previous)
         config.pluginmanager.register(reporter.ResultsReporter(state), "securitynet-results")
     if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
-        pool = gpus.GpuPool(settings.gpus)
-        config.pluginmanager.register(gpus.XdistHooks(pool, sorted(state.done), config.option.dist == "loadgroup"))
+        pool = gpus.GpuPool(settings.gpus, per_gpu=settings.workers_per_gpu)
+        config.pluginmanager.register(gpus.XdistHooks(pool, sorted(state.done), config.option.dist == "loadgroup", state))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -114,7 +126,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _previous_results(state: RunState) -> dict[str, Any] | None:
-    if not state.json_path.exists():
+    if not results_exist(state.json_path):  # a killed run may have left only its journal
         return None
     try:
         return load_results(state.json_path)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from pytest_securitynet.results.rows import PASSED, SCHEMA, ResultsWriter, load_results, now, row_key
+from pytest_securitynet.results.rows import PASSED, SCHEMA, ResultsWriter, load_results, now, results_exist, row_key
 
 MAX_DIFF_SHOWN = 4
 """Differing metrics named per conflict in the report (all of them are in the CSV)."""
@@ -74,11 +74,12 @@ class ResultSet:
 
 
 def load_documents(paths: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
-    """Each path's results document, checked for the schema (`ValueError` names a bad file)."""
+    """Each path's results document with its journal replayed, checked for the schema (`ValueError`
+    names a bad file)."""
     out = []
     for path in paths:
         path = Path(path)
-        if not path.is_file():
+        if not results_exist(path):
             raise FileNotFoundError(f"{path}: no such results file")
         try:
             doc = load_results(path)
