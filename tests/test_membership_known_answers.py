@@ -204,15 +204,16 @@ def attack_with_references(harness, loaded, members: LabeledSet, nonmembers: Lab
 def test_reference_attacks_beat_every_paper_attack_at_low_fpr_on_the_overfit_demo(harness):
     """RMIA and LiRA, with reference RBF networks trained like the target, against the paper's ten attacks.
 
-    The paper's best here is `mlp-top3` (TPR 0.405 at 1% FPR, 449 + 449 scored), so 5x is out of
-    reach; measured with seed 0: RMIA 0.857 (2.1x), LiRA 0.748 (1.8x). Over seeds 0-4 RMIA stays at
-    1.8-3.9x the best paper attack, LiRA (global variance) ranges 0.15-2.6x. With the default small
-    CNN as reference architecture instead, RMIA reaches only 0.04: references must resemble the target.
+    The paper's best here is `mlp-full` (TPR 0.285 at 1% FPR, 449 + 449 scored); measured with
+    seed 0: RMIA 0.851 (3.0x), LiRA 0.697 (2.4x), so the 5x the issue asked for is not reached. Over
+    seeds 0-4 RMIA stays at 2.0-5.0x the best paper attack; LiRA (one variance for all samples)
+    ranges 0.19-2.4x. With the default small CNN as reference architecture instead, RMIA reaches
+    only 0.038: references must resemble the target.
     """
     loaded = harness.loaded(harness.catalog.model(OVERFIT))
     results = attack_with_references(harness, loaded, loaded.sets["members"], loaded.sets["nonmembers"])
     best_paper = max(results[name]["tpr_at_fpr_1e-2"] for name in ATTACKS)
-    assert best_paper > 0.3
+    assert best_paper > 0.2
     assert results["rmia-offline"]["tpr_at_fpr_1e-2"] >= 1.5 * best_paper
     assert results["lira-offline"]["tpr_at_fpr_1e-2"] >= 1.5 * best_paper
     assert results["rmia-offline"]["auc"] > 0.98
@@ -224,8 +225,8 @@ def test_new_attacks_find_nothing_between_test_halves_on_demo_models(harness, mo
 
     At this size a signal-free score's TPR at 1% FPR (at most 2 of 225 non-members passed) exceeds 3%
     with probability 0.088 and 7% with probability 0.0005 (simulated, 200,000 draws), so 7% is the
-    bound here; the 3% bound is checked on 2,500 + 2,500 below. Measured with seed 0: AUC 0.469-0.517,
-    TPR at most 0.022 (overfit model), 0.493-0.529 and at most 0.027 (CNN; slow: trains 4 CNNs).
+    bound here; the 3% bound is checked on 2,500 + 2,500 below. Measured with seed 0: AUC 0.471-0.516,
+    TPR at most 0.018 (overfit model), 0.493-0.529 and at most 0.027 (CNN; slow: trains 4 CNNs).
     """
     loaded = harness.loaded(harness.catalog.model(model_id))
     results = attack_with_references(harness, loaded, *halves_of_test_split(loaded),
