@@ -11,7 +11,9 @@ from pytest_securitynet.plugin import fixtures, gpus, hookspec, profiling, repor
 from pytest_securitynet.plugin import regression
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.plugin.items import entry_of, item_row_key
-from pytest_securitynet.results.rows import (PASSED, ResultsWriter, load_results, plain, results_exist, row_key,
+from pytest_securitynet.results.lock import ResultsLock, holder_info
+from pytest_securitynet.results.resume import check_resume
+from pytest_securitynet.results.rows import (PASSED, ResultsWriter, load_results, now, plain, results_exist, row_key,
                                              run_info)
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness
 from pytest_securitynet.harness.settings import Settings, declared_budgets, settings_from
@@ -44,7 +46,12 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
                     help=f"results file; each finished row is journaled beside it at once. "
                          f"Default: {DEFAULT_JSON} in the invocation directory.")
     group.addoption("--securitynet-resume", action="store_true",
-                    help="keep the rows of an existing results file and skip tests that already passed. Default: off.")
+                    help="keep the rows of an existing results file and skip tests that already passed; refused "
+                         "when the file was written with other settings (seed, members, limit, datasets, budgets). "
+                         "Default: off.")
+    group.addoption("--securitynet-resume-mixed", action="store_true",
+                    help="--securitynet-resume even when the settings differ: each row records its own in "
+                         "`run_settings`. Default: off.")
     group.addoption("--securitynet-cache", default=None, metavar="DIR",
                     help="weights and data cache (also SECURITYNET_CACHE). Default: the user cache dir.")
     group.addoption("--securitynet-offline", action="store_true",
@@ -88,7 +95,7 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = settings_of(config)
     workerinput = getattr(config, "workerinput", None)
     json_path = Path(opt("securitynet_json") or Path(config.invocation_params.dir) / DEFAULT_JSON)
-    state = RunState(settings, json_path, opt("securitynet_resume"),
+    state = RunState(settings, json_path, opt("securitynet_resume") or opt("securitynet_resume_mixed"),
                    gpu_index=workerinput.get(gpus.GPU_KEY) if workerinput else None)
     config.stash[STATE] = state
     if regression.wanted(config):
@@ -97,12 +104,20 @@ def pytest_configure(config: pytest.Config) -> None:
         state.done = set(workerinput.get(gpus.DONE_KEY, ()))
         gpus.configure_worker(config, workerinput)
         return
-    previous = _previous_results(state) if state.resume else None
+    writes = not (config.option.collectonly or config.option.help or config.option.markers)
+    if writes:  # one writer per results file, from here to the end of the run
+        lock = ResultsLock(json_path)
+        _usage(lambda: lock.acquire(holder_info(now())))
+        config.add_cleanup(lock.release)
+    on_disk = _previous_results(state) if state.resume or writes else None
+    previous = on_disk if state.resume else None
+    per_row = _usage(lambda: check_resume(json_path, previous, plain(settings.as_dict()),
+                                          opt("securitynet_resume_mixed"))) if previous else None
     state.done = {row_key(r) for r in previous["results"] if r.get("outcome") == PASSED} if previous else set()
-    if not config.option.collectonly:
+    if writes:
         run = run_info(config.invocation_params.args, settings.as_dict())
         config.hook.pytest_securitynet_run_info(config=config, run=run)
-        state.writer = ResultsWriter(json_path, plain(run), previous)
+        state.writer = ResultsWriter(json_path, plain(run), previous, replaces=on_disk, row_settings=per_row)
         config.pluginmanager.register(reporter.ResultsReporter(state), "securitynet-results")
     if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
         pool = gpus.GpuPool(settings.gpus)
@@ -116,12 +131,24 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _previous_results(state: RunState) -> dict[str, Any] | None:
+    """The results file already there (to resume, or to replace and keep as a backup)."""
     if not results_exist(state.json_path):  # a killed run may have left only its journal
         return None
     try:
         return load_results(state.json_path)
     except (ValueError, OSError) as exc:
-        raise pytest.UsageError(f"--securitynet-resume: cannot read {state.json_path}: {exc}") from None
+        if state.resume:
+            raise pytest.UsageError(f"--securitynet-resume: cannot read {state.json_path}: {exc}") from None
+        raise pytest.UsageError(f"{state.json_path} exists and is not a securitynet results file this run may "
+                                f"replace ({exc}): move it away or choose another --securitynet-json") from None
+
+
+def _usage(call):
+    """`call()`, with a `SecurityNetError` turned into a usage error (one line, exit 4)."""
+    try:
+        return call()
+    except SecurityNetError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 # --- collection -------------------------------------------------------------------------------

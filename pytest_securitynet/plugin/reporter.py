@@ -9,7 +9,7 @@ import pytest
 
 from pytest_securitynet.catalog.entries import ModelEntry
 from pytest_securitynet.plugin.items import METRICS, benchmark_name, entry_of, setting_from_id, setting_of
-from pytest_securitynet.results.rows import now, plain
+from pytest_securitynet.results.rows import ResultsWriteError, now, plain
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness, state_harness
 from pytest_securitynet.results.summary import summary_lines
 
@@ -52,6 +52,15 @@ class ResultsReporter:
 
     def __init__(self, state: RunState):
         self.state = state
+        self.write_error: str | None = None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        # After the catalog loaded: from here a killed run leaves a file that says "running".
+        try:
+            self.state.writer.start()
+        except ResultsWriteError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -73,13 +82,22 @@ class ResultsReporter:
         elif report.failed:
             row["message"] = _short(report.longreprtext)
         entry = state_harness(state).catalog.models.get(row["model"])
-        state.writer.add(row, _model_info(entry) if entry else None)
+        try:
+            state.writer.add(row, _model_info(entry) if entry else None)
+        except ResultsWriteError as exc:  # a full disk: stop, as a run that cannot record has no use
+            self.write_error = str(exc)
+            pytest.exit(f"securitynet: {exc}", returncode=pytest.ExitCode.INTERRUPTED)
 
     @pytest.hookimpl
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.state.writer.rows:
-            status = {0: "complete", 1: "complete", 2: "interrupted", 5: "complete"}.get(int(exitstatus), "error")
+        status = {0: "complete", 1: "complete", 2: "interrupted", 5: "complete"}.get(int(exitstatus), "error")
+        try:
             self.state.writer.finish(status)
+        except ResultsWriteError as exc:
+            self.write_error = self.write_error or str(exc)
+            session.exitstatus = pytest.ExitCode.INTERRUPTED
+        finally:
+            self.state.writer.close()
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -87,6 +105,8 @@ class ResultsReporter:
         if int(exitstatus) == 5:
             _explain_empty_selection(terminalreporter, config, state)
             return
+        if self.write_error:
+            terminalreporter.write_line(f"securitynet: {self.write_error}", red=True)
         if not state.writer.rows:
             return
         terminalreporter.section("securitynet")
