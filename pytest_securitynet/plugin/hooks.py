@@ -104,21 +104,19 @@ def pytest_configure(config: pytest.Config) -> None:
         state.done = set(workerinput.get(gpus.DONE_KEY, ()))
         gpus.configure_worker(config, workerinput)
         return
-    writes = not (config.option.collectonly or config.option.help or config.option.markers)
-    if writes:  # one writer per results file, from here to the end of the run
-        lock = ResultsLock(json_path)
-        _usage(lambda: lock.acquire(holder_info(now())))
-        config.add_cleanup(lock.release)
-    on_disk = _previous_results(state) if state.resume or writes else None
-    previous = on_disk if state.resume else None
+    lock = ResultsLock(json_path)  # one writer per results file; a fresh run takes it before its first test
+    config.add_cleanup(lock.release)
+    if state.resume and not (config.option.collectonly or config.option.help or config.option.markers):
+        _usage(lambda: lock.acquire(holder_info(now())))  # the rows read now stay the file's until the run ends
+    previous = _previous_results(state) if state.resume else None
     per_row = _usage(lambda: check_resume(json_path, previous, plain(settings.as_dict()),
                                           opt("securitynet_resume_mixed"))) if previous else None
     state.done = {row_key(r) for r in previous["results"] if r.get("outcome") == PASSED} if previous else set()
-    if writes:
+    if not config.option.collectonly:
         run = run_info(config.invocation_params.args, settings.as_dict())
         config.hook.pytest_securitynet_run_info(config=config, run=run)
-        state.writer = ResultsWriter(json_path, plain(run), previous, replaces=on_disk, row_settings=per_row)
-        config.pluginmanager.register(reporter.ResultsReporter(state), "securitynet-results")
+        state.writer = ResultsWriter(json_path, plain(run), previous, row_settings=per_row)
+        config.pluginmanager.register(reporter.ResultsReporter(state, lock), "securitynet-results")
     if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
         pool = gpus.GpuPool(settings.gpus)
         config.pluginmanager.register(gpus.XdistHooks(pool, sorted(state.done), config.option.dist == "loadgroup"))
@@ -131,16 +129,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _previous_results(state: RunState) -> dict[str, Any] | None:
-    """The results file already there (to resume, or to replace and keep as a backup)."""
     if not results_exist(state.json_path):  # a killed run may have left only its journal
         return None
     try:
         return load_results(state.json_path)
     except (ValueError, OSError) as exc:
-        if state.resume:
-            raise pytest.UsageError(f"--securitynet-resume: cannot read {state.json_path}: {exc}") from None
-        raise pytest.UsageError(f"{state.json_path} exists and is not a securitynet results file this run may "
-                                f"replace ({exc}): move it away or choose another --securitynet-json") from None
+        raise pytest.UsageError(f"--securitynet-resume: cannot read {state.json_path}: {exc}") from None
 
 
 def _usage(call):

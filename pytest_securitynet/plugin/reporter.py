@@ -9,7 +9,9 @@ import pytest
 
 from pytest_securitynet.catalog.entries import ModelEntry
 from pytest_securitynet.plugin.items import METRICS, benchmark_name, entry_of, setting_from_id, setting_of
-from pytest_securitynet.results.rows import ResultsWriteError, now, plain
+from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.results.lock import ResultsLock, holder_info
+from pytest_securitynet.results.rows import ResultsWriteError, now, plain, replaced_results
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness, state_harness
 from pytest_securitynet.results.summary import summary_lines
 
@@ -48,19 +50,42 @@ def _payload(item: pytest.Item, entry: ModelEntry) -> dict[str, Any]:
 
 
 class ResultsReporter:
-    """Controller-side: turns test reports into rows, writes the JSON, prints the summary."""
+    """Controller-side: turns test reports into rows, writes the JSON, prints the summary.
 
-    def __init__(self, state: RunState):
+    Once collection shows benchmark tests (and before the first runs) it takes the results file
+    over: locks it, checks that what is there is a results file, and marks it "running" (keeping
+    the one a fresh run replaces as a backup). A run without benchmarks, such as the project's own
+    tests, neither locks nor touches it."""
+
+    def __init__(self, state: RunState, lock: ResultsLock):
         self.state = state
+        self.lock = lock
+        self.taken_over = False
         self.write_error: str | None = None
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        # After the catalog loaded: from here a killed run leaves a file that says "running".
+    def take_over(self) -> None:
+        if self.taken_over:
+            return
+        self.taken_over = True
+        state = self.state
         try:
-            self.state.writer.start()
-        except ResultsWriteError as exc:
+            self.lock.acquire(holder_info(state.writer.run.get("started_at") or now()))  # held already when resuming
+            if not state.resume:
+                state.writer.replaces = replaced_results(state.json_path)
+            state.writer.start()
+        except SecurityNetError as exc:
             raise pytest.UsageError(str(exc)) from None
+
+    @pytest.hookimpl
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if any(entry_of(item) is not None for item in session.items):
+            self.take_over()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
+        # The controller of an xdist run collects nothing itself: the workers' node ids tell.
+        if not self.taken_over and any(_entry_of_nodeid(nodeid, self.state) is not None for nodeid in ids):
+            self.take_over()
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -82,6 +107,7 @@ class ResultsReporter:
         elif report.failed:
             row["message"] = _short(report.longreprtext)
         entry = state_harness(state).catalog.models.get(row["model"])
+        self.take_over()
         try:
             state.writer.add(row, _model_info(entry) if entry else None)
         except ResultsWriteError as exc:  # a full disk: stop, as a run that cannot record has no use
@@ -105,24 +131,33 @@ class ResultsReporter:
         if int(exitstatus) == 5:
             _explain_empty_selection(terminalreporter, config, state)
             return
-        if self.write_error:
+        if state.writer.rows:
+            terminalreporter.section("securitynet")
+            for line in summary_lines(list(state.writer.rows.values())):
+                terminalreporter.write_line(line)
+        if self.write_error:  # the file holds fewer rows than the table: say which
             terminalreporter.write_line(f"securitynet: {self.write_error}", red=True)
-        if not state.writer.rows:
-            return
-        terminalreporter.section("securitynet")
-        for line in summary_lines(list(state.writer.rows.values())):
-            terminalreporter.write_line(line)
-        terminalreporter.write_line(f"results: {state.json_path} ({len(state.writer.rows)} rows)")
+        elif state.writer.rows:
+            terminalreporter.write_line(f"results: {state.json_path} ({len(state.writer.rows)} rows)")
+
+
+def _entry_of_nodeid(nodeid: str, state: RunState) -> ModelEntry | None:
+    """The catalog model of a node id like `benchmarks/test_x.py::test_y[model-setting]@model`."""
+    name, _, group = nodeid.partition("::")[2].partition("@")
+    params = name.partition("[")[2]
+    if not params:
+        return None
+    models = state_harness(state).catalog.models
+    # The xdist group names the model; without --dist loadgroup, the longest id in the params does.
+    return models.get(group) or max((e for i, e in models.items() if i in params), key=lambda e: len(e.id), default=None)
 
 
 def _crashed_payload(nodeid: str, state: RunState) -> dict[str, Any] | None:
     """Rebuild a row's key from a node id like `benchmarks/test_x.py::test_y[model-setting]@model`."""
     path, _, rest = nodeid.partition("::")
-    name, _, group = rest.partition("@")
+    name = rest.partition("@")[0]
     function, _, params = name.partition("[")
-    models = state_harness(state).catalog.models
-    # The xdist group names the model; without --dist loadgroup, the longest id in the params does.
-    entry = models.get(group) or max((e for i, e in models.items() if i in params), key=lambda e: len(e.id), default=None)
+    entry = _entry_of_nodeid(nodeid, state)
     if entry is None:
         return None
     setting = setting_from_id(params.rstrip("]"), entry.id)

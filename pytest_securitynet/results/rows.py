@@ -33,6 +33,10 @@ class ResultsWriteError(SecurityNetError):
     """The results file or its journal cannot be written (a full disk, a read-only folder)."""
 
 
+class ResultsFileError(SecurityNetError):
+    """A file is where the results go, and it is not a results file (so it is left alone)."""
+
+
 def row_key(row: dict[str, Any]) -> str:
     """The stable id of a result row: `model::benchmark::setting`."""
     return f"{row['model']}::{row['benchmark']}::{row['setting']}"
@@ -102,6 +106,19 @@ def load_results(path: Path) -> dict[str, Any]:
     empty = {"schema": SCHEMA, "run": {"status": "running"}, "models": {}, "results": []}
     journal = journal_path(path)
     return load_journaled(path, load_document, empty, lambda row: row_key(check_row(row, f"{journal}: a row")))
+
+
+def replaced_results(path: Path) -> dict[str, Any] | None:
+    """The results a fresh run at `path` replaces (document plus journal), or None when there are
+    none. `ResultsFileError` when what is there is not a results file: a run never overwrites it."""
+    path = Path(path)
+    if not results_exist(path):
+        return None
+    try:
+        return load_results(path)
+    except (ValueError, OSError) as exc:
+        raise ResultsFileError(f"{path} exists and is not a securitynet results file this run may replace ({exc}): "
+                               f"move it away or write this run's results elsewhere") from None
 
 
 def backup_path(path: Path) -> Path:
