@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,9 @@ def test_wheel_installs_into_a_fresh_venv_and_loads_the_catalog(tmp_path):
     probe = ("import pytest_securitynet, pytest_securitynet.catalog.entries as e; "
              "c = e.load_catalog(); "
              "print(pytest_securitynet.__file__); print(e.BUILTIN_CATALOG); print(len(c.models), len(c.datasets))")
-    out = subprocess.run([str(python), "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path).stdout
+    clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # no checkout on the path
+    out = subprocess.run([str(python), "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path,
+                         env=clean_env).stdout
     package_file, catalog_dir, counts = out.strip().splitlines()
     assert str(venv) in package_file and str(ROOT) not in package_file
     assert catalog_dir.startswith(str(venv)) and catalog_dir.endswith("catalog/builtin")

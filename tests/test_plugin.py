@@ -134,7 +134,7 @@ def test_missing_file_offline_fails_at_once_naming_file_and_url(pytester, bench,
     monkeypatch.delenv("SECURITYNET_MIRROR", raising=False)
     result = bench("benchmarks", "-k", "resnet20 and akamaster", "--securitynet-offline", f"--securitynet-cache={tmp_path}")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*missing file 'resnet20-12fca82f.th': offline mode is on*"
+    result.stdout.fnmatch_lines(["*missing file 'resnet20-12fca82f.th' (weights of cifar10-resnet20-akamaster): offline mode is on*"
                                  "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/resnet20-12fca82f.th*"])
     row = rows(pytester)[0]
     assert row["outcome"] == "error" and "offline mode is on" in row["message"]

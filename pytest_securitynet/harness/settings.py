@@ -65,6 +65,7 @@ class Settings:
     batch_size: int = 256
     device: str | None = None
     gpus: int = 0
+    workers_per_gpu: int = 1
     budgets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -78,6 +79,7 @@ class Settings:
             _check_positive("--securitynet-limit", self.limit)
         if self.gpus < 0:
             raise SettingsError(f"--gpus {self.gpus}: give a number of GPUs >= 0")
+        _check_positive("--workers-per-gpu", self.workers_per_gpu)
         if self.device is not None:
             check_device(self.device)
 
@@ -157,6 +159,7 @@ def settings_from(options: Mapping[str, Any] | None = None, ini: Mapping[str, An
         batch_size=_int("--securitynet-batch-size", given("batch_size"), 256),
         device=given("device"),
         gpus=_int("--gpus", given("gpus"), 0),
+        workers_per_gpu=_int("--workers-per-gpu", given("workers_per_gpu"), 1),
         budgets=budgets,
     )
 

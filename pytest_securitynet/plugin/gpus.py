@@ -1,5 +1,8 @@
 """`--gpus N`: one xdist worker per GPU, each pinned to its own device, one model per worker.
 
+`--workers-per-gpu K` starts K workers on each GPU (N*K in all): small CIFAR models do not fill
+a large GPU, and K models side by side raise models per hour.
+
 The controller hands GPU indices out from a pool when a worker starts and takes them back when it
 goes down, so a crashed worker's replacement (with a new id) gets a free GPU. The GPUs are the
 ones this process inherited: index i is the i-th entry of CUDA_VISIBLE_DEVICES (as Slurm or the
@@ -36,6 +39,9 @@ def configure_workers(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return  # a worker sees the user's --gpus too, but must not start workers of its own
     gpus = config.getoption("securitynet_gpus")
+    per_gpu = config.getoption("securitynet_workers_per_gpu") or 1
+    if gpus and per_gpu > 1:
+        gpus = gpus * per_gpu
     has_xdist = config.pluginmanager.hasplugin("xdist")
     if not has_xdist:
         if gpus:
@@ -53,14 +59,15 @@ def configure_workers(config: pytest.Config) -> None:
 class GpuPool:
     """Free GPU indices into the inherited devices; each xdist worker takes one when it starts."""
 
-    def __init__(self, requested: int, devices: list[str] | None = None):
+    def __init__(self, requested: int, devices: list[str] | None = None, per_gpu: int = 1):
         devices = inherited_gpus() if devices is None else devices
         available = len(devices)
         if requested and available < requested:
             warnings.warn(f"--gpus {requested} asked for, but {available} GPU(s) visible; extra workers run on CPU"
                           if available else f"--gpus {requested}: no GPU visible, running on the CPU")
         self.devices = devices[:min(requested, available)]
-        self.free = list(range(len(self.devices)))
+        # Slot j of K on every GPU before slot j+1 of any: workers spread over the GPUs first.
+        self.free = [index for _ in range(per_gpu) for index in range(len(self.devices))]
         self.held: dict[str, int] = {}
 
     def device(self, index: int | None) -> str | None:
@@ -75,8 +82,7 @@ class GpuPool:
 
     def give_back(self, worker_id: str) -> None:
         if worker_id in self.held:
-            self.free.append(self.held.pop(worker_id))
-            self.free.sort()
+            self.free.insert(0, self.held.pop(worker_id))  # the replacement goes where the crash was
 
 
 class XdistHooks:

@@ -33,6 +33,8 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     group = parser.getgroup("securitynet", "SecurityNet benchmarks")
     group.addoption("--gpus", dest="securitynet_gpus", type=int, default=None, metavar="N",
                     help="start N xdist workers, one pinned to each GPU (unless -n is given). Default: 0 (no workers).")
+    group.addoption("--workers-per-gpu", dest="securitynet_workers_per_gpu", type=int, default=None, metavar="K",
+                    help="with --gpus N: K workers pinned to each GPU, N*K in all. Default: 1.")
     group.addoption("--securitynet-catalog", action="append", default=[], metavar="PATH",
                     help="extra catalog file or directory (repeatable; also SECURITYNET_CATALOG). Default: built-in only.")
     group.addoption("--securitynet-dataset", action="append", default=[], metavar="ID=OTHER",
@@ -80,6 +82,7 @@ def settings_of(config: pytest.Config) -> Settings:
     names = ("catalog", "dataset", "budget", "cache", "offline", "seed", "members", "limit", "batch_size", "device")
     options = {name: config.getoption(f"securitynet_{name}") for name in names}
     options["gpus"] = config.getoption("securitynet_gpus")
+    options["workers_per_gpu"] = config.getoption("securitynet_workers_per_gpu")
     ini = {"dataset": config.getini("securitynet_dataset"), "budget": config.getini("securitynet_budget")}
     try:
         return settings_from(options, ini)
@@ -118,7 +121,7 @@ def pytest_configure(config: pytest.Config) -> None:
         state.writer = ResultsWriter(json_path, plain(run), previous, row_settings=per_row)
         config.pluginmanager.register(reporter.ResultsReporter(state, lock), "securitynet-results")
     if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
-        pool = gpus.GpuPool(settings.gpus)
+        pool = gpus.GpuPool(settings.gpus, per_gpu=settings.workers_per_gpu)
         config.pluginmanager.register(gpus.XdistHooks(pool, sorted(state.done), config.option.dist == "loadgroup"))
 
 
