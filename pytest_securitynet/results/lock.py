@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from pytest_securitynet.errors import SecurityNetError
-from pytest_securitynet.results.journal import file_mode
 
 try:
     import fcntl
