@@ -66,9 +66,14 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     group.addoption("--securitynet-batch-size", type=int, default=None, metavar="N", help="inference batch size. Default: 256.")
     group.addoption("--securitynet-device", default=None, metavar="DEVICE",
                     help="torch device for every test, e.g. cpu or cuda:1. Default: the worker's GPU, else cpu.")
+    group.addoption("--securitynet-allow-code-builders", action="store_true",
+                    help="let catalog entries name a module:function builder, i.e. run code from the catalog "
+                         "file (also ini securitynet_allow_code_builders). Default: registered builders only.")
     regression.add_options(group)
     parser.addini("securitynet_dataset", "dataset overrides ID=OTHER, one per line", type="linelist", default=[])
     parser.addini("securitynet_budget", "budget overrides NAME.FIELD=VALUE, one per line", type="linelist", default=[])
+    parser.addini("securitynet_allow_code_builders", "let catalog entries name module:function builders (code)",
+                  type="bool", default=False)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -79,11 +84,13 @@ def pytest_cmdline_main(config: pytest.Config):
 
 def settings_of(config: pytest.Config) -> Settings:
     """The run's settings from options, ini values and environment (a usage error when one is bad)."""
-    names = ("catalog", "dataset", "budget", "cache", "offline", "seed", "members", "limit", "batch_size", "device")
+    names = ("catalog", "dataset", "budget", "cache", "offline", "seed", "members", "limit", "batch_size", "device",
+             "allow_code_builders")
     options = {name: config.getoption(f"securitynet_{name}") for name in names}
     options["gpus"] = config.getoption("securitynet_gpus")
     options["workers_per_gpu"] = config.getoption("securitynet_workers_per_gpu")
-    ini = {"dataset": config.getini("securitynet_dataset"), "budget": config.getini("securitynet_budget")}
+    ini = {"dataset": config.getini("securitynet_dataset"), "budget": config.getini("securitynet_budget"),
+           "allow_code_builders": config.getini("securitynet_allow_code_builders")}
     try:
         return settings_from(options, ini)
     except SecurityNetError as exc:
@@ -122,7 +129,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(reporter.ResultsReporter(state, lock), "securitynet-results")
     if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
         pool = gpus.GpuPool(settings.gpus, per_gpu=settings.workers_per_gpu)
-        config.pluginmanager.register(gpus.XdistHooks(pool, sorted(state.done), config.option.dist == "loadgroup"))
+        config.pluginmanager.register(gpus.XdistHooks(pool, sorted(state.done), config.option.dist == "loadgroup", state))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

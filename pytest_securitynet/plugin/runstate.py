@@ -25,6 +25,7 @@ class RunState:
     harness: Harness | None = None
     setup_seconds: dict[str, float] = field(default_factory=dict)
     catalog_params: list | None = None  # the parametrization of `catalog_entry`, shared by all tests
+    worker_devices: dict[str, str] = field(default_factory=dict)  # controller: xdist worker id -> its device
 
 
 STATE = pytest.StashKey[RunState]()
