@@ -76,8 +76,8 @@ def test_builtin_snapshot_is_what_the_benchmark_files_declare():
     assert declared == builtin_specs(), "rewrite it: python -m pytest_securitynet.results.spec benchmarks/test_*.py"
     assert [s.section for s in sorted(declared.values(), key=lambda s: s.position)] == [
         "task", "stealing", "membership", "backdoor", "evasion"]
-    from pytest_securitynet.attacks.membership import ATTACKS
-    assert declared["membership_inference.membership_inference"].settings == ATTACKS  # not a copy
+    from pytest_securitynet.attacks.membership import ALL_ATTACKS
+    assert declared["membership_inference.membership_inference"].settings == ALL_ATTACKS  # not a copy
 
 
 def test_a_results_block_wins_then_the_registry_then_the_builtin_specs():

@@ -16,6 +16,12 @@ are threshold-free statistics of the score on the held-out half;
 ``balanced_accuracy`` is the learned decision rule applied to the held-out
 half; ``best_balanced_accuracy`` is the best single threshold on the held-out
 half (the usual optimistic "attack accuracy").
+
+Outputs: the paper's attacks (`ATTACKS`) read float32 posteriors, as SecurityNet does. The
+`LOG_PROB_ATTACKS` compute the same statistics from log-probabilities (a log-softmax of the
+logits), which do not saturate at 1.0 (`logprob_scores`); the `REFERENCE_ATTACKS` (RMIA, LiRA)
+also read log-probabilities and compare them with reference models' (`membership_reference`).
+`ATTACK_OUTPUT` says which output each attack sees.
 """
 
 from __future__ import annotations
@@ -29,9 +35,30 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .logprob_scores import (
+    check_log_probs,
+    entropy_from_log_probs,
+    logit_confidence,
+    loss_from_log_probs,
+    modified_entropy_from_log_probs,
+)
+from .membership_reference import (
+    RMIA_DEFAULT_A,
+    RMIA_DEFAULT_GAMMA,
+    lira_offline_scores,
+    rmia_offline_scores,
+)
+
 __all__ = [
+    "ALL_ATTACKS",
     "ATTACKS",
+    "ATTACK_OUTPUT",
+    "LOG_PROBS",
+    "LOG_PROB_ATTACKS",
+    "POSTERIORS",
+    "REFERENCE_ATTACKS",
     "AttackerSplit",
+    "ReferenceOutputs",
     "attacker_split",
     "cross_entropy_loss",
     "modified_entropy",
@@ -59,6 +86,27 @@ ATTACKS: tuple[str, ...] = (
     "mlp-full",
     "mlp-top3",
 )
+"""The paper's attacks (SecurityNet Sec. 3.2), on float32 posteriors."""
+
+LOG_PROB_ATTACKS: tuple[str, ...] = (
+    "logit-confidence-global",
+    "logit-confidence-classwise",
+    "entropy-logp-global",
+    "entropy-logp-classwise",
+    "mentropy-logp-global",
+    "mentropy-logp-classwise",
+    "loss-logp",
+)
+"""The threshold attacks on log-probabilities: no saturation at p = 1."""
+
+REFERENCE_ATTACKS: tuple[str, ...] = ("rmia-offline", "lira-offline")
+"""Attacks calibrated by reference models, on log-probabilities (need `ReferenceOutputs`)."""
+
+ALL_ATTACKS: tuple[str, ...] = ATTACKS + LOG_PROB_ATTACKS + REFERENCE_ATTACKS
+
+POSTERIORS, LOG_PROBS = "posteriors", "log-probs"
+ATTACK_OUTPUT: dict[str, str] = {name: POSTERIORS if name in ATTACKS else LOG_PROBS for name in ALL_ATTACKS}
+"""The target output each attack reads: float32 softmax posteriors or log-probabilities."""
 
 # Floor applied to probabilities (and to 1 - p) before taking a log, as in the
 # reference code of Song & Mittal (2021). Scores are computed in float64, where
@@ -138,13 +186,20 @@ def top_k_posteriors(posteriors: torch.Tensor, k: int = 3) -> torch.Tensor:
     return torch.topk(posteriors, k, dim=1, largest=True, sorted=True).values
 
 
-# Membership scores: the metric signed so that higher means "member".
-_METRIC_SCORES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+# Membership scores: the metric signed so that higher means "member", by the output it reads.
+_ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+_POSTERIOR_SCORES: dict[str, _ScoreFn] = {
     "correctness": prediction_correctness,
     "confidence": true_class_confidence,
     "entropy": lambda post, _labels: -prediction_entropy(post),
     "mentropy": lambda post, labels: -modified_entropy(post, labels),
     "loss": lambda post, labels: -cross_entropy_loss(post, labels),
+}
+_LOG_PROB_SCORES: dict[str, _ScoreFn] = {
+    "logit-confidence": logit_confidence,
+    "entropy-logp": lambda lp, _labels: -entropy_from_log_probs(lp),
+    "mentropy-logp": lambda lp, labels: -modified_entropy_from_log_probs(lp, labels),
+    "loss-logp": lambda lp, labels: -loss_from_log_probs(lp, labels),
 }
 
 # --------------------------------------------------------------------------
@@ -265,24 +320,59 @@ def attacker_split(n_members: int, n_nonmembers: int, seed: int = 0) -> Attacker
     return AttackerSplit(members[:half], members[half:], nonmembers[:half], nonmembers[half:])
 
 
-class _Half(NamedTuple):
-    """Posteriors, labels and membership flags of one half of the attacker's data."""
+class ReferenceOutputs(NamedTuple):
+    """Reference models' log-probabilities for RMIA and LiRA, and the population samples z.
 
-    posteriors: torch.Tensor
+    `member_log_probs` [K, n_members, C] and `nonmember_log_probs` [K, n_nonmembers, C] are
+    row-aligned with the attacker's members and non-members; the rows the attacks score (the
+    evaluation halves of `attacker_split`) must be OUT for every reference model. The population
+    samples z are scored by the target (`target_population_log_probs` [Z, C]) and by the
+    reference models (`population_log_probs` [K, Z, C]); each z should be IN for about half of
+    the reference models.
+    """
+
+    member_log_probs: torch.Tensor
+    nonmember_log_probs: torch.Tensor
+    population_log_probs: torch.Tensor
+    target_population_log_probs: torch.Tensor
+    population_labels: torch.Tensor
+
+
+class _Group(NamedTuple):
+    """Everything known about one group (members or non-members), row-aligned."""
+
+    posteriors: torch.Tensor | None
+    log_probs: torch.Tensor | None
+    labels: torch.Tensor
+    reference_log_probs: torch.Tensor | None
+
+
+class _Half(NamedTuple):
+    """Outputs, labels and membership flags of one half of the attacker's data (absent outputs are None)."""
+
+    posteriors: torch.Tensor | None
+    log_probs: torch.Tensor | None
     labels: torch.Tensor
     is_member: torch.Tensor
+    reference_log_probs: torch.Tensor | None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of whichever output this half holds."""
+        output = self.posteriors if self.posteriors is not None else self.log_probs
+        assert output is not None
+        return output.shape[1]
+
+    def output(self, kind: str) -> torch.Tensor:
+        """The target output of `kind` (POSTERIORS or LOG_PROBS); present, or the caller's check failed."""
+        value = self.posteriors if kind == POSTERIORS else self.log_probs
+        assert value is not None, kind
+        return value
 
 
-def _make_half(
-    member_post: torch.Tensor,
-    member_labels: torch.Tensor,
-    member_idx: torch.Tensor,
-    nonmember_post: torch.Tensor,
-    nonmember_labels: torch.Tensor,
-    nonmember_idx: torch.Tensor,
-) -> _Half:
+def _make_half(members: _Group, member_idx: torch.Tensor, nonmembers: _Group, nonmember_idx: torch.Tensor) -> _Half:
     """Concatenate the selected members and non-members into one half."""
-    device = member_post.device
+    device = members.labels.device
     member_idx, nonmember_idx = member_idx.to(device), nonmember_idx.to(device)
     flags = torch.cat(
         [
@@ -290,10 +380,21 @@ def _make_half(
             torch.zeros(nonmember_idx.numel(), dtype=torch.bool, device=device),
         ]
     )
+
+    def rows(member: torch.Tensor | None, nonmember: torch.Tensor | None, dim: int = 0) -> torch.Tensor | None:
+        """The selected members' rows then non-members' rows along `dim`; None when absent."""
+        if member is None or nonmember is None:
+            return None
+        return torch.cat([member.index_select(dim, member_idx), nonmember.index_select(dim, nonmember_idx)], dim=dim)
+
+    labels = rows(members.labels, nonmembers.labels)
+    assert labels is not None
     return _Half(
-        torch.cat([member_post[member_idx], nonmember_post[nonmember_idx]]),
-        torch.cat([member_labels[member_idx], nonmember_labels[nonmember_idx]]),
+        rows(members.posteriors, nonmembers.posteriors),
+        rows(members.log_probs, nonmembers.log_probs),
+        labels,
         flags,
+        rows(members.reference_log_probs, nonmembers.reference_log_probs, dim=1),
     )
 
 
@@ -371,36 +472,40 @@ def _global_threshold(scores: torch.Tensor, is_member: torch.Tensor) -> torch.Te
 
 def _correctness_attack(train: _Half, evaluation: _Half, **_: object) -> tuple[torch.Tensor, torch.Tensor]:
     """Label-only baseline: member iff correctly classified (Yeom et al. 2018); nothing is learned."""
-    scores = prediction_correctness(evaluation.posteriors, evaluation.labels)
+    scores = prediction_correctness(evaluation.output(POSTERIORS), evaluation.labels)
     return scores, scores > 0.5
 
 
+def _metric_scores(kind: str, metric: str, half: _Half) -> torch.Tensor:
+    """The signed metric `metric` of one half, from the output `kind`."""
+    table = _POSTERIOR_SCORES if kind == POSTERIORS else _LOG_PROB_SCORES
+    return table[metric](half.output(kind), half.labels)
+
+
 def _global_threshold_attack(
-    metric: str, train: _Half, evaluation: _Half, **_: object
+    kind: str, metric: str, train: _Half, evaluation: _Half, **_: object
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Single threshold on a signed metric (Song & Mittal 2021; Yeom et al. 2018 for the loss)."""
-    score_fn = _METRIC_SCORES[metric]
-    threshold = _global_threshold(score_fn(train.posteriors, train.labels), train.is_member)
-    scores = score_fn(evaluation.posteriors, evaluation.labels)
+    threshold = _global_threshold(_metric_scores(kind, metric, train), train.is_member)
+    scores = _metric_scores(kind, metric, evaluation)
     return scores, scores >= threshold
 
 
 def _classwise_threshold_attack(
-    metric: str, train: _Half, evaluation: _Half, *, min_class_samples: int, **_: object
+    kind: str, metric: str, train: _Half, evaluation: _Half, *, min_class_samples: int, **_: object
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-conditional thresholds on a signed metric (Song & Mittal 2021, Sec. 3.2).
 
     The score is the margin to the true class's threshold, so both the AUC
     and the decision ("member iff margin >= 0") reflect the per-class rule.
     """
-    score_fn = _METRIC_SCORES[metric]
-    n_classes = train.posteriors.shape[1]
-    train_scores = score_fn(train.posteriors, train.labels)
+    n_classes = train.num_classes
+    train_scores = _metric_scores(kind, metric, train)
     global_t = _global_threshold(train_scores, train.is_member)
     class_t, valid = _fit_thresholds(train_scores, train.is_member, train.labels, n_classes, min_class_samples)
     thresholds = torch.where(valid, class_t, global_t)
     logger.debug("%s: %d/%d classes use their own threshold", metric, int(valid.sum()), n_classes)
-    margins = score_fn(evaluation.posteriors, evaluation.labels) - thresholds[evaluation.labels]
+    margins = _metric_scores(kind, metric, evaluation) - thresholds[evaluation.labels]
     return margins, margins >= 0
 
 
@@ -451,28 +556,61 @@ def _mlp_attack(
     gen = _generator(seed, _MLP_STREAMS[name])
     # Training must work even if the caller is in no_grad / inference mode.
     with torch.inference_mode(False), torch.enable_grad():
-        train_x = feature_fn(train.posteriors).to(torch.float32).clone()
+        train_x = feature_fn(train.output(POSTERIORS)).to(torch.float32).clone()
         model = _train_mlp(train_x, train.is_member.clone(), epochs=mlp_epochs, gen=gen)
     with torch.no_grad():
-        logits = model(feature_fn(evaluation.posteriors).to(torch.float32)).squeeze(1)
+        logits = model(feature_fn(evaluation.output(POSTERIORS)).to(torch.float32)).squeeze(1)
     return logits.to(torch.float64), logits >= 0
+
+
+def _rmia_attack(
+    train: _Half, evaluation: _Half, *, reference: ReferenceOutputs, rmia_a: float, rmia_gamma: float, **_: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMIA offline (Zarifzadeh et al. 2024) on the evaluation half; learns nothing from the training half."""
+    assert evaluation.reference_log_probs is not None
+    result = rmia_offline_scores(
+        evaluation.output(LOG_PROBS), evaluation.reference_log_probs, evaluation.labels,
+        reference.target_population_log_probs, reference.population_log_probs, reference.population_labels,
+        a=rmia_a, gamma=rmia_gamma,
+    )
+    return result.scores, result.decisions
+
+
+def _lira_attack(
+    train: _Half, evaluation: _Half, *, lira_global_variance: bool, **_: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LiRA offline (Carlini et al. 2022) on the evaluation half; learns nothing from the training half."""
+    assert evaluation.reference_log_probs is not None
+    result = lira_offline_scores(
+        evaluation.output(LOG_PROBS), evaluation.reference_log_probs, evaluation.labels,
+        global_variance=lira_global_variance,
+    )
+    return result.scores, result.decisions
 
 
 _AttackFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
-
-def _attack_function(name: str) -> _AttackFn:
-    """Map an attack name from ATTACKS to its implementation."""
-    if name == "correctness":
-        return _correctness_attack
-    if name == "loss":
-        return partial(_global_threshold_attack, "loss")
-    if name.startswith("mlp-"):
-        return partial(_mlp_attack, name)
-    metric, variant = name.split("-")
-    if variant == "global":
-        return partial(_global_threshold_attack, metric)
-    return partial(_classwise_threshold_attack, metric)
+_ATTACK_FUNCTIONS: dict[str, _AttackFn] = {
+    "correctness": _correctness_attack,
+    "confidence-global": partial(_global_threshold_attack, POSTERIORS, "confidence"),
+    "confidence-classwise": partial(_classwise_threshold_attack, POSTERIORS, "confidence"),
+    "entropy-global": partial(_global_threshold_attack, POSTERIORS, "entropy"),
+    "entropy-classwise": partial(_classwise_threshold_attack, POSTERIORS, "entropy"),
+    "mentropy-global": partial(_global_threshold_attack, POSTERIORS, "mentropy"),
+    "mentropy-classwise": partial(_classwise_threshold_attack, POSTERIORS, "mentropy"),
+    "loss": partial(_global_threshold_attack, POSTERIORS, "loss"),
+    "mlp-full": partial(_mlp_attack, "mlp-full"),
+    "mlp-top3": partial(_mlp_attack, "mlp-top3"),
+    "logit-confidence-global": partial(_global_threshold_attack, LOG_PROBS, "logit-confidence"),
+    "logit-confidence-classwise": partial(_classwise_threshold_attack, LOG_PROBS, "logit-confidence"),
+    "entropy-logp-global": partial(_global_threshold_attack, LOG_PROBS, "entropy-logp"),
+    "entropy-logp-classwise": partial(_classwise_threshold_attack, LOG_PROBS, "entropy-logp"),
+    "mentropy-logp-global": partial(_global_threshold_attack, LOG_PROBS, "mentropy-logp"),
+    "mentropy-logp-classwise": partial(_classwise_threshold_attack, LOG_PROBS, "mentropy-logp"),
+    "loss-logp": partial(_global_threshold_attack, LOG_PROBS, "loss-logp"),
+    "rmia-offline": _rmia_attack,
+    "lira-offline": _lira_attack,
+}
 
 
 # --------------------------------------------------------------------------
@@ -480,67 +618,149 @@ def _attack_function(name: str) -> _AttackFn:
 # --------------------------------------------------------------------------
 
 
-def _check_inputs(posteriors: torch.Tensor, labels: torch.Tensor, what: str) -> None:
-    """Raise ValueError unless posteriors is [N, C] and labels is [N] int64 in range."""
-    if posteriors.dim() != 2:
-        raise ValueError(f"{what} posteriors must be 2-D [N, C], got shape {tuple(posteriors.shape)}")
-    if not posteriors.is_floating_point() or not bool(torch.isfinite(posteriors).all()):
+def _check_labels(labels: torch.Tensor, n_classes: int, what: str) -> None:
+    """Raise ValueError unless labels is [N] int64 in [0, n_classes)."""
+    if labels.dim() != 1 or labels.dtype != torch.int64:
+        raise ValueError(f"{what} labels must be int64 of shape [N]")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise ValueError(f"{what} labels must lie in [0, {n_classes})")
+
+
+def _check_output(output: torch.Tensor, kind: str, n_rows: int, n_classes: int, what: str) -> None:
+    """Raise ValueError unless `output` is a valid [n_rows, n_classes] output of `kind`."""
+    if output.dim() != 2 or output.shape[0] != n_rows:
+        raise ValueError(f"{what} {kind} must be 2-D [{n_rows}, C], got shape {tuple(output.shape)}")
+    if output.shape[1] != n_classes:
+        raise ValueError(f"{what} {kind} have {output.shape[1]} classes, expected {n_classes}")
+    if kind == LOG_PROBS:
+        check_log_probs(output, what)
+    elif not output.is_floating_point() or not bool(torch.isfinite(output).all()):
         raise ValueError(f"{what} posteriors must be finite floating-point probabilities")
-    if labels.shape != (posteriors.shape[0],) or labels.dtype != torch.int64:
-        raise ValueError(f"{what} labels must be int64 of shape [{posteriors.shape[0]}]")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= posteriors.shape[1]):
-        raise ValueError(f"{what} labels must lie in [0, {posteriors.shape[1]})")
 
 
-def _resolve_attacks(attacks: Sequence[str] | None) -> tuple[str, ...]:
-    """Validate a requested subset of attacks (default: all of ATTACKS)."""
+def _check_reference(reference: ReferenceOutputs, n_members: int, n_nonmembers: int, n_classes: int) -> None:
+    """Raise ValueError unless the reference outputs have consistent [K, N, C] shapes and valid values."""
+    k = reference.member_log_probs.shape[0] if reference.member_log_probs.dim() == 3 else -1
+    n_z = reference.population_labels.shape[0] if reference.population_labels.dim() == 1 else -1
+    expected = {
+        "member_log_probs": (reference.member_log_probs, (k, n_members, n_classes)),
+        "nonmember_log_probs": (reference.nonmember_log_probs, (k, n_nonmembers, n_classes)),
+        "population_log_probs": (reference.population_log_probs, (k, n_z, n_classes)),
+        "target_population_log_probs": (reference.target_population_log_probs, (n_z, n_classes)),
+    }
+    if k < 1 or n_z < 1:
+        raise ValueError("reference outputs need K >= 1 models [K, N, C] and at least one population label")
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"reference {name} must have shape {shape}, got {tuple(tensor.shape)}")
+        check_log_probs(tensor, f"reference {name}")
+    _check_labels(reference.population_labels, n_classes, "population")
+
+
+def _available(has_posteriors: bool, has_log_probs: bool, has_reference: bool) -> tuple[str, ...]:
+    """Every attack the given outputs allow, in ALL_ATTACKS order."""
+    return tuple(
+        name for name in ALL_ATTACKS
+        if (has_posteriors if ATTACK_OUTPUT[name] == POSTERIORS else has_log_probs)
+        and (has_reference or name not in REFERENCE_ATTACKS)
+    )
+
+
+def _resolve_attacks(attacks: Sequence[str] | None, available: tuple[str, ...]) -> tuple[str, ...]:
+    """Validate a requested subset of attacks (default: every attack the given outputs allow)."""
     if attacks is None:
-        return ATTACKS
+        if not available:
+            raise ValueError("no attack can run: pass posteriors, log-probabilities, or both")
+        return available
     if isinstance(attacks, str):
         attacks = (attacks,)
-    unknown = [name for name in attacks if name not in ATTACKS]
+    unknown = [name for name in attacks if name not in ALL_ATTACKS]
     if unknown:
-        raise ValueError(f"unknown membership attacks {unknown}; known: {ATTACKS}")
+        raise ValueError(f"unknown membership attacks {unknown}; known: {ALL_ATTACKS}")
+    missing = [name for name in attacks if name not in available]
+    if missing:
+        raise ValueError(
+            f"attacks {missing} need outputs that were not given: {', '.join(sorted({ATTACK_OUTPUT[n] for n in missing}))}"
+            + (" and reference outputs" if any(n in REFERENCE_ATTACKS for n in missing) else "")
+        )
     return tuple(attacks)
 
 
+def _move(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device)
+
+
 def run_membership_attacks(
-    member_posteriors: torch.Tensor,
+    member_posteriors: torch.Tensor | None,
     member_labels: torch.Tensor,
-    nonmember_posteriors: torch.Tensor,
+    nonmember_posteriors: torch.Tensor | None,
     nonmember_labels: torch.Tensor,
     *,
+    member_log_probs: torch.Tensor | None = None,
+    nonmember_log_probs: torch.Tensor | None = None,
+    reference: ReferenceOutputs | None = None,
     seed: int = 0,
     mlp_epochs: int = 50,
     device: torch.device | str | None = None,
     attacks: Sequence[str] | None = None,
     min_class_samples: int = DEFAULT_MIN_CLASS_SAMPLES,
+    rmia_a: float = RMIA_DEFAULT_A,
+    rmia_gamma: float = RMIA_DEFAULT_GAMMA,
+    lira_global_variance: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Run membership inference attacks (SecurityNet Sec. 3.2) and return metrics per attack name.
+    """Run membership inference attacks (SecurityNet Sec. 3.2 and beyond) and return metrics per attack name.
 
-    Members/non-members are balanced and split with `attacker_split(seed)`;
-    attacks learn on the training halves and are scored on the other halves.
-    Each result holds auc, tpr_at_fpr_1e-2, tpr_at_fpr_1e-3,
-    balanced_accuracy, best_balanced_accuracy, n_members and n_nonmembers
-    (the last two are ints, counted on the scored half).
+    The paper's attacks read the posteriors, the others the log-probabilities (`ATTACK_OUTPUT`);
+    RMIA and LiRA also need `reference`. Either output may be None when no requested attack
+    reads it; by default every attack the given outputs allow runs. Members/non-members are
+    balanced and split with `attacker_split(seed)`; attacks learn on the training halves and are
+    scored on the other halves. Each result holds auc, tpr_at_fpr_1e-2, tpr_at_fpr_1e-3,
+    balanced_accuracy, best_balanced_accuracy, n_members and n_nonmembers (the last two are
+    ints, counted on the scored half).
     """
-    _check_inputs(member_posteriors, member_labels, "member")
-    _check_inputs(nonmember_posteriors, nonmember_labels, "non-member")
-    if member_posteriors.shape[1] != nonmember_posteriors.shape[1]:
-        raise ValueError("members and non-members must have the same number of classes")
+    outputs = {
+        POSTERIORS: (member_posteriors, nonmember_posteriors),
+        LOG_PROBS: (member_log_probs, nonmember_log_probs),
+    }
+    given = {kind: pair for kind, pair in outputs.items() if any(t is not None for t in pair)}
+    for kind, pair in given.items():
+        if any(t is None for t in pair):
+            raise ValueError(f"pass {kind} for both members and non-members, or for neither")
+    if not given:
+        raise ValueError("pass posteriors, log-probabilities, or both")
+    n_classes = next(iter(given.values()))[0].shape[-1]  # type: ignore[union-attr]
+    _check_labels(member_labels, n_classes, "member")
+    _check_labels(nonmember_labels, n_classes, "non-member")
+    for kind, (member_out, nonmember_out) in given.items():
+        _check_output(member_out, kind, member_labels.numel(), n_classes, "member")  # type: ignore[arg-type]
+        _check_output(nonmember_out, kind, nonmember_labels.numel(), n_classes, "non-member")  # type: ignore[arg-type]
+    if reference is not None:
+        _check_reference(reference, member_labels.numel(), nonmember_labels.numel(), n_classes)
     if min_class_samples < 1:
         raise ValueError("min_class_samples must be at least 1")
-    names = _resolve_attacks(attacks)
-    target = torch.device(device) if device is not None else member_posteriors.device
-    tensors = [t.to(target) for t in (member_posteriors, member_labels, nonmember_posteriors, nonmember_labels)]
-    split = attacker_split(member_posteriors.shape[0], nonmember_posteriors.shape[0], seed)
-    train = _make_half(*tensors[:2], split.member_train, *tensors[2:], split.nonmember_train)
-    evaluation = _make_half(*tensors[:2], split.member_eval, *tensors[2:], split.nonmember_eval)
+    names = _resolve_attacks(attacks, _available(POSTERIORS in given, LOG_PROBS in given, reference is not None))
+    first = next(iter(given.values()))[0]
+    assert first is not None
+    target = torch.device(device) if device is not None else first.device
+    if reference is not None:
+        reference = ReferenceOutputs(*(t.to(target) for t in reference))
+    members = _Group(
+        _move(member_posteriors, target), _move(member_log_probs, target), member_labels.to(target),
+        reference.member_log_probs if reference is not None else None,
+    )
+    nonmembers = _Group(
+        _move(nonmember_posteriors, target), _move(nonmember_log_probs, target), nonmember_labels.to(target),
+        reference.nonmember_log_probs if reference is not None else None,
+    )
+    split = attacker_split(member_labels.numel(), nonmember_labels.numel(), seed)
+    train = _make_half(members, split.member_train, nonmembers, split.nonmember_train)
+    evaluation = _make_half(members, split.member_eval, nonmembers, split.nonmember_eval)
 
     results: dict[str, dict[str, float]] = {}
     for name in names:
-        scores, decisions = _attack_function(name)(
-            train, evaluation, seed=seed, mlp_epochs=mlp_epochs, min_class_samples=min_class_samples
+        scores, decisions = _ATTACK_FUNCTIONS[name](
+            train, evaluation, seed=seed, mlp_epochs=mlp_epochs, min_class_samples=min_class_samples,
+            reference=reference, rmia_a=rmia_a, rmia_gamma=rmia_gamma, lira_global_variance=lira_global_variance,
         )
         results[name] = _metrics(scores, decisions, evaluation.is_member)
     return results

@@ -76,6 +76,11 @@ class ModelEntry:
     def tags(self) -> tuple[str, ...]:
         return tuple(self.raw.get("tags", ()))
 
+    @property
+    def members(self) -> list[int] | list[str] | None:
+        """The training members its `members_file` names (indices, or `class/file` names in an archive), else None."""
+        return self.raw.get("members")
+
     def keywords(self) -> set[str]:
         """Words `-k` can match besides the id: dataset, architecture, type, purpose, zoo, tags."""
         return {self.dataset, self.architecture, self.model_type, self.purpose, self.source_kind, *self.tags}
@@ -123,7 +128,8 @@ def load_catalog(paths: Iterable[str | os.PathLike] | None = None, cache_dir: Pa
     if cached is not None and cached.is_file():
         try:
             doc = json.loads(cached.read_text(encoding="utf-8"))
-            catalog = _from_cache(doc) if doc.get("key") == key else None
+            fresh = doc.get("key") == key and doc.get("members_files", []) == _file_stamps(doc.get("members_files", []))
+            catalog = _from_cache(doc) if fresh else None
         except (ValueError, KeyError, TypeError, AttributeError, OSError):
             catalog = None  # a stale or torn cache file is rebuilt below
     if catalog is None:
@@ -161,10 +167,24 @@ def _from_cache(doc: dict) -> Catalog:
     return catalog
 
 
+def _file_stamps(stamps: list) -> list:
+    """[path, size, mtime_ns] of every file a cache entry lists, as they are now (a missing file differs)."""
+    now = []
+    for path, *_ in stamps:
+        try:
+            stat = Path(path).stat()
+        except OSError:
+            return []
+        now.append([path, stat.st_size, stat.st_mtime_ns])
+    return now
+
+
 def _write_cache(target: Path, key: str, catalog: Catalog) -> None:
+    members = sorted({m.raw["members_path"] for m in catalog.models.values() if "members_path" in m.raw})
     doc = {"key": key,
            "datasets": [{"id": d.id, "raw": d.raw, "origin": d.origin} for d in catalog.datasets.values()],
-           "models": [{"raw": m.raw, "origin": m.origin} for m in catalog.models.values()]}
+           "models": [{"raw": m.raw, "origin": m.origin} for m in catalog.models.values()],
+           "members_files": _file_stamps([[path] for path in members])}
     try:
         text = json.dumps(doc)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +239,8 @@ def _load_file(file: Path, catalog: Catalog) -> None:
     for index, raw in enumerate(data.get("models", [])):
         name = f"model {raw.get('id', f'#{index}')!r}" if isinstance(raw, dict) else f"model #{index}"
         _validate(raw, schema.MODEL, file, name)
+        if "members_file" in raw:
+            raw["members_path"] = str((file.parent / Path(raw["members_file"]).expanduser()).resolve())
         _add(catalog.models, raw["id"], _model(raw, file), file)
 
 
@@ -254,6 +276,54 @@ def _model(raw: dict, file: Path | str) -> ModelEntry:
     )
 
 
+INDEXED_SOURCES = ("torchvision", "sklearn-digits", "medmnist")
+"""Dataset sources whose training split has a fixed order, so a members file lists indices into it."""
+
+
+def read_members_file(path: Path, dataset: DatasetEntry, where: str) -> list[int] | list[str]:
+    """The training members a `members_file` lists, checked against `dataset`'s training split.
+
+    One sample per line; blank lines and text after `#` are ignored. For an indexed dataset a
+    sample is an index into the training split (0 .. train_size - 1); for an `image-folder-archive`
+    it is a file name inside the archive's training split, `<class>/<file>` (the archive root and
+    `train/` may precede it). Whether named files exist is checked against the archive itself
+    (`zoo.members`). Errors name the members file, the line and the sample.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise CatalogError(f"{where}: field members_file: cannot read {path}: {exc}") from exc
+    samples = [(number, line.split("#", 1)[0].strip()) for number, line in enumerate(lines, 1)]
+    samples = [(number, text) for number, text in samples if text]
+    if not samples:
+        raise CatalogError(f"{where}: field members_file: {path} lists no samples")
+    if dataset.source in INDEXED_SOURCES:
+        values: list = []
+        for number, text in samples:
+            if not text.isdigit() or int(text) >= dataset.train_size:
+                raise CatalogError(f"{path}:{number}: sample {text!r} is not in the train split of dataset "
+                                   f"{dataset.id!r} (indices 0 to {dataset.train_size - 1}) ({where})")
+            values.append(int(text))
+    elif dataset.source == "image-folder-archive":
+        prefix = f"{dataset.raw['archive_root'].rstrip('/')}/train/"
+        values = [text[len(prefix):] if text.startswith(prefix) else text for _, text in samples]
+        classes = dataset.raw.get("class_names")
+        for (number, text), name in zip(samples, values):
+            parts = name.split("/")
+            if len(parts) != 2 or not all(parts) or (classes and parts[0] not in classes):
+                raise CatalogError(f"{path}:{number}: sample {text!r} is not in the train split of dataset "
+                                   f"{dataset.id!r} (write <class>/<file>, a class among its class_names) ({where})")
+    else:
+        raise CatalogError(f"{where}: field members_file: dataset {dataset.id!r} ({dataset.source}) has no fixed "
+                           f"sample order; members files need a {', '.join(INDEXED_SOURCES)} or image-folder-archive dataset")
+    seen: dict = {}
+    for (number, text), value in zip(samples, values):
+        if value in seen:
+            raise CatalogError(f"{path}:{number}: sample {text!r} is listed twice (first on line {seen[value]}) ({where})")
+        seen[value] = number
+    return values
+
+
 def _check_references(catalog: Catalog) -> None:
     for entry in catalog.models.values():
         where = f"{entry.origin}: model {entry.id!r}"
@@ -269,6 +339,8 @@ def _check_references(catalog: Catalog) -> None:
         for key in ("mean", "std"):
             if len(entry.preprocess[key]) != channels:
                 raise CatalogError(f"{where}: field preprocess.{key}: needs {channels} values, one per channel")
+        if "members_path" in entry.raw:
+            entry.raw["members"] = read_members_file(Path(entry.raw["members_path"]), dataset, where)
     for dataset in catalog.datasets.values():
         parent = dataset.raw.get("variant_of")
         if parent is not None and parent not in catalog.datasets:

@@ -86,6 +86,7 @@ MODEL = {
             },
         },
         "train": {"type": "object"},
+        "members_file": {"type": "string", "minLength": 1},
         "tags": {"type": "array", "items": _ID},
         "preprocess": PREPROCESS,
         "annotations": ANNOTATIONS,

@@ -73,15 +73,21 @@ class SetSizes:
         return n if self.limit is None else min(n, self.limit)
 
 
-def make_sets(data: ImageData, sizes: SetSizes, seed: int) -> dict[str, LabeledSet]:
-    """Members, non-members (same count), auxiliary, and the train/test evaluation sets."""
+def make_sets(data: ImageData, sizes: SetSizes, seed: int,
+              training_members: torch.Tensor | None = None) -> dict[str, LabeledSet]:
+    """Members, non-members (same count), auxiliary, and the train/test evaluation sets.
+
+    With `training_members` (sorted indices into the training split: what the model was trained
+    on), `members` and the `train` evaluation set are drawn from those samples only.
+    """
     n_train, n_test = len(data.train_labels), len(data.test_labels)
-    n_members = sizes.cap(min(sizes.members, n_train, n_test))
+    pool = torch.arange(n_train) if training_members is None else training_members
+    n_members = sizes.cap(min(sizes.members, len(pool), n_test))
     n_aux = sizes.cap(int(n_train * sizes.auxiliary_fraction))
     return {
-        "members": take(data, "train", seeded_choice(n_train, n_members, seed, "members"), "members"),
+        "members": take(data, "train", pool[seeded_choice(len(pool), n_members, seed, "members")], "members"),
         "nonmembers": take(data, "test", seeded_choice(n_test, n_members, seed, "nonmembers"), "nonmembers"),
         "auxiliary": take(data, "train", seeded_choice(n_train, n_aux, seed, "auxiliary"), "auxiliary"),
-        "train": take(data, "train", seeded_choice(n_train, sizes.cap(n_train), seed, "train"), "train"),
+        "train": take(data, "train", pool[seeded_choice(len(pool), sizes.cap(len(pool)), seed, "train")], "train"),
         "test": take(data, "test", seeded_choice(n_test, sizes.cap(n_test), seed, "test"), "test"),
     }

@@ -20,6 +20,7 @@ from pytest_securitynet.harness.data import LabeledSet, SetSizes, make_sets
 from pytest_securitynet.zoo.datasets import ImageData, load_dataset
 from pytest_securitynet.errors import CatalogError
 from pytest_securitynet.harness.settings import Settings
+from pytest_securitynet.zoo.members import check_archive_members, member_indices
 from pytest_securitynet.zoo.store import default_cache_dir
 from pytest_securitynet.zoo.weights import load_model
 from pytest_securitynet.zoo.store import FileStore
@@ -49,6 +50,7 @@ class Harness:
         self.catalog: Catalog = load_catalog(catalog_paths(settings.catalogs), self.files.cache_dir,
                                              settings.allow_code_builders)
         check_builders(self.catalog, settings.allow_code_builders)
+        check_archive_members(self.catalog, self.files)
         self._check_overrides()
         self._current: _Loaded | None = None
         self._datasets: dict[str, ImageData] = {}
@@ -73,11 +75,17 @@ class Harness:
             self._current = None  # free the previous model before loading the next
             # Weights first: a missing or corrupt file is found before a long dataset load.
             model = load_model(entry, self.catalog, self.files).to(self.device)
-            data = self._dataset(self.dataset_for(entry))
+            dataset = self.dataset_for(entry)
+            if entry.members is not None and dataset.id != entry.dataset:
+                raise CatalogError(f"{entry.origin}: model {entry.id!r} names its training members in dataset "
+                                   f"{entry.dataset!r}; they do not carry over to {dataset.id!r}")
+            training_members = member_indices(entry, dataset, self.files)
+            data = self._dataset(dataset)
             sizes = SetSizes(members=self.settings.members, limit=self.settings.limit)
             cache = PosteriorCache(model, {"train": len(data.train_labels), "test": len(data.test_labels)},
                                    entry.annotations["num_classes"], self.device, self.settings.batch_size)
-            self._current = _Loaded(entry, model, data, make_sets(data, sizes, self.settings.seed), cache)
+            sets = make_sets(data, sizes, self.settings.seed, training_members)
+            self._current = _Loaded(entry, model, data, sets, cache)
         return self._current
 
     def _dataset(self, entry: DatasetEntry) -> ImageData:

@@ -1,7 +1,8 @@
 """Black-box access to a target model: batched posteriors, a query counter, top-k and label-only views.
 
-Posteriors of dataset samples are cached per (split, index), so every benchmark on a model shares
-one forward pass per sample; queries are still counted per benchmark.
+Outputs of dataset samples are cached per (split, index) as float32 logits, so every benchmark on
+a model shares one forward pass per sample, whether it reads posteriors (their softmax) or
+log-probabilities (their log-softmax); queries are still counted per benchmark.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pytest_securitynet.harness.data import LabeledSet, to_float
 
 
 class PosteriorCache:
-    """Softmax outputs of one model on one dataset's splits, filled lazily per sample."""
+    """Logits of one model on one dataset's splits, filled lazily per sample; read as posteriors or log-probabilities."""
 
     def __init__(self, model: nn.Module, split_sizes: dict[str, int], num_classes: int,
                  device: torch.device, batch_size: int):
@@ -28,6 +29,13 @@ class PosteriorCache:
 
     def get(self, data: LabeledSet) -> torch.Tensor:
         """Posteriors [N, C] on the device for `data`, running the model only on samples not seen before."""
+        return self._logits(data).softmax(dim=1)
+
+    def get_log_probs(self, data: LabeledSet) -> torch.Tensor:
+        """Log-probabilities [N, C] (a float32 log-softmax of the logits) for `data`, from the same cache."""
+        return self._logits(data).log_softmax(dim=1)
+
+    def _logits(self, data: LabeledSet) -> torch.Tensor:
         if data.split not in self._values:
             size = self.split_sizes[data.split]
             self._values[data.split] = torch.zeros(size, self.num_classes, device=self.device)
@@ -36,18 +44,22 @@ class PosteriorCache:
         idx = data.indices.to(self.device)
         missing = (~known[idx]).nonzero().flatten()
         if len(missing):
-            values[idx[missing]] = self.forward(data.images[missing.cpu()])
+            values[idx[missing]] = self.forward_logits(data.images[missing.cpu()])
             known[idx[missing]] = True
         return values[idx]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Posteriors of raw uint8 or [0,1] float images, in batches, without caching."""
+        return self.forward_logits(images).softmax(dim=1)
+
+    def forward_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 logits of raw uint8 or [0,1] float images, in batches, without caching."""
         outs = []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
                 batch = images[start:start + self.batch_size]
                 x = to_float(batch, self.device) if batch.dtype == torch.uint8 else batch.to(self.device).float()
-                outs.append(self.model(x).float().softmax(dim=1))
+                outs.append(self.model(x).float())
         self.forward_samples += len(images)
         return torch.cat(outs) if outs else torch.zeros(0, self.num_classes, device=self.device)
 
@@ -80,6 +92,19 @@ class BlackBoxTarget:
             top = full.topk(self.top_k, dim=1)
             return torch.zeros_like(full).scatter_(1, top.indices, top.values)
         return full
+
+    def log_probs(self, data: LabeledSet | torch.Tensor) -> torch.Tensor:
+        """The log-probability API: a float32 log-softmax of the logits for every input, one query each.
+
+        Unlike float32 posteriors it does not round confident answers to exactly 1.0. Only the full
+        API has it: a top-k or label-only view raises.
+        """
+        if self.top_k is not None or self.label_only:
+            raise ValueError("a top-k or label-only API answers with no log-probabilities")
+        out = self._cache.get_log_probs(data) if isinstance(data, LabeledSet) else \
+            self._cache.forward_logits(data).log_softmax(dim=1)
+        self.queries += len(out)
+        return out
 
     def predict(self, data: LabeledSet | torch.Tensor) -> torch.Tensor:
         """Top-1 labels (counts as queries like `posteriors`)."""

@@ -159,12 +159,9 @@ def _from_image_archive(entry: DatasetEntry, files: list[Path]) -> dict[str, tor
     found: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
     with tarfile.open(archive, "r:*") as tar:
         for member in tar:
-            path = PurePosixPath(member.name)
-            if not member.isfile() or len(path.parts) != len(root.parts) + 3 or path.parts[: len(root.parts)] != root.parts:
-                continue
-            split, label_name, file_name = path.parts[len(root.parts):]
-            if split in found:
-                found[split].append((label_name, file_name, tar.extractfile(member).read()))
+            place = _archive_place(member, root)
+            if place is not None and place[0] in found:
+                found[place[0]].append((place[1], place[2], tar.extractfile(member).read()))
     class_names = classes or sorted({c for c, _, _ in found["train"]})
     out = {}
     for split, items in found.items():
@@ -176,6 +173,27 @@ def _from_image_archive(entry: DatasetEntry, files: list[Path]) -> dict[str, tor
         out[f"{split}_images"] = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
         out[f"{split}_labels"] = torch.tensor([class_names.index(c) for c, _, _ in items], dtype=torch.int64)
     return out
+
+
+def _archive_place(member: tarfile.TarInfo, root: PurePosixPath) -> tuple[str, str, str] | None:
+    """(split, class folder, file name) of an image in an image-folder archive, or None for anything else."""
+    path = PurePosixPath(member.name)
+    if not member.isfile() or len(path.parts) != len(root.parts) + 3 or path.parts[: len(root.parts)] != root.parts:
+        return None
+    split, label_name, file_name = path.parts[len(root.parts):]
+    return split, label_name, file_name
+
+
+def archive_split_names(entry: DatasetEntry, store: FileStore, split: str = "train") -> list[str]:
+    """`<class>/<file>` of every image of an image-folder archive's split, in the order the split loads in.
+
+    Reads the archive's index only (no image is decoded), so a sample's position here is its index.
+    """
+    archive = fetch(resolve_dataset(entry), store)[0]
+    root = PurePosixPath(entry.raw["archive_root"])
+    with tarfile.open(archive, "r:*") as tar:
+        places = [place for place in map(lambda m: _archive_place(m, root), tar) if place and place[0] == split]
+    return [f"{label}/{name}" for _, label, name in sorted(places, key=lambda place: (place[1], place[2]))]
 
 
 def _from_torchvision(entry: DatasetEntry, files: list[Path]) -> dict[str, torch.Tensor]:

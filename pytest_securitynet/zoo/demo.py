@@ -23,6 +23,7 @@ from pytest_securitynet.catalog.entries import Catalog, ModelEntry
 from pytest_securitynet.errors import UnreadableFileError, UnsafeCheckpointError
 from pytest_securitynet.zoo.checkpoints import first_line, safe_load
 from pytest_securitynet.zoo.datasets import decoded_key, load_dataset
+from pytest_securitynet.zoo.members import member_indices
 from pytest_securitynet.zoo.store import FileStore, atomic_path
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ def demo_network(entry: ModelEntry, catalog: Catalog, store: FileStore) -> nn.Mo
     dataset = catalog.dataset(entry.dataset)
     recipe = {k: entry.raw.get(k) for k in ("builder", "builder_args", "train", "preprocess", "dataset")}
     recipe["data"] = decoded_key(dataset)
+    if entry.members is not None:
+        recipe["members"] = entry.members  # trained on the named training members only
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     cached = store.cache_dir / "weights" / "demo" / f"{entry.id}-{digest}.pt"
     net = build(entry.raw["builder"], **entry.raw.get("builder_args", {}))
@@ -48,7 +51,11 @@ def demo_network(entry: ModelEntry, catalog: Catalog, store: FileStore) -> nn.Mo
         net = build(entry.raw["builder"], **entry.raw.get("builder_args", {}))
         log.info("training demo model %s (once; cached at %s)", entry.id, cached)
         data = load_dataset(dataset, store)
-        train_demo(net, entry, data.train_images, data.train_labels)
+        rows = member_indices(entry, dataset, store)
+        if rows is None:
+            train_demo(net, entry, data.train_images, data.train_labels)
+        else:
+            train_demo(net, entry, data.train_images[rows], data.train_labels[rows])
         target = store.path("weights", "demo", cached.name)
         try:
             with atomic_path(target) as tmp:

@@ -1,0 +1,146 @@
+"""Membership scores calibrated by reference models: RMIA and LiRA, offline (no reference model trains on x).
+
+Both attacks compare the target's output on a sample x with the outputs of K reference models
+trained on the attacker's population data, none of them on x. They only need the target's and
+the reference models' log-probabilities, so scoring is one query pass plus vectorised arithmetic;
+everything below runs in float64 on the tensors' device, in the log domain, so no probability
+saturates (see `logprob_scores`).
+
+RMIA (Zarifzadeh et al., ICML 2024), offline:
+    ratio(x) = Pr(x | target) / Pr(x),  Pr(x | model) = p_y(x) (softmax probability of the label);
+    score(x) = fraction of population samples z with ratio(x) / ratio(z) > gamma.
+  Pr(x) averages Pr(x | model) over models trained with and without x. Offline, every reference
+  model is OUT for x, and the paper approximates the missing IN half linearly:
+    Pr(x) = ((1 + a) * mean_OUT p_y(x) + (1 - a)) / 2,   so   1 - Pr(x) = (1 + a) / 2 * mean_OUT (1 - p_y(x)).
+  The population samples z are IN for about half of the reference models (trained on random halves
+  of a pool that holds the z), so Pr(z) is the plain mean over all reference models, the paper's
+  definition. Because the same z serve every x, the score is non-decreasing in ratio(x): z set the
+  score's resolution (1 / number of z) and the hard decision, not the ranking of the x.
+
+LiRA (Carlini et al., S&P 2022), offline: fit a Gaussian N(mu, sigma^2) to the reference models'
+logit-scaled confidences phi = log p_y - log(1 - p_y) of x and test one-sided whether the target's
+phi(x) is too large to be OUT. The score is the standardised statistic (phi_target - mu) / sigma,
+monotone in the test's p-value (1 - Phi(score)) but without its rounding to 0 in the tail. With few
+reference models one variance for all samples is better than one per sample (Carlini et al.,
+Sec. VI), so that is the default.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .logprob_scores import true_class_log_terms
+
+__all__ = [
+    "RMIA_DEFAULT_A",
+    "RMIA_DEFAULT_GAMMA",
+    "lira_offline_scores",
+    "log_pr_offline",
+    "rmia_log_ratio",
+    "rmia_offline_scores",
+    "ReferenceScores",
+]
+
+RMIA_DEFAULT_A = 0.3
+"""RMIA's offline `a` (p_IN ~ a * p_OUT + 1 - a): privacy-meter's default; the paper tunes it per dataset."""
+
+RMIA_DEFAULT_GAMMA = 1.0
+"""RMIA's likelihood-ratio threshold gamma over population samples (the paper's default)."""
+
+
+class ReferenceScores(NamedTuple):
+    """Membership scores (higher = member) and the attack's own hard decisions."""
+
+    scores: torch.Tensor
+    decisions: torch.Tensor
+
+
+def _log_mean_exp(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """log(mean(exp(values))) along `dim`, computed stably."""
+    return torch.logsumexp(values, dim=dim) - math.log(values.shape[dim])
+
+
+def log_pr_offline(reference_log_probs: torch.Tensor, labels: torch.Tensor, a: float) -> torch.Tensor:
+    """log Pr(x) from OUT reference models, ((1 + a) mean p_y + 1 - a) / 2, in the log domain; [K, N, C] -> [N].
+
+    Computed through the complement, log(1 - Pr(x)) = log((1 + a) / 2) + log mean (1 - p_y), so
+    samples every model is sure about keep their differences.
+    """
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"RMIA's a must lie in [0, 1], got {a}")
+    _, lc_y = true_class_log_terms(reference_log_probs, labels)
+    log_one_minus = math.log((1.0 + a) / 2.0) + _log_mean_exp(lc_y, dim=0)
+    return torch.log1p(-torch.exp(log_one_minus))
+
+
+def rmia_log_ratio(target_log_probs: torch.Tensor, labels: torch.Tensor, log_pr: torch.Tensor) -> torch.Tensor:
+    """log Pr(x | target) - log Pr(x), float64 [N]."""
+    lp_y, _ = true_class_log_terms(target_log_probs, labels)
+    return lp_y - log_pr
+
+
+def rmia_offline_scores(
+    target_log_probs: torch.Tensor,
+    reference_log_probs: torch.Tensor,
+    labels: torch.Tensor,
+    population_target_log_probs: torch.Tensor,
+    population_reference_log_probs: torch.Tensor,
+    population_labels: torch.Tensor,
+    *,
+    a: float = RMIA_DEFAULT_A,
+    gamma: float = RMIA_DEFAULT_GAMMA,
+) -> ReferenceScores:
+    """RMIA offline (Zarifzadeh et al. 2024): fraction of z with ratio(x) / ratio(z) > gamma; a = 0.3, gamma = 1.
+
+    `target_log_probs` [N, C] and `reference_log_probs` [K, N, C] are the outputs on the scored
+    samples (OUT for every reference model); the population_* tensors are the same for the z
+    samples, each IN for about half of the reference models. The comparison of every x with every
+    z is one sorted search, O((N + Z) log Z). Decision: member iff the score exceeds 1/2.
+    """
+    if gamma <= 0:
+        raise ValueError(f"RMIA's gamma must be positive, got {gamma}")
+    if population_labels.numel() == 0:
+        raise ValueError("RMIA needs at least one population sample z")
+    log_ratio_x = rmia_log_ratio(target_log_probs, labels, log_pr_offline(reference_log_probs, labels, a))
+    lp_z, _ = true_class_log_terms(population_reference_log_probs, population_labels)
+    log_pr_z = _log_mean_exp(lp_z, dim=0)
+    log_ratio_z = rmia_log_ratio(population_target_log_probs, population_labels, log_pr_z)
+    sorted_z = torch.sort(log_ratio_z).values
+    # ratio(x) / ratio(z) > gamma  <=>  log ratio(z) < log ratio(x) - log gamma.
+    below = torch.searchsorted(sorted_z, log_ratio_x - math.log(gamma), side="left")
+    scores = below.to(torch.float64) / sorted_z.numel()
+    return ReferenceScores(scores, scores > 0.5)
+
+
+def lira_offline_scores(
+    target_log_probs: torch.Tensor,
+    reference_log_probs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    global_variance: bool = True,
+) -> ReferenceScores:
+    """LiRA offline (Carlini et al. 2022): (phi_target - mu_OUT) / sigma_OUT of the logit-scaled confidence.
+
+    `reference_log_probs` is [K, N, C] from models that never trained on the N samples. With
+    `global_variance` sigma^2 is the mean over samples of the per-sample variance across models
+    (needs K >= 2; with K = 1 sigma is 1, which ranks the same). Decision: member iff the target's
+    confidence is above the OUT mean (one-sided p-value below 1/2).
+    """
+    lp_ref, lc_ref = true_class_log_terms(reference_log_probs, labels)
+    phi_ref = lp_ref - lc_ref
+    lp_t, lc_t = true_class_log_terms(target_log_probs, labels)
+    mu = phi_ref.mean(dim=0)
+    k = phi_ref.shape[0]
+    if k < 2:
+        sigma = torch.ones_like(mu)
+    else:
+        variance = phi_ref.var(dim=0, unbiased=True)
+        if global_variance:
+            variance = variance.mean().expand_as(mu)
+        # A sample every model scores identically has zero spread; a floor keeps the score finite.
+        sigma = variance.clamp_min(1e-12).sqrt()
+    scores = (lp_t - lc_t - mu) / sigma
+    return ReferenceScores(scores, scores > 0)

@@ -1,0 +1,214 @@
+"""Reference models for membership inference (RMIA, LiRA): one set per dataset, recipe, seed and pool.
+
+The attacks score the evaluation halves of the attacker's members and non-members
+(`attacks.membership.attacker_split`); every other sample of the dataset, from both splits, is
+the reference pool. K models train on halves of that pool (`attacks.reference_models`), and a
+seeded part of it serves as RMIA's population samples z. The trained models do not depend on the
+target, so they are kept in memory for every target of the dataset in this process and on disk
+(`<cache>/reference/<dataset>/<key>.pt`, state dicts only) for later runs; the key names the
+dataset, the recipe, K, the seed and the pool's samples.
+
+The recipe: for a `demo` catalog entry, the target's own (its builder and `train` settings,
+which the harness knows); otherwise `attacks.reference_models.default_recipe` (a small CNN under
+32 px, a CIFAR ResNet-18 from 32 px), or an architecture the run names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pytest_securitynet.attacks.membership import attacker_split
+from pytest_securitynet.attacks.reference_models import (
+    ReferenceRecipe,
+    build_reference_network,
+    default_recipe,
+    inclusion_matrix,
+    pool_indices,
+    population_rows,
+    recipe_for,
+    recipe_key,
+    reference_log_probs,
+    train_classifier,
+)
+from pytest_securitynet.catalog.entries import ModelEntry
+from pytest_securitynet.harness.data import LabeledSet, take
+from pytest_securitynet.zoo.architectures import Normalized, build
+from pytest_securitynet.zoo.datasets import ImageData
+from pytest_securitynet.zoo.demo import train_demo
+from pytest_securitynet.zoo.store import FileStore, atomic_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """How reference models are built and trained, with a JSON description for the cache key and the rows."""
+
+    description: dict[str, Any]
+    skeleton: Callable[[int], nn.Module]
+    """An untrained model for `n` training images, whose state dict a trained one loads into."""
+    train: Callable[..., nn.Module]
+    """`train(images_uint8, labels, *, num_classes, seed, device) -> model` in eval mode."""
+
+
+def recipe_trainer(recipe: ReferenceRecipe, num_classes: int, input_shape: tuple[int, int, int]) -> Trainer:
+    """Reference models from a `ReferenceRecipe` (small CNN or a surrogate architecture) and the plain training loop."""
+    channels, side = input_shape[0], input_shape[1]
+    return Trainer(
+        {"recipe": dataclasses.asdict(recipe)},
+        lambda _n: build_reference_network(recipe, num_classes, side, channels),
+        partial(train_classifier, recipe=recipe),
+    )
+
+
+def demo_trainer(entry: ModelEntry) -> Trainer:
+    """Reference models trained like a demo entry's own network (an RBF network gets one centre per image)."""
+
+    def network(n: int) -> nn.Module:
+        args = dict(entry.raw.get("builder_args", {}))
+        if "num_centers" in args:
+            args["num_centers"] = n
+        return build(entry.raw["builder"], **args)
+
+    def train(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int,
+              device: torch.device | str) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = network(len(images))
+            train_demo(net, entry, images, labels)
+        return Normalized(net, entry.preprocess["mean"], entry.preprocess["std"]).to(device).eval()
+
+    described = {k: entry.raw.get(k) for k in ("builder", "builder_args", "train", "preprocess")}
+    return Trainer(
+        {"like": entry.id, **described},
+        lambda n: Normalized(network(n), entry.preprocess["mean"], entry.preprocess["std"]),
+        train,
+    )
+
+
+def trainer_for(entry: ModelEntry, input_shape: tuple[int, int, int], *, architecture: str = "auto",
+                epochs: int = 0) -> Trainer:
+    """The documented default (`auto`): the target's recipe for demo entries, else `default_recipe` by input size.
+
+    `architecture` names `small-cnn` or a surrogate (`resnet18`, `wrn50_2`) instead, with the recipe
+    that goes with it (`recipe_for`); `epochs` > 0 replaces the recipe's number of epochs.
+    """
+    num_classes = entry.annotations["num_classes"]
+    if architecture == "auto" and entry.source_kind == "demo":
+        return demo_trainer(entry)
+    recipe = default_recipe(input_shape[1]) if architecture == "auto" else recipe_for(architecture, input_shape[1])
+    if epochs > 0:
+        recipe = dataclasses.replace(recipe, epochs=epochs)
+    return recipe_trainer(recipe, num_classes, input_shape)
+
+
+def scored_indices(members: LabeledSet, nonmembers: LabeledSet, seed: int) -> dict[str, torch.Tensor]:
+    """Per split, the dataset indices the attacks score: the evaluation halves of `attacker_split(seed)`."""
+    split = attacker_split(len(members), len(nonmembers), seed)
+    scored: dict[str, list[torch.Tensor]] = {}
+    for data, rows in ((members, split.member_eval), (nonmembers, split.nonmember_eval)):
+        scored.setdefault(data.split, []).append(data.indices[rows])
+    return {name: torch.cat(parts) for name, parts in scored.items()}
+
+
+@dataclass
+class ReferenceSet:
+    """K trained reference models, the pool they trained on, and RMIA's population samples."""
+
+    key: str
+    models: list[nn.Module]
+    in_pool: torch.Tensor
+    population: list[LabeledSet]
+    description: dict[str, Any]
+    pool_size: int
+    source: str
+    """`trained`, `disk` (loaded from the cache directory) or `memory` (trained earlier in this process)."""
+    time_s: float
+    """Seconds this call took to train or load the models (0 from memory)."""
+    _outputs: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def train_sizes(self) -> list[int]:
+        return self.in_pool.sum(dim=1).tolist()
+
+    def log_probs(self, data: LabeledSet, device: torch.device, batch_size: int) -> torch.Tensor:
+        """Every reference model's log-probabilities [K, N, C] on `data`, computed once per set of samples."""
+        key = (data.split, hashlib.sha256(data.indices.numpy().tobytes()).hexdigest())
+        if key not in self._outputs:
+            self._outputs[key] = reference_log_probs(self.models, data.images, device=device, batch_size=batch_size)
+        return self._outputs[key]
+
+
+_IN_MEMORY: dict[str, ReferenceSet] = {}
+_KEEP_IN_MEMORY = 2
+
+
+def reference_set(store: FileStore, data: ImageData, trainer: Trainer, members: LabeledSet, nonmembers: LabeledSet, *,
+                  num_classes: int, k: int, seed: int, device: torch.device, n_population: int,
+                  max_pool: int = 0) -> ReferenceSet:
+    """The reference models for scoring `members` and `nonmembers` with `seed`: from memory, the disk cache, or trained.
+
+    `max_pool` > 0 keeps a seeded `max_pool` of the pool (for CPU-sized runs); 0 keeps all of it.
+    """
+    sizes = {"train": len(data.train_labels), "test": len(data.test_labels)}
+    pool = pool_indices(sizes, scored_indices(members, nonmembers, seed))
+    if 0 < max_pool < sum(len(idx) for idx in pool.values()):
+        keep = population_rows(sum(len(idx) for idx in pool.values()), max_pool, seed + 1)
+        n_train = len(pool["train"])
+        pool = {"train": pool["train"][keep[keep < n_train]], "test": pool["test"][keep[keep >= n_train] - n_train]}
+    key = recipe_key(data.dataset_id, trainer.description, k, seed, pool)
+    if key in _IN_MEMORY:
+        cached = _IN_MEMORY[key]
+        return dataclasses.replace(cached, source="memory", time_s=0.0, _outputs=cached._outputs)
+    pool_parts = [take(data, split, pool[split], f"pool-{split}") for split in ("train", "test")]
+    pool_images = torch.cat([part.images for part in pool_parts])
+    pool_labels = torch.cat([part.labels for part in pool_parts])
+    start = time.perf_counter()
+    path = store.path("reference", data.dataset_id, f"{key}.pt")
+    with store.lock("reference", data.dataset_id, key):
+        if path.exists():
+            models, in_pool = _load(path, trainer, device)
+            source = "disk"
+        else:
+            log.info("training %d reference models for %s (once; cached at %s)", k, data.dataset_id, path)
+            in_pool = inclusion_matrix(len(pool_labels), k, seed)
+            models = []
+            for i in range(k):
+                rows = in_pool[i].nonzero().squeeze(1)
+                models.append(trainer.train(pool_images[rows], pool_labels[rows], num_classes=num_classes,
+                                            seed=seed * 1_000_003 + i, device=device).eval())
+            source = "trained"
+            with atomic_path(path) as tmp:
+                torch.save({"in_pool": in_pool, "state_dicts": [m.state_dict() for m in models]}, tmp)
+    z = population_rows(len(pool_labels), n_population, seed)
+    n_train_pool = len(pool["train"])
+    population = [take(data, "train", pool["train"][z[z < n_train_pool]], "population-train"),
+                  take(data, "test", pool["test"][z[z >= n_train_pool] - n_train_pool], "population-test")]
+    result = ReferenceSet(key, models, in_pool, [p for p in population if len(p)], trainer.description,
+                          len(pool_labels), source, time.perf_counter() - start)
+    while len(_IN_MEMORY) >= _KEEP_IN_MEMORY:
+        _IN_MEMORY.pop(next(iter(_IN_MEMORY)))
+    _IN_MEMORY[key] = result
+    return result
+
+
+def _load(path: Path, trainer: Trainer, device: torch.device) -> tuple[list[nn.Module], torch.Tensor]:
+    """Reference models and their inclusion matrix from a cache file (state dicts only: loading runs no code)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    models = []
+    for state, rows in zip(saved["state_dicts"], saved["in_pool"]):
+        model = trainer.skeleton(int(rows.sum()))
+        model.load_state_dict(state)
+        models.append(model.to(device).eval())
+    return models, saved["in_pool"]
