@@ -3,7 +3,9 @@
 Three detectors run on each model, one row each (setting `neural-cleanse`, `strip`, `neo`):
 
 - Neural Cleanse (Wang et al., S&P 2019): all labels reverse-engineered together in one batched
-  problem, 50 epochs over 1,000 clean test images; the model is flagged when a label's MAD anomaly
+  problem, 50 epochs over 1,000 clean test images (20 epochs on small data: at most 16 px and
+  20,000 training images, e.g. the demo digits, see `pytest_securitynet.harness.scaling`; rows
+  record the epochs used and `scale`); the model is flagged when a label's MAD anomaly
   index exceeds 2 on the small side. The reversed mask and pattern of the flagged (else the
   smallest) label are saved as a PNG beside the results JSON.
 - STRIP (Gao et al., ACSAC 2019): 2,000 test inputs, 10 overlays, boundary at 1% false rejections
@@ -22,6 +24,7 @@ See docs/backdoor-detection.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from collections import defaultdict
@@ -41,6 +44,7 @@ from pytest_securitynet.attacks.backdoor import (
     strip,
 )
 from pytest_securitynet.attacks.backdoor_neural_cleanse import ANOMALY_THRESHOLD
+from pytest_securitynet.harness.scaling import nc_epochs, scale_name
 from pytest_securitynet.harness.settings import budget
 
 BENCHMARK = "backdoor_detection.detection"
@@ -62,7 +66,7 @@ NEO_MIN_BLOCK = 2
 class Budget:
     """Paper defaults; `--securitynet-budget backdoor.nc_epochs=10` etc. shrink them for CPU runs."""
 
-    nc_epochs: int = 50
+    nc_epochs: int = 0  # 0: 50 (the paper's), 20 on small data (pytest_securitynet.harness.scaling)
     nc_samples: int = 1000
     inputs: int = 2000
     sequential: bool = False  # also run the one-label-at-a-time Neural Cleanse and record the speed-up
@@ -89,18 +93,25 @@ def dataset_family(request, catalog_entry, securitynet) -> str:
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
-def test_detection(target_model, test_set, catalog_entry, dataset_family, securitynet, device, seed, record, request,
-                   results_path, detector):
+def test_detection(target_model, test_set, image_data, catalog_entry, dataset_family, securitynet, device, seed,
+                   record, request, results_path, progress, detector):
     """One detector on one presumed-clean model: verdict, score and runtime (a row of Table 1)."""
     budget = securitynet.settings.budget(Budget)
     images, num_classes = test_set.images, catalog_entry.annotations["num_classes"]
+    shape, n_train = tuple(images.shape[1:]), len(image_data.train_labels)
     if detector == "neural-cleanse":
         json_dir = results_path.parent
+        budget = dataclasses.replace(budget, nc_epochs=nc_epochs(shape, n_train, budget.nc_epochs))
+        progress(f"neural cleanse: {num_classes} labels, {budget.nc_epochs} epochs on "
+                 f"{min(budget.nc_samples, len(images))} images")
         metrics = run_neural_cleanse(target_model, images, num_classes, budget, device, seed,
                                      request.getfixturevalue("artifacts_dir"), json_dir)
+        metrics["scale"] = scale_name(shape, n_train)
     elif detector == "strip":
+        progress(f"strip: {min(budget.inputs, len(images) // 2)} inputs")
         metrics = run_strip(target_model, images, budget, device, seed)
     else:
+        progress(f"neo: {min(budget.inputs, len(images))} inputs")
         metrics = run_neo(target_model, images, budget, device, seed)
     record(detector=detector, dataset_family=dataset_family, purpose=catalog_entry.purpose,
            verdict="backdoored" if metrics["flagged"] else "clean", **metrics)

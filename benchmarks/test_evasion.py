@@ -9,7 +9,10 @@ e.g. setting `fgsm-transfer-eps0.03`; `-k "fgsm and eps0.1"` picks a slice.
 The transfer source is trained on the true labels of the attacker's `auxiliary` set (a seeded 50%
 of the training split) with the stealing loop (`steal(..., label_only=True)`), so it never queries
 the target; it depends only on the data and is trained once per data set and shared by every eps
-and every model evaluated on that data.
+and every model evaluated on that data. Its architecture and epochs follow the stealing rule
+(`pytest_securitynet.harness.scaling`): the paper's ResNet-18 and 30 epochs, a small CNN for 20
+epochs on small data (<= 16 px, <= 20,000 training images, e.g. the demo digits); the `evasion`
+budget overrides them (`--securitynet-budget evasion.source_epochs=1` for a quick CPU look).
 """
 
 from __future__ import annotations
@@ -25,11 +28,19 @@ from torch import nn
 
 from pytest_securitynet.attacks.evasion import evaluate_evasion
 from pytest_securitynet.attacks.stealing import evaluate_surrogate, steal
+from pytest_securitynet.harness.scaling import SurrogatePlan, surrogate_plan
+from pytest_securitynet.harness.settings import budget
 
 EPS = (0.01, 0.03, 0.1)
-SURROGATE = "resnet18"
-SURROGATE_EPOCHS = 30
-"""The stealing default (SecurityNet §3.1: SGD, lr 0.01, 30 epochs); rows record what was used."""
+
+
+@budget("evasion")
+@dataclass(frozen=True)
+class Budget:
+    """The transfer source; derived per model when left at 0 / "auto" (module docstring). Rows record it."""
+
+    source_epochs: int = 0  # 0: 30 (the stealing default, SecurityNet §3.1), 20 on small data
+    source: str = "auto"  # auto: ResNet-18 (Appendix C), a small CNN on small data
 
 
 @dataclass(frozen=True)
@@ -50,15 +61,16 @@ _SURROGATES: dict[tuple, tuple[nn.Module, dict[str, Any]]] = {}
 """Trained transfer sources, keyed by the data they were trained on (see `transfer_source`)."""
 
 
-def transfer_source(auxiliary, num_classes: int, topic: str, device: torch.device, seed: int):
-    """The auxiliary ResNet-18 (Appendix C) trained on `auxiliary`'s true labels, cached per data."""
+def transfer_source(auxiliary, num_classes: int, topic: str, plan: SurrogatePlan, device: torch.device, seed: int,
+                    progress=None):
+    """The auxiliary surrogate (Appendix C: ResNet-18) trained on `auxiliary`'s true labels, cached per data."""
     digest = hashlib.sha256(auxiliary.indices.numpy().tobytes()).hexdigest()[:16]
-    key = (auxiliary.dataset_id, auxiliary.split, digest, num_classes, SURROGATE_EPOCHS, str(device), seed)
+    key = (auxiliary.dataset_id, auxiliary.split, digest, num_classes, plan, str(device), seed)
     cached = key in _SURROGATES
     if not cached:
         _SURROGATES[key] = steal(
-            auxiliary.images, auxiliary.labels, num_classes=num_classes, surrogate=SURROGATE,
-            epochs=SURROGATE_EPOCHS, label_only=True, hflip="digit" not in topic, device=device, seed=seed,
+            auxiliary.images, auxiliary.labels, num_classes=num_classes, label_only=True,
+            hflip="digit" not in topic, device=device, seed=seed, progress=progress, **plan.steal_kwargs(),
         )
     model, info = _SURROGATES[key]
     return model, dict(info, cached=cached)
@@ -66,19 +78,26 @@ def transfer_source(auxiliary, num_classes: int, topic: str, device: torch.devic
 
 @pytest.mark.parametrize("eps", [pytest.param(e, id=f"eps{e}") for e in EPS])
 @pytest.mark.parametrize("attack", list(SETTINGS))
-def test_accuracy_drop(target_model, test_set, auxiliary, catalog_entry, securitynet, device, seed, record,
-                       attack, eps):
+def test_accuracy_drop(target_model, test_set, auxiliary, image_data, catalog_entry, securitynet, device, seed,
+                       record, progress, attack, eps):
     setting = SETTINGS[attack]
     source, extra = None, {"source": "target"}
     if setting.transfer:
+        budget = securitynet.settings.budget(Budget)
+        plan = surrogate_plan(tuple(test_set.images.shape[1:]), len(image_data.train_labels),
+                              surrogate=budget.source, epochs=budget.source_epochs)
+        progress(f"transfer source: a {plan.surrogate} on {len(auxiliary)} labelled images (once per data set)",
+                 total=plan.epochs, unit="epoch")
         source, info = transfer_source(auxiliary, catalog_entry.annotations["num_classes"],
-                                       catalog_entry.annotations.get("topic_category", ""), device, seed)
+                                       catalog_entry.annotations.get("topic_category", ""), plan, device, seed,
+                                       progress=progress.step)
         quality = evaluate_surrogate(source, target_model, test_set.images, test_set.labels, device=device,
                                      batch_size=securitynet.settings.batch_size)
-        extra = {"source": f"{SURROGATE}-surrogate", "source_labels": "true", "source_epochs": info["epochs"],
+        extra = {"source": f"{plan.surrogate}-surrogate", "source_labels": "true", "source_epochs": info["epochs"],
                  "source_train_size": info["queries"], "source_train_time_s": info["train_time_s"],
                  "source_cached": info["cached"], "source_clean_accuracy": quality["attack_accuracy"],
-                 "source_agreement": quality["agreement"]}
+                 "source_agreement": quality["agreement"], "scale": plan.scale}
+    progress(f"{attack} at eps {eps} on {len(test_set)} images")
     start = time.perf_counter()
     result = evaluate_evasion(target_model, test_set.images, test_set.labels, [eps], attack=setting.attack,
                               steps=setting.steps, source_model=source, device=device, seed=seed,

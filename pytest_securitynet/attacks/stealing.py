@@ -163,6 +163,7 @@ def _train_epochs(
     amp_dtype: torch.dtype | None,
     channels_last: bool,
     generator: torch.Generator,
+    progress: Callable[[int, int], None] | None = None,
 ) -> float:
     """Run the SGD epochs; returns the mean training loss of the last epoch."""
     n = x_all.shape[0]
@@ -193,6 +194,8 @@ def _train_epochs(
             loss_sum += loss.detach() * idx.shape[0]
             step += 1
         epoch_loss = loss_sum / n
+        if progress is not None:
+            progress(epoch + 1, epochs)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("stealing epoch %d/%d: loss %.4f", epoch + 1, epochs, epoch_loss.item())
     return float(epoch_loss.item())
@@ -219,6 +222,7 @@ def steal(
     seed: int = 0,
     amp: bool = True,
     compile_model: bool | str = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train a surrogate on the target's answers to the queries; returns ``(surrogate, info)``.
 
@@ -242,6 +246,7 @@ def steal(
       fp32. ``compile_model`` wraps the surrogate in ``torch.compile`` (a string is passed as its
       ``mode``, e.g. ``"max-autotune-no-cudagraphs"``); compilation takes tens of seconds, so it
       pays off only for long runs.
+    - ``progress``: called as ``progress(epochs_done, epochs)`` after every epoch (no host sync).
 
     ``info``: train_time_s (training loop), total_time_s (including setup), epochs, queries,
     steps, batch_size, lr, final_train_loss, samples_per_s, label_only, device, amp.
@@ -282,7 +287,7 @@ def steal(
             train_model, optimizer, x_all, t_all, epochs=epochs, batch_size=batch_size,
             base_lr=base_lr, schedule=schedule, pad=max(1, height // 8) if augment else 0,
             hflip=augment and hflip, amp_dtype=torch.bfloat16 if (amp and on_cuda) else None,
-            channels_last=on_cuda, generator=generator,
+            channels_last=on_cuda, generator=generator, progress=progress,
         )
     train_time = time.perf_counter() - t_train
     model.eval()

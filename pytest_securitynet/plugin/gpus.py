@@ -48,8 +48,11 @@ class GpuPool:
 
         available = torch.cuda.device_count()
         if requested and available < requested:
-            warnings.warn(f"--gpus {requested} asked for, but {available} GPU(s) visible; extra workers run on CPU"
-                          if available else f"--gpus {requested}: no GPU visible, running on the CPU")
+            if available:
+                message = f"--gpus {requested}: {available} GPU(s) visible; the other workers run on the CPU"
+            else:
+                message = f"--gpus {requested}: no GPU visible; every worker runs on the CPU"
+            warnings.warn(message, stacklevel=2)
         self.free = list(range(min(requested, available)))
         self.held: dict[str, int] = {}
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_securitynet.catalog.entries import ModelEntry
+from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.plugin import timeouts
 from pytest_securitynet.plugin.items import METRICS, benchmark_name, entry_of, setting_from_id, setting_of
+from pytest_securitynet.plugin.progress import CPU_SECONDS
 from pytest_securitynet.results.rows import now, plain
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness, state_harness
 from pytest_securitynet.results.summary import summary_lines
 
 PAYLOAD = "securitynet"
+log = logging.getLogger(__name__)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -22,6 +27,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     entry = entry_of(item)
     if entry is not None and (report.when == "call" or (report.when == "setup" and not report.passed)):
         row = _payload(item, entry)
+        if timeouts.timed_out(report):
+            state = item.config.stash[STATE]
+            row["hint"] = timeouts.hint(item, state.settings, state.timeout or getattr(item.config.option, "timeout", None))
+            report.sections.append(("securitynet timeout", row["hint"]))
         item.config.hook.pytest_securitynet_row(item=item, row=row)
         report.user_properties.append((PAYLOAD, plain(row)))
     return report
@@ -31,6 +40,8 @@ def _payload(item: pytest.Item, entry: ModelEntry) -> dict[str, Any]:
     state = item.config.stash[STATE]
     h = harness(item.config)
     params = {k: v for k, v in item.callspec.params.items() if k != "catalog_entry"}
+    loaded = getattr(item, "funcargs", {}).get("_securitynet_loaded")
+    cpu = item.stash.get(CPU_SECONDS, None)
     return plain({
         "model": entry.id,
         "benchmark": benchmark_name(item),
@@ -44,6 +55,8 @@ def _payload(item: pytest.Item, entry: ModelEntry) -> dict[str, Any]:
         "worker": getattr(item.config, "workerinput", {}).get("workerid", "main"),
         "nodeid": item.nodeid,
         "finished_at": now(),
+        **({"sizes": {name: len(part) for name, part in loaded.sets.items()}} if loaded is not None else {}),
+        **({"cpu_time_s": round(cpu, 4)} if cpu is not None else {}),
     })
 
 
@@ -52,6 +65,7 @@ class ResultsReporter:
 
     def __init__(self, state: RunState):
         self.state = state
+        self.report_line: str | None = None
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -71,15 +85,21 @@ class ResultsReporter:
         if report.skipped and isinstance(report.longrepr, tuple):
             row["message"] = report.longrepr[2]
         elif report.failed:
-            row["message"] = _short(report.longreprtext)
+            row["message"] = "\n".join(filter(None, [_short(report.longreprtext), row.pop("hint", None)]))
         entry = state_harness(state).catalog.models.get(row["model"])
-        state.writer.add(row, _model_info(entry) if entry else None)
+        info = _model_info(entry) if entry else None
+        if info is not None and row.get("sizes"):
+            info["sizes"] = row["sizes"]
+            state.writer.run.setdefault("effective", {}).setdefault("members", {})[row["model"]] = row["sizes"]["members"]
+        state.writer.add(row, info)
 
     @pytest.hookimpl
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.state.writer.rows:
             status = {0: "complete", 1: "complete", 2: "interrupted", 5: "complete"}.get(int(exitstatus), "error")
             self.state.writer.finish(status)
+            if self.state.report_dir:
+                self.report_line = _build_report(self.state.json_path, Path(self.state.report_dir))
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -93,6 +113,23 @@ class ResultsReporter:
         for line in summary_lines(list(state.writer.rows.values())):
             terminalreporter.write_line(line)
         terminalreporter.write_line(f"results: {state.json_path} ({len(state.writer.rows)} rows)")
+        if self.report_line:
+            terminalreporter.write_line(self.report_line)
+        elif not state.report_dir:
+            terminalreporter.write_line(f"report: securitynet report {state.json_path} -o report/ "
+                                        f"(or run with --securitynet-report report/)")
+
+
+def _build_report(json_path: Path, out_dir: Path) -> str:
+    """`securitynet report JSON -o DIR`; a failure is reported on the terminal, never fails the run."""
+    from pytest_securitynet.report import build_report
+
+    try:
+        report = build_report([json_path], out_dir, command=f"securitynet report {json_path} -o {out_dir}")
+    except (OSError, ValueError, SecurityNetError) as exc:
+        log.warning("securitynet report failed: %s", exc)
+        return f"report: not written ({exc})"
+    return f"report: {report.index} ({len(report.sections)} sections: {', '.join(report.sections)})"
 
 
 def _crashed_payload(nodeid: str, state: RunState) -> dict[str, Any] | None:

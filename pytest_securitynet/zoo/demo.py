@@ -17,14 +17,21 @@ from pytest_securitynet.zoo.store import FileStore, atomic_path
 
 log = logging.getLogger(__name__)
 
+RECIPE_VERSION = 2
+"""Part of the cache key: 2 seeds the initial weights too (models cached by version 1 are retrained)."""
+
 
 def demo_network(entry: ModelEntry, catalog: Catalog, store: FileStore) -> nn.Module:
     """The trained network of a `source = "demo"` entry (without its preprocessing wrapper)."""
     recipe = {k: entry.raw.get(k) for k in ("builder", "builder_args", "train", "preprocess", "dataset")}
+    recipe["recipe_version"] = RECIPE_VERSION
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     cached = store.path("weights", "demo", f"{entry.id}-{digest}.pt")
-    net = build(entry.raw["builder"], **entry.raw.get("builder_args", {}))
-    with store.lock("weights", "demo", entry.id):
+    with store.lock("weights", "demo", entry.id), torch.random.fork_rng(devices=[]):
+        # Seeded from the recipe (initial weights included) and without touching the caller's RNG:
+        # the same recipe trains the same model in any process.
+        torch.manual_seed(entry.raw.get("train", {}).get("seed", 0))
+        net = build(entry.raw["builder"], **entry.raw.get("builder_args", {}))
         if cached.exists():
             net.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
             return net

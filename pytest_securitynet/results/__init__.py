@@ -1,0 +1,1 @@
+"""Results: rows and the results file, the end-of-run summary, merging shards, regression checks."""
