@@ -85,13 +85,11 @@ def _import(name: str, path: Path):
 
 
 @pytest.fixture(scope="module")
-def bench(pytestconfig):
-    """The benchmark file as a module, for its helpers and settings (its marker registered first)."""
-    _import("securitynet_benchmarks_conftest", BENCHMARKS / "conftest.py").pytest_configure(pytestconfig)
+def bench():
+    """The benchmark file as a module, for its helpers and settings."""
     module = _import("securitynet_benchmark_backdoor_detection", BENCHMARK_FILE)
     yield module
-    for name in ("securitynet_benchmarks_conftest", "securitynet_benchmark_backdoor_detection"):
-        sys.modules.pop(name, None)
+    sys.modules.pop("securitynet_benchmark_backdoor_detection", None)
 
 
 def digits_cnn() -> nn.Module:

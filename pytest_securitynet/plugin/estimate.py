@@ -67,6 +67,16 @@ def reference_run(path: Path = REFERENCE) -> Durations | None:
         return None
 
 
+def write_reference(results_path: Path, source: str, path: Path = REFERENCE) -> Path:
+    """Make the packaged reference from a measured run: CPU seconds (setup and call) per row key."""
+    doc = json.loads(Path(results_path).read_text(encoding="utf-8"))
+    seconds = {row_key(r): round(float(r["cpu_time_s"]), 2) for r in doc.get("results", []) if "cpu_time_s" in r}
+    Path(path).write_text(json.dumps({"source": source, "run": {k: doc["run"].get(k) for k in ("host", "platform",
+                          "argv", "started_at", "versions")}, "seconds": dict(sorted(seconds.items()))}, indent=1) + "\n",
+                          encoding="utf-8")
+    return Path(path)
+
+
 def estimate(keys: Iterable[str], sources: Iterable[Durations | None]) -> Estimate:
     """Sum, over `keys`, the seconds of the first source that knows each key."""
     sources = [s for s in sources if s is not None]

@@ -200,7 +200,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = state.catalog_params
     keyword = selection.compile_keyword(metafunc.config.option.keyword)
     if keyword is not None:  # models no test of which `-k` can select are never generated
-        rest = selection.test_names(metafunc)
+        rest = selection.shared_names(metafunc)
         params = [p for p in params if selection.may_match(keyword, [p.id, *_keywords(state, p.values[0])], p.id, rest)]
     metafunc.parametrize("catalog_entry", params)
 

@@ -40,7 +40,7 @@ def compile_keyword(expression: str | None) -> Expression | None:
 
 
 @dataclass(frozen=True)
-class TestNames:
+class SharedNames:
     """What every test of one benchmark function matches besides its model: names, ids, marks."""
 
     function: str
@@ -48,7 +48,7 @@ class TestNames:
     ids: tuple[str, ...]
 
 
-def test_names(metafunc: pytest.Metafunc) -> TestNames:
+def shared_names(metafunc: pytest.Metafunc) -> SharedNames:
     """A superset of the names `-k` sees on `metafunc`'s tests, apart from the model's."""
     definition = metafunc.definition
     config = metafunc.config
@@ -74,7 +74,7 @@ def test_names(metafunc: pytest.Metafunc) -> TestNames:
             ids.update(_plain_id(v) or f"{name}{i}" for i, v in enumerate(params))
             ids.update(f"{name}{i}" for i in range(len(params)))
             ids.update(str(getattr(v, "id", "") or "") for v in params)
-    return TestNames(definition.name, tuple(n for n in names if n), tuple(i for i in ids if i))
+    return SharedNames(definition.name, tuple(n for n in names if n), tuple(i for i in ids if i))
 
 
 def _param_ids(mark) -> set[str]:
@@ -100,7 +100,7 @@ def _plain_id(value: Any) -> str:
     return str(value) if isinstance(value, (str, int, float, bool)) or value is None else ""
 
 
-def may_match(expression: Expression, model_names: Iterable[str], model_id: str, rest: TestNames) -> bool:
+def may_match(expression: Expression, model_names: Iterable[str], model_id: str, rest: SharedNames) -> bool:
     """Whether some test of the model (`model_names`: its id and keywords) can satisfy `expression`."""
     own = [n.lower() for n in model_names]
     others = [n.lower() for n in rest.names]
