@@ -178,6 +178,15 @@ def test_start_line_estimate_sizes_and_report(pytester, project, tmp_path):
     assert results(pytester)["run"]["effective"]["members"]["demo-digits-cnn"] == 898  # the split's size, not 5000
 
 
+def test_xdist_controller_prints_the_start_line(pytester, project):
+    shutil.copy(TASK, pytester.path / "benchmarks" / TASK.name)
+    result = project("benchmarks", "-k", "demo", "-n", "2", subprocess=True)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["securitynet: 2 tests of 1 benchmark on 2 models (demo-digits-cnn, "
+                                 "demo-digits-rbf-overfit); device cpu, 2 workers; results out.json; *"])
+    assert "\x1b7" not in result.stdout.str()
+
+
 def test_report_from_the_ini_file(pytester, project):
     shutil.copy(TASK, pytester.path / "benchmarks" / TASK.name)
     pytester.makeini("[pytest]\nsecuritynet_report = my-report\n")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import pytest
+
 MAX_NAMED = 4
 
 
@@ -32,21 +34,27 @@ def _shown(path: Path) -> str:
 
 
 class XdistStartLine:
-    """Under xdist the controller collects nothing: the start line is made from the first worker's ids.
+    """Under xdist the controller collects nothing: the start line is made from the first worker's
+    ids and printed when the first test starts, after xdist's own `N workers [M items]` line.
 
-    `describe(ids)` returns the line (models and row keys come from the ids); it is printed once.
+    `describe(ids)` returns the line (models and row keys come from the ids).
     """
 
     def __init__(self, config, describe):
         self.config = config
         self.describe = describe
-        self.shown = False
+        self.line: str | None = None
+        self.described = False
 
     def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
-        if self.shown:
-            return
-        self.shown = True
-        line = self.describe(ids)
+        if not self.described:
+            self.described = True
+            self.line = self.describe(ids)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logstart(self, nodeid: str, location) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if line and reporter is not None:
-            reporter.write_line(line)
+        if self.line and reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(self.line)
+        self.line = None

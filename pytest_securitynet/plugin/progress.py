@@ -175,8 +175,14 @@ class ProgressPlugin:
                  expected: Callable[[pytest.Item], float | None]):
         self.is_benchmark = is_benchmark
         self.expected = expected
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        self.live = LiveStatus.for_terminal(reporter) if live_enabled(config) else None
+        self.live: LiveStatus | None = None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """The terminal reporter exists from here on (not yet while plugins configure)."""
+        config = session.config
+        if live_enabled(config):
+            self.live = LiveStatus.for_terminal(config.pluginmanager.get_plugin("terminalreporter"))
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item):
