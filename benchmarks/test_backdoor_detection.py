@@ -13,11 +13,12 @@ Three detectors run on each model, one row each (setting `neural-cleanse`, `stri
 - NEO (Udeshi et al., 2022): dominant colour of 3 k-means clusters, 200 random blocks of
   4x4 per 32x32 (at least 2x2), confirmed when pasting flips more than 80%; 2,000 test inputs.
 
-The models are presumed clean, so every flag is a false positive; `false_positive_rates` turns a
-results file into Table 1 (per dataset family and detector). By default only CIFAR-10 and SVHN
-models (the paper's) and the demo models run; `--securitynet-budget backdoor.datasets=all` widens
-the selection. The `backdoor` budget shrinks the runs for a CPU (every row records what was used),
-and `backdoor.sequential=true` also times the one-label-at-a-time Neural Cleanse reference.
+The models are presumed clean, so every flag is a false positive; `false_positive_rates`
+(`results/tables.py`, also used by the report) turns a results file into Table 1 (per dataset
+family and detector). By default only CIFAR-10 and SVHN models (the paper's) and the demo models
+run; `--securitynet-budget backdoor.datasets=all` widens the selection. The `backdoor` budget
+shrinks the runs for a CPU (every row records what was used), and `backdoor.sequential=true` also
+times the one-label-at-a-time Neural Cleanse reference.
 See docs/backdoor-detection.md.
 """
 
@@ -27,10 +28,9 @@ import argparse
 import dataclasses
 import json
 import os
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pytest
 import torch
@@ -46,6 +46,8 @@ from pytest_securitynet.attacks.backdoor import (
 from pytest_securitynet.attacks.backdoor_neural_cleanse import ANOMALY_THRESHOLD
 from pytest_securitynet.harness.scaling import nc_epochs, scale_name
 from pytest_securitynet.harness.settings import budget
+from pytest_securitynet.results.spec import BenchmarkSpec, Metric
+from pytest_securitynet.results.tables import false_positive_rates
 
 BENCHMARK = "backdoor_detection.detection"
 DETECTORS = ("neural-cleanse", "strip", "neo")
@@ -59,6 +61,12 @@ NEO_SETTINGS = dict(n_blocks=200, flip_threshold=0.8, n_confirm=100)
 """SecurityNet's 200 blocks and 0.8; each candidate is pasted on 100 other test images."""
 NEO_MIN_BLOCK = 2
 """NEO's 4x4-per-32x32 block is 1 px on 8x8 digits, too small to cover a patch: use at least 2x2."""
+
+SPEC = BenchmarkSpec(
+    id=BENCHMARK, title="Backdoor detection", section="backdoor", short="backdoor", position=40, settings=DETECTORS,
+    metrics=(Metric("flagged", higher_is_better=False), Metric("score"), Metric("runtime_s", higher_is_better=False)),
+    highlights=("neural-cleanse flagged",),
+)
 
 
 @budget("backdoor")
@@ -134,7 +142,7 @@ def run_neural_cleanse(model, images: torch.Tensor, num_classes: int, budget: Bu
         attack_success=result.attack_success, epochs_run=result.epochs_run,
         trigger_label=label, trigger_png=Path(os.path.relpath(png, json_dir)).as_posix(),
         epochs=budget.nc_epochs, n_samples=min(budget.nc_samples, len(images)), batch_size=NC_BATCH_SIZE,
-        mode="batched",
+        mode="batched", phases=result.phases, attack_tflop_per_s=result.tflop_per_s,
     )
     if budget.sequential:
         reference = neural_cleanse_sequential(model, images, **settings)
@@ -163,7 +171,7 @@ def run_strip(model, images: torch.Tensor, budget: Budget, device, seed: int) ->
         runtime_s=result.runtime_s, threshold=result.verdict_threshold, flagged_fraction=result.flagged_fraction,
         boundary=result.boundary, expected_frr=result.expected_frr, n_inputs=result.n_inputs,
         n_calibration=len(result.clean_entropies), n_overlay_pool=len(pool) - len(result.clean_entropies),
-        n_overlays=result.n_overlays, blend=STRIP_SETTINGS["blend"],
+        n_overlays=result.n_overlays, blend=STRIP_SETTINGS["blend"], phases=result.phases,
     )
 
 
@@ -181,34 +189,12 @@ def run_neo(model, images: torch.Tensor, budget: Budget, device, seed: int) -> d
         runtime_s=result.runtime_s, threshold=1, confirmed_fraction=result.confirmed_fraction,
         n_confirmed=result.n_confirmed, candidate_fraction=result.candidate_fraction, n_inputs=result.n_inputs,
         n_blocks=result.n_blocks, block_size=result.block_size, n_clusters=3,
-        flip_threshold=NEO_SETTINGS["flip_threshold"], n_confirm=NEO_SETTINGS["n_confirm"],
+        flip_threshold=NEO_SETTINGS["flip_threshold"], n_confirm=NEO_SETTINGS["n_confirm"], phases=result.phases,
+        attack_tflop_per_s=result.tflop_per_s,
     )
 
 
 # --- Table 1 from a results file ---------------------------------------------------------------
-
-def false_positive_rates(rows: Iterable[dict[str, Any]],
-                         purpose: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    """`{family: {detector: {models, flagged, false_positive_rate, mean_runtime_s}}}` over passed rows.
-
-    Every model is presumed clean (SecurityNet §4.3), so the rate is flagged models / models.
-    `purpose="benchmark"` keeps the paper's selection (benchmark models only).
-    """
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for row in rows:
-        metrics = row.get("metrics") or {}
-        if (row.get("benchmark") == BENCHMARK and row.get("outcome") == "passed" and "flagged" in metrics
-                and purpose in (None, metrics.get("purpose"))):
-            groups[(metrics["dataset_family"], metrics["detector"])].append(metrics)
-    table: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for (family, detector), group in sorted(groups.items()):
-        flagged = sum(bool(m["flagged"]) for m in group)
-        table[family][detector] = {
-            "models": len(group), "flagged": flagged, "false_positive_rate": flagged / len(group),
-            "mean_runtime_s": sum(m["runtime_s"] for m in group) / len(group),
-        }
-    return dict(table)
-
 
 def main(argv: list[str] | None = None) -> None:
     """`python benchmarks/test_backdoor_detection.py RESULTS.json [--purpose benchmark]`: print Table 1."""
@@ -219,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = json.loads(Path(args.results).read_text(encoding="utf-8"))["results"]
     print(f"{'dataset':<12} {'detector':<16} {'models':>6} {'flagged':>7} {'FPR':>7} {'mean runtime':>13}")
-    for family, detectors in false_positive_rates(rows, args.purpose).items():
+    for family, detectors in false_positive_rates(rows, args.purpose, BENCHMARK).items():
         for detector, cell in detectors.items():
             print(f"{family:<12} {detector:<16} {cell['models']:>6} {cell['flagged']:>7} "
                   f"{cell['false_positive_rate']:>7.1%} {cell['mean_runtime_s']:>12.1f}s")

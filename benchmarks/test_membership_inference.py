@@ -13,6 +13,20 @@ import pytest
 import torch
 
 from pytest_securitynet.attacks.membership import ATTACKS, run_membership_attacks
+from pytest_securitynet.results.spec import BenchmarkSpec, Metric
+
+# Tolerances: 0.01 against a re-run, 0.02 for TPR at a low FPR (few samples); AUC 0.03 against the
+# database's numbers (other samples and seeds). See docs/regression.md.
+SPEC = BenchmarkSpec(
+    id="membership_inference.membership_inference", title="Membership inference", section="membership",
+    short="membership", position=30, settings=ATTACKS, main_setting="mentropy-global",
+    metrics=(Metric("auc", higher_is_better=True, baseline=0.01, reported=0.03),
+             Metric("tpr_at_fpr_1e-2", higher_is_better=True, baseline=0.02),
+             *(Metric(name, headline=False, baseline=tolerance) for name, tolerance in (
+                 ("tpr_at_fpr_1e-3", 0.02), ("balanced_accuracy", 0.01), ("best_balanced_accuracy", 0.01),
+                 ("member_accuracy", 0.01), ("nonmember_accuracy", 0.01), ("overfit_gap", 0.01)))),
+    highlights=("auc", "mlp-top3 auc"),
+)
 
 
 def accuracy(posteriors: torch.Tensor, labels: torch.Tensor) -> float:

@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+from pytest_securitynet.results.spec import BenchmarkSpec, Metric
+
+# Tolerances: a re-run differs by floating point only (0.01); the database's numbers come from
+# other samples and code (accuracies 0.02, the gap 0.03). See docs/regression.md.
+SPEC = BenchmarkSpec(
+    id="task_performance.accuracy", title="Task performance", section="task", short="task", position=10,
+    metrics=(Metric("test_accuracy", higher_is_better=True, baseline=0.01, reported=0.02),
+             Metric("train_accuracy", higher_is_better=True, baseline=0.01, reported=0.02),
+             Metric("overfit_gap", baseline=0.01, reported=0.03)),
+    highlights=("test_accuracy", "overfit_gap"),
+)
+
 
 def top1_accuracy(target, data) -> float:
     return (target.predict(data).cpu() == data.labels).float().mean().item()

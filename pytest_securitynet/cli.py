@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Sequence
 
 from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, catalog_paths, load_catalog
+from pytest_securitynet.bench import add_bench_parser
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.harness.settings import settings_from
 from pytest_securitynet.results.merge import merge_files
 from pytest_securitynet.report.cli import add_report_parser
+from pytest_securitynet.sweep.cli import add_sweep_parser
 
 DEFAULT_CSV = BUILTIN_CATALOG.parent.parent / "shared" / "reference" / "securitynet-models.csv"
 
@@ -36,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="securitynet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_report_parser(sub)
+    add_bench_parser(sub)
     catalog = sub.add_parser("catalog", help="list, show, validate, import, annotate, count or prefetch catalog entries")
     actions = catalog.add_subparsers(dest="action", required=True)
 
@@ -90,9 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_catalog_option(prefetch)
     prefetch.set_defaults(run=_prefetch)
     merge = sub.add_parser("merge", help="merge results files (shards of one sweep) into one, by row key")
-    merge.add_argument("files", nargs="+", type=Path, help="results files written by pytest-securitynet")
-    merge.add_argument("-o", "--out", type=Path, required=True, help="the merged results file to write")
+    merge.add_argument("files", nargs="+", type=Path,
+                       help="results files written by pytest-securitynet, or one sweep directory (its shards)")
+    merge.add_argument("-o", "--out", type=Path, default=None,
+                       help="the merged results file to write (required for files; for a sweep directory: DIR/results.json)")
     merge.set_defaults(run=_merge)
+    add_sweep_parser(sub)
     return parser
 
 
@@ -242,9 +248,18 @@ def _prefetch(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
+    from pytest_securitynet.sweep.status import sweep_results
+
+    files, out = list(args.files), args.out
     try:
-        merged = merge_files(args.files, args.out)
-    except (OSError, ValueError) as exc:
+        if len(files) == 1 and files[0].is_dir():
+            files, out = sweep_results(files[0]), out or files[0] / "results.json"
+        if out is None:
+            print("securitynet merge: -o/--out is required when merging files", file=sys.stderr)
+            return 2
+        merged = merge_files(files, out)
+        args.out = out
+    except (OSError, ValueError, SecurityNetError) as exc:
         print(f"securitynet merge: {exc}", file=sys.stderr)
         return 2
     for conflict in merged.conflicts:

@@ -6,6 +6,7 @@ each detector must flag the backdoor where it should and stay quiet where it sho
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -33,7 +34,11 @@ from pytest_securitynet.attacks.backdoor import (
     train_classifier,
     trigger_images_uint8,
 )
-from pytest_securitynet.attacks.backdoor_neural_cleanse import NeuralCleanseSchedule, _CostSchedule
+from pytest_securitynet.attacks.backdoor_nc_schedule import CostSchedule, NeuralCleanseSchedule
+from pytest_securitynet.attacks.backdoor_strip import _split_clean_pool, strip_entropies
+from pytest_securitynet.attacks.common import sample_index
+
+from work_counts import count_work
 
 logger = logging.getLogger(__name__)
 
@@ -178,20 +183,20 @@ def test_mad_anomaly_index_known_answer() -> None:
 
 def test_cost_schedule_follows_reference_trace() -> None:
     settings = NeuralCleanseSchedule()
-    schedule = _CostSchedule(2, settings)
-    reg = np.array([10.0, 10.0])
+    schedule = CostSchedule(2, settings)
+    reg = torch.tensor([10.0, 10.0])
     costs = []
     for epoch in range(26):
-        success = np.array([1.0 if epoch < 9 else 0.5, 0.0])
+        success = torch.tensor([1.0 if epoch < 9 else 0.5, 0.0])
         schedule.update(success, reg)
-        costs.append(schedule.cost[0])
+        costs.append(schedule.cost[0].item())
     # cost stays 0 until 5 successful epochs, then init_cost; 4 more -> x1.5; 5 failures -> /1.5**1.5
     assert costs[3] == 0 and costs[4] == pytest.approx(1e-3)
     assert costs[8] == pytest.approx(1.5e-3)
     assert costs[13] == pytest.approx(1.5e-3 / 1.5**1.5)
     # best norm found at epoch 0 and never improved: stop after 25 stale epochs (both flags set)
     assert schedule.active.tolist() == [False, True]
-    assert schedule.reg_best[0] == 10.0 and np.isinf(schedule.reg_best[1])
+    assert schedule.reg_best[0] == 10.0 and torch.isinf(schedule.reg_best[1])
     assert schedule.cost[1] == 0, "a label whose trigger never works keeps lambda at 0"
 
 
@@ -235,6 +240,56 @@ def test_batched_neural_cleanse_matches_sequential(models: Models, digits: Digit
     assert batched.suspect_label == sequential.suspect_label == TARGET
     torch.testing.assert_close(batched.masks, sequential.masks, atol=1e-4, rtol=0)
     assert batched.epochs_run == sequential.epochs_run
+
+
+def test_neural_cleanse_bf16_keeps_the_verdict(models: Models, digits: Digits) -> None:
+    """bf16 autocast (the CUDA default) against the fp32 reference, on the CPU: same verdict and suspect,
+    suspect anomaly index within 10% and the suspect's and median mask norms within 5%."""
+    common = dict(num_classes=10, n_samples=256, device="cpu", seed=0)
+    for model in (models.poisoned, models.clean):
+        reference = neural_cleanse(model, digits.test_x, amp=False, **common)
+        fast = neural_cleanse(model, digits.test_x, amp=True, channels_last=True, **common)
+        logger.info("NC fp32 %.3f vs bf16 %.3f", reference.suspect_anomaly_index, fast.suspect_anomaly_index)
+        assert fast.amp == "bfloat16" and reference.amp is None and fast.channels_last
+        assert (fast.flagged, fast.suspect_label) == (reference.flagged, reference.suspect_label)
+        assert fast.suspect_anomaly_index == pytest.approx(reference.suspect_anomaly_index, rel=0.10)
+        suspect = reference.labels.index(reference.suspect_label)
+        assert fast.mask_norms[suspect] == pytest.approx(reference.mask_norms[suspect], rel=0.05)
+        assert np.median(fast.mask_norms) == pytest.approx(np.median(reference.mask_norms), rel=0.05)
+    assert reference.flagged is False and fast.flagged is False  # the clean model, last in the loop
+
+
+def test_neural_cleanse_work_per_step(models: Models, digits: Digits) -> None:
+    """Batched: one forward and one backward pass of labels x images per step and no host read
+    inside an epoch (one per epoch: whether any label still runs). The reference: one pass per label."""
+    common = dict(num_classes=10, n_samples=96, batch_size=32, device="cpu", seed=0)  # 3 steps an epoch
+    counts = {}
+    for epochs in (2, 4):
+        with count_work(models.poisoned) as counts[epochs]:
+            result = neural_cleanse(models.poisoned, digits.test_x, epochs=epochs, **common)
+        assert result.images_forwarded == epochs * 96 * 10
+    extra = {k: getattr(counts[4], k) - getattr(counts[2], k)
+             for k in ("forward_calls", "forward_images", "backward_passes", "host_syncs")}
+    assert extra == {"forward_calls": 6, "forward_images": 6 * 320, "backward_passes": 6, "host_syncs": 2}
+    assert counts[2].syncs["scalar read"] == 2
+    with count_work(models.poisoned) as sequential:
+        neural_cleanse_sequential(models.poisoned, digits.test_x, epochs=2, **common)
+    assert sequential.forward_calls == 10 * counts[2].forward_calls
+    assert sequential.forward_images == counts[2].forward_images
+
+
+def test_neural_cleanse_result_records_its_settings(nc_poisoned) -> None:
+    record = nc_poisoned.as_record()
+    assert json.loads(json.dumps(record)) == record
+    assert "masks" not in record and "patterns" not in record
+    assert record["epochs"] == 50 and record["batch_size"] == 32 and record["n_samples"] == 597
+    assert record["schedule"]["lr"] == 0.1 and record["mode"] == "batched"
+    assert record["amp"] is None and record["cuda_graph"] is False
+    assert set(record["phases"]) == {"setup", "attack", "evaluation"}
+    assert record["runtime_s"] == pytest.approx(sum(record["phases"].values()))
+    # The digits CNN: two 3x3 convolutions and a linear layer; forward + input gradient per image.
+    assert record["flops"] == pytest.approx(record["images_forwarded"] * 2 * (2 * 9 * 8 * 64 + 2 * 9 * 8 * 16 * 16
+                                                                                + 2 * 64 * 10), rel=0.02)
 
 
 def test_neural_cleanse_label_subset(models: Models, digits: Digits) -> None:
@@ -296,6 +351,44 @@ def test_strip_clean_model_ignores_trigger(models: Models, strip_split) -> None:
     assert not result.flagged
 
 
+def test_strip_one_pass_equals_two_reference_passes(models: Models, strip_split) -> None:
+    """The single batched pass gives the entropies of the two-pass reference (calibration inputs,
+    then scored inputs, each with its own overlay draw) and runs every blended image once, in
+    full passes, with a fixed number of host reads."""
+    scored, triggered, pool = strip_split
+    with count_work(models.poisoned) as count:
+        result = strip(models.poisoned, scored, pool, frr=0.05, device="cpu", seed=0, inputs_to_score=triggered,
+                       batch_size=1000)
+    generator = torch.Generator().manual_seed(0)
+    reference_scored = triggered[sample_index(len(triggered), 2000, generator)]
+    calibration, overlays = _split_clean_pool(pool, 2000, generator)
+    two_pass = dict(n_overlays=10, blend="add", generator=generator, device="cpu", batch_size=100)
+    torch.testing.assert_close(result.clean_entropies, strip_entropies(models.poisoned, calibration, overlays, **two_pass),
+                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(result.entropies, strip_entropies(models.poisoned, reference_scored, overlays, **two_pass),
+                               rtol=0, atol=1e-6)
+    n_images = 10 * (len(calibration) + len(reference_scored))
+    assert count.forward_images == result.images_forwarded == n_images
+    assert count.forward_calls == -(-(len(calibration) + len(reference_scored)) // 100)  # 100 inputs x 10 overlays
+    assert count.host_syncs <= 4
+    assert set(result.phases) == {"setup", "attack", "evaluation"}
+    record = result.as_record()
+    assert json.loads(json.dumps(record)) == record and "entropies" not in record
+    assert record["n_overlays"] == 10 and record["blend"] == "add" and record["images_per_forward"] == 1000
+
+
+def test_strip_bf16_keeps_the_verdict(models: Models, strip_split) -> None:
+    """bf16 autocast (the CUDA default) against fp32: same verdicts, flagged fraction within 0.01 and
+    entropies within 0.05 bits."""
+    scored, triggered, pool = strip_split
+    for inputs in (None, triggered):
+        reference = strip(models.poisoned, scored, pool, frr=0.05, device="cpu", seed=0, inputs_to_score=inputs)
+        bf16 = strip(models.poisoned, scored, pool, frr=0.05, device="cpu", seed=0, inputs_to_score=inputs, amp=True)
+        assert bf16.amp == "bfloat16" and bf16.flagged == reference.flagged
+        assert bf16.flagged_fraction == pytest.approx(reference.flagged_fraction, abs=0.01)
+        torch.testing.assert_close(bf16.entropies, reference.entropies, rtol=0, atol=0.05)
+
+
 # --- NEO -----------------------------------------------------------------------------------
 
 
@@ -330,3 +423,39 @@ def test_neo_clean_model_ignores_trigger(models: Models, digits: Digits, trigger
     result = neo(models.clean, digits.test_x, inputs_to_score=triggered_test, n_inputs=300,
                  block_size=PATCH, device="cpu", seed=0)
     assert result.confirmed_fraction < 0.01
+
+
+def test_neo_fast_paths_keep_the_verdict(models: Models, digits: Digits, triggered_test) -> None:
+    """bf16 autocast (the CUDA default) and the round-by-round search against the fp32 exhaustive
+    reference: same verdict, confirmed fraction within 0.02 (bf16) and 0.05 (rounds of 10 blocks)."""
+    common = dict(n_inputs=150, block_size=PATCH, device="cpu", seed=0)
+    for model, inputs in ((models.poisoned, triggered_test), (models.clean, triggered_test), (models.poisoned, None)):
+        reference = neo(model, digits.test_x, inputs_to_score=inputs, amp=False, **common)
+        bf16 = neo(model, digits.test_x, inputs_to_score=inputs, amp=True, **common)
+        rounds = neo(model, digits.test_x, inputs_to_score=inputs, blocks_per_round=10, **common)
+        assert reference.blocks_per_round == reference.n_blocks == 49 and bf16.amp == "bfloat16"
+        assert bf16.flagged == rounds.flagged == reference.flagged
+        assert bf16.confirmed_fraction == pytest.approx(reference.confirmed_fraction, abs=0.02)
+        assert rounds.confirmed_fraction == pytest.approx(reference.confirmed_fraction, abs=0.05)
+        assert rounds.blocks_probed < reference.blocks_probed == 150 * 49
+
+
+def test_neo_batches_inputs(models: Models, digits: Digits, triggered_test) -> None:
+    """Candidate blocks of all inputs share forward passes: the pass count and the host reads do not
+    grow with the number of inputs (the one-chunk-of-10-inputs-at-a-time version made 76 passes and
+    678 host reads for 300 inputs)."""
+    counts = {}
+    for n in (150, 300):
+        with count_work(models.poisoned) as counts[n]:
+            result = neo(models.poisoned, digits.test_x, inputs_to_score=triggered_test, n_inputs=n,
+                         block_size=PATCH, device="cpu", seed=0)
+        assert counts[n].forward_images == result.images_forwarded
+    assert counts[300].forward_calls <= 8 and counts[300].host_syncs <= 20
+    assert counts[150].host_syncs == counts[300].host_syncs
+    record = result.as_record()
+    assert json.loads(json.dumps(record)) == record and "confirmed" not in record
+    assert record["n_confirm"] == 100 and record["flip_threshold"] == 0.8 and record["blocks_per_round"] == 49
+    assert set(record["phases"]) == {"setup", "attack"} and record["flops"] > 0
+    confirmations, rest = divmod(counts[300].forward_images - (len(digits.test_x) + 300 + 300 * 49), 100)
+    assert rest == 0 and 0.8 * 300 <= confirmations <= 3 * 300  # at most 3 candidates, 100 images each
+

@@ -42,8 +42,9 @@ BENCHMARK_FILE = BENCHMARKS / "test_backdoor_detection.py"
 TARGET, PATCH, POISON_FRACTION = 7, 2, 0.05
 MODEL_SEED = 3
 """Seed of both models' initialisation and data order. With it Neural Cleanse finds the backdoor
-(anomaly index 3.42, label 7) and the twin is quiet (0.75); it gave the same figures on every
-install it was run on, which not all seeds did (docs/backdoor-detection.md)."""
+(anomaly index 3.45, label 7; 3.42 before the fused Adam step of the batched problem) and the twin
+is quiet (0.75); it gave the same figures on every install it was run on, which not all seeds did
+(docs/backdoor-detection.md)."""
 TRAIN = dict(epochs=30, lr=3e-3, batch_size=64, device="cpu", seed=MODEL_SEED)
 WIDTH = 8
 POISONED, TWIN = "digits-badnets-ka", "digits-clean-twin-ka"
@@ -164,7 +165,7 @@ def test_benchmark_flags_badnets_model_and_spares_its_twin(pytester, monkeypatch
 
     found, quiet = rows[(POISONED, "neural-cleanse")]["metrics"], rows[(TWIN, "neural-cleanse")]["metrics"]
     assert found["flagged"] and found["flagged_labels"][0] == found["suspect_label"] == found["trigger_label"] == TARGET
-    assert found["score"] == found["anomaly_index"] > bench.ANOMALY_THRESHOLD  # measured: 3.42
+    assert found["score"] == found["anomaly_index"] > bench.ANOMALY_THRESHOLD
     assert (found["epochs"], found["n_samples"], found["mode"], found["scale"]) == (20, 899, "batched", "small")
     assert not quiet["flagged"] and quiet["flagged_labels"] == [] and quiet["anomaly_index"] < 1.5  # measured: 0.75
     for metrics in (found, quiet):
@@ -220,7 +221,7 @@ def test_neo_on_triggered_inputs(models, bench, which):
     result = neo(getattr(models, which), test_x, inputs_to_score=triggered(test_x, test_y), n_inputs=INPUTS,
                  block_size=bench.neo_block_size(test_x.shape[-2]), device="cpu", seed=0, **bench.NEO_SETTINGS)
     if which == "poisoned":
-        assert result.flagged and result.confirmed_fraction > 0.9  # measured: 0.98
+        assert result.flagged and result.confirmed_fraction > 0.9  # measured: 0.99
         found = result.trigger_positions[result.confirmed]
         assert (found == 8 - PATCH).all(dim=1).float().mean() > 0.9, "confirmed blocks sit on the patch"
     else:

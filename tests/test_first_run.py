@@ -19,6 +19,7 @@ import pytest
 import torch
 from _pytest.mark.expression import Expression
 
+from pytest_securitynet.attacks.surrogates import build_surrogate
 from pytest_securitynet.catalog import entries
 from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, load_catalog
 from pytest_securitynet.catalog.stats import normalise_countries, records, panel_counts, PANELS
@@ -78,12 +79,13 @@ def test_the_rule_keeps_the_paper_for_its_datasets_and_shrinks_small_data():
     assert nc_epochs((1, 8, 8), 898) == 20 and nc_epochs((1, 8, 8), 898, requested=3) == 3
     forced = surrogate_plan((1, 8, 8), 898, surrogate="wrn50_2", epochs=2)
     assert (forced.surrogate, forced.epochs, forced.steal_kwargs()["surrogate"]) == ("wrn50_2", 2, "wrn50_2")
-    assert callable(digits.steal_kwargs()["surrogate"])
+    assert digits.recipe_kwargs() == {"architecture": "small-cnn", "epochs": 20, "batch_size": 32, "scale_lr": False}
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 16, 16), (1, 13, 11)])
 def test_small_cnn_takes_unit_images_of_any_small_size(shape):
-    net = SmallCNN(num_classes=7, in_channels=shape[0]).eval()
+    net = build_surrogate("small-cnn", 7, shape[-1], shape[0]).eval()
+    assert isinstance(net[1], SmallCNN)
     out = net(torch.rand(2, *shape))
     assert out.shape == (2, 7) and torch.isfinite(out).all()
     assert sum(p.numel() for p in net.parameters()) < 30_000  # against 11M for the CIFAR ResNet-18

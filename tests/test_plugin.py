@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, load_catalog
+from pytest_securitynet.results.rows import load_results
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "adding-an-attack.md"
@@ -104,7 +105,8 @@ def test_a_killed_run_leaves_valid_json_with_every_finished_row(pytester, bench)
     (pytester.path / "benchmarks" / "test_crash.py").write_text(CRASHING)
     result = bench("benchmarks/test_crash.py", "-k", "demo", subprocess=True)
     assert result.ret != 0
-    doc = json.loads((pytester.path / "out.json").read_text())
+    json.loads((pytester.path / "out.json").read_text())  # valid JSON; rows since its last compaction are in the journal
+    doc = load_results(pytester.path / "out.json")
     finished = {(r["model"], r["benchmark"]) for r in doc["results"]}
     # Tests run model by model: both of the CNN's, then the overfit model's first, then the kill.
     assert finished == {("demo-digits-cnn", "crash.first"), ("demo-digits-cnn", "crash.second"),
@@ -132,7 +134,7 @@ def test_missing_file_offline_fails_at_once_naming_file_and_url(pytester, bench,
     monkeypatch.delenv("SECURITYNET_MIRROR", raising=False)
     result = bench("benchmarks", "-k", "resnet20 and akamaster", "--securitynet-offline", f"--securitynet-cache={tmp_path}")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*missing file 'resnet20-12fca82f.th': offline mode is on*"
+    result.stdout.fnmatch_lines(["*missing file 'resnet20-12fca82f.th' (weights of cifar10-resnet20-akamaster): offline mode is on*"
                                  "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/resnet20-12fca82f.th*"])
     row = rows(pytester)[0]
     assert row["outcome"] == "error" and "offline mode is on" in row["message"]

@@ -12,15 +12,16 @@ import torch
 
 import pytest_securitynet.plugin.hooks
 from pytest_securitynet.results.regression import (
-    BASELINE_TOLERANCES, REPORTED, REPORTED_TOLERANCES, Drift, baseline_document, compare, format_table,
-    load_reference, load_reported, parse_tolerances, tolerances_for, write_baseline,
+    REPORTED, Drift, baseline_document, compare, format_table, load_reference, load_reported, parse_tolerances,
+    tolerances_for, write_baseline,
 )
 from pytest_securitynet.results.rows import SCHEMA
+from pytest_securitynet.results.spec import BASELINE, BenchmarkSpec, Metric, builtin_specs
 
 from conftest import AKAMASTER_DIR, DATA_DIR, needs_shared
 
 REPO = Path(__file__).resolve().parents[1]
-BASELINE = REPO / "baselines" / "akamaster-resnet20-cifar10-jpeg.json"
+BASELINE_FILE = REPO / "baselines" / "akamaster-resnet20-cifar10-jpeg.json"
 MODEL = "cifar10-resnet20-akamaster"
 SELECTION = "resnet20 and akamaster and (accuracy or correctness or mentropy or entropy or confidence or loss)"
 LIMIT = "1000"
@@ -60,20 +61,43 @@ def test_wildcard_tolerance_covers_every_other_metric_and_overrides_win():
             parse_tolerances([bad])
 
 
-def test_defaults_are_wider_against_reported_numbers_than_against_a_rerun(tmp_path):
+def test_tolerances_come_from_the_benchmark_spec_per_kind_of_reference(tmp_path):
     reported = load_reported()
     rerun = load_reference(write_baseline(tmp_path / "b.json", [row(test_accuracy=0.8)]))
-    assert tolerances_for(reported) == REPORTED_TOLERANCES and tolerances_for(rerun) == BASELINE_TOLERANCES
-    for metric, tolerance in REPORTED_TOLERANCES.items():
-        assert tolerance >= BASELINE_TOLERANCES[metric]
-    assert tolerances_for(rerun, {"auc": 0.5})["auc"] == 0.5
+    task = builtin_specs()["task_performance.accuracy"]
+    assert tolerances_for(rerun, task) == {"test_accuracy": 0.01, "train_accuracy": 0.01, "overfit_gap": 0.01}
+    assert tolerances_for(reported, task) == {"test_accuracy": 0.02, "train_accuracy": 0.02, "overfit_gap": 0.03}
+    assert tolerances_for(rerun, task, {"auc": 0.5, "test_accuracy": 0.2}) == {
+        "test_accuracy": 0.2, "train_accuracy": 0.01, "overfit_gap": 0.01, "auc": 0.5}  # the option wins
+    assert tolerances_for(rerun, None) == {} and tolerances_for(rerun, None, {"*": 0.1}) == {"*": 0.1}
+    for spec in builtin_specs().values():  # the database's numbers are never held closer than a re-run
+        for metric, tolerance in spec.tolerances(REPORTED).items():
+            assert tolerance >= spec.tolerances(BASELINE)[metric], (spec.id, metric)
+    # One metric name, two benchmarks, two meanings: the MIA row's gap is members minus non-members,
+    # which the database does not report, so only the task benchmark's is compared with it.
+    mia = builtin_specs()["membership_inference.membership_inference"]
+    assert "overfit_gap" in task.tolerances(REPORTED) and "overfit_gap" not in mia.tolerances(REPORTED)
+    assert mia.tolerances(BASELINE)["tpr_at_fpr_1e-3"] == 0.02
+
+
+def test_a_specs_tolerances_decide_what_is_compared():
+    spec = BenchmarkSpec(id="gap.gap", title="Gap", metrics=[Metric("gap", baseline=0.05), "queries"])
+    tolerances = spec.tolerances(BASELINE)
+    assert tolerances == {"gap": 0.05}  # `queries` is shown, never compared
+    drifts = compare({"gap": 0.30, "queries": 7}, {"gap": 0.20, "queries": 9}, tolerances)
+    assert [(d.metric, d.ok) for d in drifts] == [("gap", False)]
+    assert [d.ok for d in compare({"gap": 0.24}, {"gap": 0.20}, tolerances)] == [True]
 
 
 def test_baseline_keeps_passed_rows_and_loads_as_a_reference(tmp_path):
     rows = [row(test_accuracy=0.8, overfit_gap=0.05, label="text"), row(model="bad", outcome="failed", test_accuracy=0.1)]
-    doc = baseline_document(rows, {"argv": ["pytest"], "settings": {"limit": 1000}, "versions": {}})
+    specs = {"task_performance.accuracy": {"id": "task_performance.accuracy", "title": "Task"},
+             "other.benchmark": {"id": "other.benchmark", "title": "no rows"}}
+    doc = baseline_document(rows, {"argv": ["pytest"], "settings": {"limit": 1000}, "versions": {}}, specs)
     assert doc["schema"] == SCHEMA and [r["model"] for r in doc["results"]] == ["m"]
-    ref = load_reference(write_baseline(tmp_path / "b.json", rows))
+    assert list(doc["benchmarks"]) == ["task_performance.accuracy"]  # the specs of the rows kept
+    ref = load_reference(write_baseline(tmp_path / "b.json", rows, benchmarks=specs))
+    assert list(ref.benchmarks) == ["task_performance.accuracy"]
     assert ref.kind == "results" and set(ref.rows) == {("m", "task_performance.accuracy", "default")}
     assert ref.get("m", "task_performance.accuracy", "default") == {"test_accuracy": 0.8, "overfit_gap": 0.05}
     assert ref.context[("m", "task_performance.accuracy", "default")]["dataset_source"] == "cifar10-jpeg"
@@ -114,7 +138,7 @@ def test_table_shows_measured_reference_and_marks_drifts():
 # --- the committed baseline and a real run ----------------------------------------------------
 
 def test_committed_baseline_holds_the_ci_regression():
-    ref = load_reference(BASELINE)
+    ref = load_reference(BASELINE_FILE)
     assert {key[0] for key in ref.rows} == {MODEL}
     settings = {key[2] for key in ref.rows if key[1] == "membership_inference.membership_inference"}
     assert "correctness" in settings and "mentropy-global" in settings and not any("mlp" in s for s in settings)
@@ -146,12 +170,14 @@ def regression_run(pytester, cache_dir, monkeypatch):
 @pytest.mark.slow
 def test_real_model_matches_its_baseline_and_a_save_reproduces_it(pytester, regression_run):
     saved = pytester.path / "again.json"
-    result = regression_run(SELECTION, f"--securitynet-compare={BASELINE}", f"--securitynet-save-baseline={saved}")
+    result = regression_run(SELECTION, f"--securitynet-compare={BASELINE_FILE}", f"--securitynet-save-baseline={saved}")
     result.assert_outcomes(passed=9)
     result.stdout.fnmatch_lines(["*9 test(s) compared, 0 drifted*"])
     again = load_reference(saved)  # the baseline written by this run agrees with the committed one
-    for key, metrics in load_reference(BASELINE).rows.items():
-        drifts = compare(again.rows[key], metrics, BASELINE_TOLERANCES)
+    assert set(again.benchmarks) == {"task_performance.accuracy", "membership_inference.membership_inference"}
+    committed = load_reference(BASELINE_FILE)
+    for key, metrics in committed.rows.items():
+        drifts = compare(again.rows[key], metrics, tolerances_for(committed, builtin_specs()[key[1]]))
         assert drifts and all(d.ok for d in drifts), key
 
 
@@ -173,7 +199,7 @@ def test_a_model_with_a_shuffled_final_layer_fails_with_the_table(pytester, regr
     catalog = tmp_path / "broken.toml"
     catalog.write_text('[[models]]\nsource = "file:resnet20-shuffled.th"\n' + broken)
     # The baseline says what ResNet-20 measured; the broken copy is held to the same numbers.
-    doc = json.loads(BASELINE.read_text())
+    doc = json.loads(BASELINE_FILE.read_text())
     for result_row in doc["results"]:
         result_row["model"] = "cifar10-resnet20-shuffled"
     baseline = tmp_path / "baseline.json"

@@ -13,12 +13,16 @@ import subprocess
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 from PIL import Image
 
 from pytest_securitynet.report import build_report
 from pytest_securitynet.report.cli import add_report_parser, main
-from pytest_securitynet.report.figures import pearson
+from pytest_securitynet.report import figures
+from pytest_securitynet.report.figures import pearson, scatter_groups, strip_by_category
+from pytest_securitynet.report.points import MAX_IDENTIFIED, short_ids
 from pytest_securitynet.results.merge import load_and_merge
 from pytest_securitynet.results.rows import SCHEMA
 
@@ -273,6 +277,124 @@ def test_embedded_page_has_no_external_images(tmp_path):
                           embed=True, dpi=DPI)
     page = report.index.read_text(encoding="utf-8")
     assert 'src="data:image/png;base64,' in page and 'src="stealing' not in page
+
+
+# --- readability with few models ----------------------------------------------------------------
+
+def axes_texts(ax) -> dict[str, list[str]]:
+    """The words an axes shows: its title, its legend entries and its point labels."""
+    legend = ax.get_legend()
+    return {"title": [ax.get_title()], "legend": [t.get_text() for t in legend.get_texts()] if legend else [],
+            "points": [t.get_text() for t in ax.texts]}
+
+
+def outside_axes(fig) -> list[str]:
+    """Point labels whose drawn extent leaves their axes (after the figure is laid out)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    out = []
+    for ax in fig.axes:
+        box = ax.get_window_extent(renderer)
+        for text in ax.texts:
+            ext = text.get_window_extent(renderer)
+            if ext.x0 < box.x0 - 0.5 or ext.x1 > box.x1 + 0.5 or ext.y0 < box.y0 - 0.5 or ext.y1 > box.y1 + 0.5:
+                out.append(text.get_text())
+    return out
+
+
+def test_correlation_label_needs_three_points():
+    assert pearson([0.1, 0.9], [0.2, 0.8]).label() is None  # n = 2: no r at all
+    assert pearson([1, 2, 3], [2, 4, 7]).label().startswith("r = 0.99")
+    assert pearson([1, 2, 3], [2, 4, 7]).label().endswith("(n = 3)")
+    assert pearson([1, 1, 1], [1, 2, 3]).label() is None  # no spread
+    pooled = pearson([0.7, 0.7, 0.7, 0.9, 0.9, 0.9], [0.1, 0.2, 0.3, 0.5, 0.6, 0.8])  # two models, 3 settings
+    assert pooled.n == 6 and pooled.r > 0.85 and pooled.label() is None
+
+
+def test_short_ids_drop_the_shared_words():
+    assert short_ids(["demo-digits-cnn", "demo-digits-rbf-overfit"]) == {"demo-digits-cnn": "cnn",
+                                                                         "demo-digits-rbf-overfit": "rbf-overfit"}
+    assert short_ids(["cifar10-resnet20-akamaster", "cifar10-resnet32-akamaster"]) == {
+        "cifar10-resnet20-akamaster": "resnet20", "cifar10-resnet32-akamaster": "resnet32"}
+    assert short_ids(["a-b", "a-b-c"]) == {"a-b": "b", "a-b-c": "b-c"}  # each keeps at least one word
+    assert short_ids(["only-one-model"]) == {"only-one-model": "only-one-model"}
+    assert short_ids(["x-" + "long" * 10, "x-y"])["x-" + "long" * 10].endswith("…")
+
+
+def test_few_models_get_markers_labels_and_a_legend_inside_the_axes():
+    # two points at the top-right corner with long ids: their labels must turn inwards
+    frame = pd.DataFrame({"model": ["zoo-left-model", "zoo-rightmost-model-with-a-long-id", "zoo-top-right"],
+                          "x": [0.0, 1.0, 0.98], "y": [0.0, 1.0, 0.97]})
+    fig, axes = figures.panels(2, panel=(3.0, 2.5))
+    two = scatter_groups(axes[0], frame.iloc[:2], "x", "y", None, xlabel="x", ylabel="y", title="two")
+    three = scatter_groups(axes[1], frame, "x", "y", None, xlabel="x", ylabel="y", title="three")
+    assert two["all"].n == 2 and three["all"].n == 3
+    shown = axes_texts(axes[0])
+    assert shown["title"] == ["two"]  # no r with two points
+    assert shown["legend"] == ["zoo-left-model", "zoo-rightmost-model-with-a-long-id"]
+    assert shown["points"] == ["left-model", "rightmost-model-w…"]
+    assert axes_texts(axes[1])["title"][0].startswith("three\nr = ")
+    assert axes_texts(axes[1])["points"] == ["left-model", "rightmost-model-w…", "top-right"]
+    markers = [h.get_marker() for h in axes[1].get_legend().legend_handles]
+    assert len(set(markers)) == 3
+    assert outside_axes(fig) == []
+    plt.close(fig)
+
+
+def test_many_models_are_neither_labelled_nor_listed():
+    n = MAX_IDENTIFIED + 1
+    frame = pd.DataFrame({"model": [f"m{i}" for i in range(n)], "x": range(n), "y": range(n)})
+    fig, axes = figures.panels(1)
+    scatter_groups(axes[0], frame, "x", "y", None, xlabel="x", ylabel="y", title="many")
+    assert axes_texts(axes[0]) == {"title": [f"many\nr = 1.000 (n = {n})"], "legend": [], "points": []}
+    plt.close(fig)
+
+
+def test_strip_tells_few_models_apart():
+    frame = pd.DataFrame({"model": ["a-1", "a-2"] * 3, "setting": ["s1", "s1", "s2", "s2", "s3", "s3"],
+                          "value": [0.5, 0.5, 0.6, 0.7, 0.9, 0.9]})
+    fig, axes = figures.panels(2)
+    strip_by_category(axes[0], frame, "setting", "value", xlabel="setting", ylabel="value", title="few",
+                      connect="model", identify="model")
+    assert axes_texts(axes[0])["legend"] == ["a-1", "a-2"]
+    points = [c.get_offsets() for c in axes[0].collections]
+    assert len(points) == 2 and all(len(p) == 3 for p in points)  # one series per model
+    assert all(points[0][:, 0] < points[1][:, 0])  # side by side: equal values do not hide each other
+    lines = [line.get_color() for line in axes[0].get_lines()]
+    assert len(lines) == 2 and lines[0] != lines[1]  # each model's line in its own colour
+    many = pd.DataFrame({"model": [f"m{i}" for i in range(MAX_IDENTIFIED + 1)], "setting": "s1", "value": 0.5})
+    strip_by_category(axes[1], many, "setting", "value", xlabel="setting", ylabel="value", title="many",
+                      identify="model")
+    assert axes[1].get_legend() is None
+    plt.close(fig)
+
+
+def test_two_model_report_shows_no_r_and_names_its_points(tmp_path, monkeypatch):
+    """Every figure of a two-model report, inspected before it is saved."""
+    seen: dict[str, list[dict]] = {}
+    outside: dict[str, list[str]] = {}
+    save = figures.save
+
+    def inspect(fig, path, title, dpi=figures.DPI):
+        seen[Path(path).stem] = [axes_texts(ax) for ax in fig.axes if ax.get_visible()]
+        outside[Path(path).stem] = outside_axes(fig)
+        return save(fig, path, title, dpi)
+
+    monkeypatch.setattr(figures, "save", inspect)
+    rows, models = full_rows(tmp_path)
+    keep = {"model-0", "model-1"}
+    rows = [r for r in rows if r["model"] in keep]
+    build_report([write_doc(tmp_path / "r.json", rows, {m: models[m] for m in keep})], tmp_path / "out",
+                 use_reported=False, dpi=DPI)
+    assert {"stealing-accuracy-vs-target", "stealing-settings", "backdoor-detection", "mia-auc-vs-gap"} <= set(seen)
+    words = [w for axes in seen.values() for ax in axes for part in ax.values() for w in part]
+    assert [w for w in words if "r undefined" in w or "r = " in w] == []  # not even pooled over settings
+    assert seen["stealing-accuracy-vs-target"][0]["title"] == ["cifar10"]
+    assert seen["stealing-accuracy-vs-target"][0]["points"] == ["0", "1"]
+    assert seen["stealing-accuracy-vs-target"][0]["legend"] == ["model-0", "model-1"]
+    assert seen["stealing-settings"][0]["legend"] == ["model-0", "model-1"]
+    assert seen["backdoor-detection"][0]["legend"] == ["model-0", "model-1"]
+    assert {name: texts for name, texts in outside.items() if texts} == {}
 
 
 # --- the page in a browser -----------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,10 +14,15 @@ from pytest_securitynet.attacks.stealing import (
     evaluate_surrogate,
     query_target,
     random_crop_flip,
+    run_model_stealing,
     steal,
     training_flops,
 )
+from pytest_securitynet.attacks.surrogate_cache import SurrogateCache, SurrogateRecipe
 from pytest_securitynet.attacks.surrogates import Normalize, Resize, build_surrogate, cifar_resnet18
+from pytest_securitynet.attacks.training import train_classifier_fast
+
+from work_counts import count_work
 
 LR = 0.05  # the tiny CNN below needs a larger rate than the paper's 0.01 for ResNet-18
 
@@ -264,3 +271,80 @@ def test_top_k_answers_train_as_their_renormalised_distribution(queries):
     _, from_partial = steal(images[:64], partial[:64], num_classes=10, surrogate=tiny_cnn, epochs=1, seed=3)
     _, from_renormalised = steal(images[:64], renormalised[:64], num_classes=10, surrogate=tiny_cnn, epochs=1, seed=3)
     assert from_partial["final_train_loss"] == pytest.approx(from_renormalised["final_train_loss"], rel=1e-6)
+
+
+def _seeded_tiny_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return tiny_cnn()
+
+
+def test_train_classifier_fast_takes_uint8_or_float_images(digits):
+    x_train, y_train, _, _ = digits
+    settings = dict(epochs=2, lr=LR, seed=4, augment=True)
+    from_uint8, stats = train_classifier_fast(_seeded_tiny_cnn(), x_train[:256], y_train[:256], **settings)
+    from_float, _ = train_classifier_fast(_seeded_tiny_cnn(), x_train[:256].float() / 255, y_train[:256], **settings)
+    for a, b in zip(from_uint8.parameters(), from_float.parameters()):
+        assert torch.equal(a, b)
+    assert not from_uint8.training and not stats.soft_targets and stats.steps == 2 * 2
+    assert stats.batch_size == 128 and stats.lr == pytest.approx(LR) and stats.amp is None
+
+
+def test_train_classifier_fast_bf16_keeps_accuracy(digits, target):
+    """bf16 autocast (the CUDA default) against fp32 on the CPU: test accuracy within 0.03."""
+    x_train, y_train, x_test, y_test = digits
+    accuracy = {}
+    for amp in (False, True):
+        model, stats = train_classifier_fast(_seeded_tiny_cnn(), x_train, y_train, epochs=10, lr=LR, amp=amp)
+        accuracy[amp] = evaluate_surrogate(model, target, x_test, y_test)["attack_accuracy"]
+        assert stats.amp == ("bfloat16" if amp else None)
+    assert accuracy[False] > 0.9
+    assert accuracy[True] == pytest.approx(accuracy[False], abs=0.03)
+
+
+def test_training_loop_has_no_host_reads(digits):
+    """One forward and one backward pass per step; the only host read is the final loss."""
+    x_train, y_train, _, _ = digits
+    counts = {}
+    for epochs in (1, 3):
+        model = _seeded_tiny_cnn()
+        with count_work(model) as counts[epochs]:
+            _, stats = train_classifier_fast(model, x_train[:300], y_train[:300], epochs=epochs, lr=LR)
+        assert counts[epochs].forward_calls == counts[epochs].backward_passes == stats.steps == 3 * epochs
+    assert counts[1].host_syncs == counts[3].host_syncs == 1
+
+
+def test_run_model_stealing_records_phases_settings_and_flops(queries, target, digits):
+    images, posteriors = queries
+    asked = []
+
+    def answer():
+        asked.append(len(images))
+        return posteriors
+
+    _, _, x_test, y_test = digits
+    surrogate, result = run_model_stealing(answer, images, target, x_test, y_test, num_classes=10,
+                                           surrogate=tiny_cnn, epochs=3, lr=LR, seed=1)
+    record = result.as_record()
+    assert json.loads(json.dumps(record)) == record
+    assert asked == [600] and record["n_queries"] == 600 and record["input_size"] == 8
+    assert set(record["phases"]) == {"queries", "training", "evaluation"}
+    assert record["training"]["epochs"] == 3 and record["training"]["momentum"] == 0.9
+    assert record["training"]["soft_targets"] and record["training"]["schedule"] == "cosine"
+    assert record["flops"] == training_flops(surrogate, (1, 8, 8), 600, 3) and record["tflop_per_s"] > 0
+    assert record["agreement"] == evaluate_surrogate(surrogate, target, x_test, y_test)["agreement"]
+
+
+def test_surrogate_cache_trains_once_per_data_and_recipe(queries):
+    images, posteriors = queries
+    cache = SurrogateCache()
+    recipe = SurrogateRecipe(epochs=1, label_only=True)
+    first, stats, cached = cache.get_or_train("digits-64", recipe, images[:64], posteriors[:64], num_classes=10,
+                                              device="cpu")
+    again, same_stats, cached_again = cache.get_or_train("digits-64", recipe, images[:64], posteriors[:64],
+                                                         num_classes=10, device="cpu")
+    assert not cached and cached_again and again is first and same_stats is stats
+    other, _, cached_other = cache.get_or_train("digits-64", SurrogateRecipe(epochs=1, label_only=True, seed=1),
+                                                images[:64], posteriors[:64], num_classes=10, device="cpu")
+    assert not cached_other and other is not first and len(cache) == 2
+    assert stats.epochs == 1 and not stats.soft_targets
+

@@ -14,7 +14,6 @@ logits; datasets are uint8 tensors [N, C, H, W].
 from __future__ import annotations
 
 from .backdoor_badnets import add_patch_trigger, poison_dataset, train_classifier, trigger_images_uint8
-from .backdoor_common import predict_labels
 from .backdoor_neo import NeoResult, default_block_size, dominant_colours, neo
 from .backdoor_neural_cleanse import (
     NeuralCleanseResult,
@@ -25,6 +24,7 @@ from .backdoor_neural_cleanse import (
     save_trigger_png,
 )
 from .backdoor_strip import StripResult, strip, strip_verdict, superimpose
+from .common import predict_labels
 
 __all__ = [
     "NeoResult",

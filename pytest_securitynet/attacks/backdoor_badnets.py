@@ -12,7 +12,7 @@ import logging
 import torch
 from torch import nn
 
-from .backdoor_common import DeviceLike, cpu_generator, to_float
+from .common import DeviceLike, seeded_generator, to_float
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def poison_dataset(
         raise ValueError(f"poison_fraction must be in (0, 1], got {poison_fraction}")
     candidates = torch.nonzero(labels != target_label).flatten()
     n_poison = min(round(poison_fraction * len(labels)), len(candidates))
-    order = torch.randperm(len(candidates), generator=cpu_generator(seed))
+    order = torch.randperm(len(candidates), generator=seeded_generator(seed))
     poisoned_index = candidates[order[:n_poison]].sort().values
     images = images_uint8.clone()
     new_labels = labels.clone()
@@ -100,7 +100,7 @@ def train_classifier(
     """
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = cpu_generator(seed)
+    generator = seeded_generator(seed)
     images = images_uint8.to(device)
     targets = labels.to(device)
     for epoch in range(epochs):

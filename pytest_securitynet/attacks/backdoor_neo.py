@@ -8,25 +8,57 @@ flips more than 80% of their predictions; a confirmed input is a triggered input
 SecurityNet (§4.3), marks the model as backdoored. SecurityNet uses 2,000 test images, 200 sampled
 4x4 blocks (for 32x32 inputs), 3 clusters and the 0.8 threshold. (SecurityNet cites it as IEEE
 Transactions on Reliability 2022, ref. [54].)
+
+Search: blocks are probed in rounds of ``blocks_per_round`` for all inputs still searching at once
+(a few large forward passes per round); after each round the flipping blocks are confirmed, largest
+confidence drop first, and an input stops once one is confirmed or it has used its
+``max_candidates`` confirmations. One block per round with an unbounded budget is the authors'
+search (confirm each flip as found, stop at the first confirmed); all blocks in one round is the
+exhaustive reference (the ``max_candidates`` largest drops over all blocks). Everything stays on the
+device except the seeded draws of the confirmation images.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .backdoor_common import DeviceLike, cpu_generator, predict_labels, sample_index, to_float
+from .backdoor_kmeans import dominant_colours
+from .common import (
+    DeviceLike,
+    PhaseTimer,
+    ResultRecord,
+    attack_mode,
+    autocast,
+    autocast_dtype,
+    images_per_forward,
+    logits_in_chunks,
+    memory_format,
+    pass_flops,
+    resolve_device,
+    sample_index,
+    seeded_generator,
+    tflop_per_s,
+    use_fast_path,
+)
+
+__all__ = ["NeoResult", "default_block_size", "dominant_colours", "neo"]
 
 logger = logging.getLogger(__name__)
 
+_COLOUR_CHUNK = 256
+"""Inputs per k-means batch: fixed, so the seeded draws do not depend on the device."""
+
 
 @dataclass
-class NeoResult:
-    """Per-input outcome (CPU tensors) and the model verdict."""
+class NeoResult(ResultRecord):
+    """Per-input outcome (CPU tensors), the model verdict, the settings used and the work done.
+
+    ``phases``: setup (uploads, predictions, dominant colours) and attack (block search and
+    confirmation); ``images_forwarded`` counts every image the model ran on."""
 
     confirmed: torch.Tensor = field(repr=False)
     has_candidate: torch.Tensor = field(repr=False)
@@ -39,63 +71,40 @@ class NeoResult:
     n_blocks: int
     block_size: int
     runtime_s: float
+    flip_threshold: float
+    n_confirm: int
+    max_candidates: int
+    min_confirmed: int
+    blocks_per_round: int
+    seed: int
+    images_per_forward: int
+    amp: str | None
+    channels_last: bool
+    blocks_probed: int
+    images_forwarded: int
+    phases: dict[str, float]
+    flops: float | None
+    tflop_per_s: float | None
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every forward pass of one NEO run shares."""
+
+    model: nn.Module
+    block: int
+    chunk: int
+    amp: torch.dtype | None
+    channels_last: bool
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return logits_in_chunks(self.model, images, chunk=self.chunk, amp=self.amp,
+                                channels_last=self.channels_last)
 
 
 def default_block_size(height: int) -> int:
     """SecurityNet's 4x4 block for 32x32 inputs, scaled to the input height: round(4 * H / 32), at least 1."""
     return max(1, round(4 * height / 32))
-
-
-def dominant_colours(
-    images: torch.Tensor,
-    *,
-    k: int = 3,
-    iterations: int = 10,
-    restarts: int = 3,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """Batched k-means over each image's pixels; returns the centre of the most populated cluster [N, C].
-
-    Like scikit-learn's KMeans (used by the NEO and TrojanZoo code): k-means++ seeding, Lloyd
-    iterations, several seeded restarts keeping the lowest inertia; an emptied cluster keeps its
-    centre. A few iterations suffice for a dominant colour.
-    """
-    n, channels = images.shape[:2]
-    pixels = images.flatten(2).transpose(1, 2).repeat_interleave(restarts, dim=0)  # [N*R, P, C]
-    centres = _kmeans_plus_plus(pixels, k, generator)
-    for _ in range(iterations):
-        centres = _lloyd_step(pixels, centres)
-    distances = torch.cdist(pixels, centres)
-    assignment = distances.argmin(2)
-    inertia = distances.amin(2).square().sum(1).view(n, restarts)
-    best = torch.arange(n, device=images.device) * restarts + inertia.argmin(1)
-    counts = nn.functional.one_hot(assignment[best], k).sum(1)  # [N, k]
-    return centres[best, counts.argmax(1)]
-
-
-def _kmeans_plus_plus(pixels: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding, batched: each next centre is a pixel drawn with probability ~ D^2."""
-    m, n_pixels, _ = pixels.shape
-    rows = torch.arange(m, device=pixels.device)
-    first = torch.randint(n_pixels, (m,), generator=generator).to(pixels.device)
-    centres = [pixels[rows, first]]
-    nearest = (pixels - centres[0].unsqueeze(1)).square().sum(2)  # [M, P] squared distance
-    for _ in range(1, k):
-        cdf = nearest.cumsum(1)
-        draw = torch.rand(m, 1, generator=generator).to(pixels.device) * cdf[:, -1:]
-        chosen = torch.searchsorted(cdf, draw).squeeze(1).clamp(max=n_pixels - 1)
-        centres.append(pixels[rows, chosen])
-        nearest = torch.minimum(nearest, (pixels - centres[-1].unsqueeze(1)).square().sum(2))
-    return torch.stack(centres, dim=1)
-
-
-def _lloyd_step(pixels: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    k = centres.shape[1]
-    assignment = torch.cdist(pixels, centres).argmin(2)
-    one_hot = nn.functional.one_hot(assignment, k).to(pixels.dtype)  # [M, P, k]
-    counts = one_hot.sum(1)
-    updated = (one_hot.transpose(1, 2) @ pixels) / counts.clamp(min=1).unsqueeze(-1)
-    return torch.where(counts.unsqueeze(-1) > 0, updated, centres)
 
 
 def _sample_positions(
@@ -122,65 +131,131 @@ def _block_masks(positions: torch.Tensor, block: int, height: int, width: int) -
 
 
 @torch.no_grad()
-def _search_candidates(
-    model: nn.Module,
-    images: torch.Tensor,
-    positions: torch.Tensor,
-    block: int,
-    max_candidates: int,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cover each sampled block with the dominant colour; returns original predictions, candidate
-    positions [n, M, 2] ranked by the drop in the original class's probability, and their validity."""
-    height, width = images.shape[-2:]
-    colours = dominant_colours(images, generator=generator)
-    probs = model(images).softmax(1)
-    predictions = probs.argmax(1)
-    masks = _block_masks(positions, block, height, width)  # [n, K, 1, H, W]
-    covered = torch.where(masks, colours[:, None, :, None, None], images.unsqueeze(1))
-    n, k = masks.shape[:2]
-    covered_probs = model(covered.flatten(0, 1)).softmax(1).view(n, k, -1)
-    flips = covered_probs.argmax(2) != predictions.unsqueeze(1)
-    drop = probs.gather(1, predictions[:, None]) - covered_probs.gather(
-        2, predictions[:, None, None].expand(n, k, 1)
-    ).squeeze(2)
-    score = torch.where(flips, drop, torch.full_like(drop, -torch.inf))
-    top = score.topk(min(max_candidates, k), dim=1)
-    candidates = positions.gather(1, top.indices.unsqueeze(-1).expand(-1, -1, 2))
-    return predictions, candidates, torch.isfinite(top.values)
-
-
-@torch.no_grad()
-def _confirm(
-    model: nn.Module,
-    images: torch.Tensor,
-    predictions: torch.Tensor,
-    positions: torch.Tensor,
-    pool: tuple[torch.Tensor, torch.Tensor],
-    excluded: torch.Tensor,
-    *,
-    block: int,
-    n_confirm: int,
-    flip_threshold: float,
-    generator: torch.Generator,
+def _covered_scores(
+    run: _Run, images: torch.Tensor, colours: torch.Tensor, positions: torch.Tensor,
+    predictions: torch.Tensor, confidence: torch.Tensor,
 ) -> torch.Tensor:
-    """Paste each input's block (original content, same position) on ``n_confirm`` random pool images
-    whose prediction differs from the input's, and test whether > ``flip_threshold`` of them flip."""
-    pool_images, pool_predictions = pool
-    device = images.device
-    eligible = pool_predictions.unsqueeze(0) != predictions.cpu().unsqueeze(1)  # [m, P]
+    """Score [m, r] of covering each of r blocks per input with its dominant colour: the drop of the
+    predicted class's probability where the prediction flips, -inf where it does not."""
+    m, r = positions.shape[:2]
+    height, width = images.shape[-2:]
+    scores = []
+    for rows in torch.arange(m, device=images.device).split(max(1, run.chunk // r)):
+        masks = _block_masks(positions[rows], run.block, height, width)  # [c, r, 1, H, W]
+        covered = torch.where(masks, colours[rows][:, None, :, None, None], images[rows].unsqueeze(1))
+        with autocast(images.device, run.amp):
+            logits = run.model(covered.flatten(0, 1).contiguous(memory_format=memory_format(run.channels_last)))
+        probs = logits.float().softmax(1).view(len(rows), r, -1)
+        wanted = predictions[rows]
+        flips = probs.argmax(2) != wanted.unsqueeze(1)
+        drop = confidence[rows].unsqueeze(1) - probs.gather(2, wanted[:, None, None].expand(-1, r, 1)).squeeze(2)
+        scores.append(torch.where(flips, drop, torch.full_like(drop, -torch.inf)))
+    return torch.cat(scores)
+
+
+def _pick_pool_images(
+    predictions: torch.Tensor, pool_predictions: torch.Tensor, excluded: torch.Tensor,
+    n_confirm: int, generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_confirm`` random pool images per input (CPU draws) whose prediction differs from the
+    input's and that are not the input itself; returns their indices and which picks are real."""
+    eligible = pool_predictions.unsqueeze(0) != predictions.unsqueeze(1)  # [m, P]
     own = torch.nonzero(excluded >= 0).flatten()
     eligible[own, excluded[own]] = False  # never confirm an input on itself
     score = torch.rand(eligible.shape, generator=generator).masked_fill_(~eligible, -1.0)
     picked = score.topk(min(n_confirm, score.shape[1]), dim=1)
-    valid = (picked.values >= 0).to(device)
-    others = to_float(pool_images[picked.indices], device)  # [m, n_confirm, C, H, W]
-    masks = _block_masks(positions.to(device), block, *images.shape[-2:]).unsqueeze(1)
-    pasted = torch.where(masks, images.unsqueeze(1), others)
-    new = model(pasted.flatten(0, 1)).argmax(1).view(valid.shape)
-    flipped = (new != pool_predictions[picked.indices].to(device)) & valid
-    rate = flipped.sum(1) / valid.sum(1).clamp(min=1)
-    return (rate > flip_threshold) & valid.any(1)
+    return picked.indices, picked.values >= 0
+
+
+@torch.no_grad()
+def _confirm(
+    run: _Run, images: torch.Tensor, positions: torch.Tensor, pool: tuple[torch.Tensor, torch.Tensor],
+    picks: torch.Tensor, real: torch.Tensor, flip_threshold: float,
+) -> torch.Tensor:
+    """Paste each input's block (original content, same position) on its picked pool images and
+    test whether more than ``flip_threshold`` of their predictions flip."""
+    pool_images, pool_predictions = pool
+    m, n_confirm = picks.shape
+    height, width = images.shape[-2:]
+    masks = _block_masks(positions, run.block, height, width).unsqueeze(1)  # [m, 1, 1, H, W]
+    flipped = []
+    for rows in torch.arange(m, device=images.device).split(max(1, run.chunk // n_confirm)):
+        others = pool_images[picks[rows]].float().div_(255)  # [c, n_confirm, C, H, W]
+        pasted = torch.where(masks[rows], images[rows].unsqueeze(1), others)
+        new = run.logits(pasted.flatten(0, 1)).argmax(1).view(len(rows), n_confirm)
+        flipped.append(new != pool_predictions[picks[rows]])
+    flipped = torch.cat(flipped) & real
+    rate = flipped.sum(1) / real.sum(1).clamp(min=1)
+    return (rate > flip_threshold) & real.any(1)
+
+
+@dataclass
+class _Outcome:
+    """Per-input state of the search (on the device) and the work done."""
+
+    confirmed: torch.Tensor
+    found_at: torch.Tensor
+    has_candidate: torch.Tensor
+    budget: torch.Tensor
+    probed: int = 0
+    confirm_images: int = 0
+
+
+def _search_and_confirm(
+    run: _Run, images: torch.Tensor, colours: torch.Tensor, positions: torch.Tensor,
+    predictions: torch.Tensor, confidence: torch.Tensor, pool: tuple[torch.Tensor, torch.Tensor],
+    excluded: torch.Tensor, *, blocks_per_round: int, max_candidates: int, n_confirm: int,
+    flip_threshold: float, generator: torch.Generator,
+) -> _Outcome:
+    """Probe blocks round by round for every input still searching; confirm the round's flipping
+    blocks, largest confidence drop first, while the input has confirmation budget left
+    (``max_candidates`` in all). An input stops once a candidate is confirmed or its budget is spent.
+
+    With one block per round and an unbounded budget this is the authors' search (confirm each flip
+    as it is found, stop at the first confirmed); with every block in one round it is the exhaustive
+    ranking (the ``max_candidates`` largest drops over all blocks). Host reads: one per round (who
+    still searches) and a few per candidate rank (which inputs to confirm, drawn on the CPU).
+    """
+    n, n_blocks = positions.shape[:2]
+    device = images.device
+    state = _Outcome(
+        confirmed=torch.zeros(n, dtype=torch.bool, device=device),
+        found_at=torch.full((n, 2), -1, dtype=torch.long, device=device),
+        has_candidate=torch.zeros(n, dtype=torch.bool, device=device),
+        budget=torch.full((n,), max_candidates, dtype=torch.long, device=device),
+    )
+    predictions_cpu, pool_predictions_cpu = predictions.cpu(), pool[1].cpu()
+    for first in range(0, n_blocks, blocks_per_round):
+        todo = torch.nonzero(~state.confirmed & (state.budget > 0)).squeeze(1)
+        if todo.numel() == 0:
+            break
+        block_positions = positions[todo, first : first + blocks_per_round]
+        score = _covered_scores(run, images[todo], colours[todo], block_positions, predictions[todo],
+                                confidence[todo])
+        state.probed += score.numel()
+        top = score.topk(min(max_candidates, score.shape[1]), dim=1)
+        state.has_candidate[todo] |= torch.isfinite(top.values[:, 0])
+        ranked = block_positions.gather(1, top.indices.unsqueeze(-1).expand(-1, -1, 2))
+        for rank in range(top.values.shape[1]):
+            wanted = torch.isfinite(top.values[:, rank]) & (state.budget[todo] > 0) & ~state.confirmed[todo]
+            chosen = torch.nonzero(wanted).squeeze(1)
+            if chosen.numel() == 0:
+                break  # later ranks only hold fewer flips
+            rows = todo[chosen]
+            rows_cpu = rows.cpu()
+            picks, real = _pick_pool_images(predictions_cpu[rows_cpu], pool_predictions_cpu,
+                                            excluded[rows_cpu], n_confirm, generator)
+            ok = _confirm(run, images[rows], ranked[chosen, rank], pool, picks.to(device), real.to(device),
+                          flip_threshold)
+            state.confirm_images += picks.numel()
+            state.budget[rows] -= 1
+            state.confirmed[rows] |= ok
+            state.found_at[rows] = torch.where(ok[:, None], ranked[chosen, rank], state.found_at[rows])
+    return state
+
+
+def _colours(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return torch.cat([dominant_colours(part, generator=generator) for part in images.split(_COLOUR_CHUNK)])
 
 
 def neo(
@@ -197,97 +272,76 @@ def neo(
     device: DeviceLike,
     seed: int = 0,
     inputs_to_score: torch.Tensor | None = None,
-    batch_size: int = 2048,
+    batch_size: int | None = None,
+    blocks_per_round: int | None = None,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
 ) -> NeoResult:
     """NEO (Udeshi et al., 2022) with SecurityNet's settings: 2,000 inputs, 200 blocks, 3 clusters, 0.8.
 
-    Scores ``n_inputs`` seeded test images (or ``inputs_to_score``, e.g. triggered ones); candidate
-    triggers are confirmed on ``n_confirm`` random test images whose prediction differs from the
-    input's (images already predicted as the would-be target cannot flip to it). To bound the cost,
-    only the ``max_candidates`` flipping blocks with the largest confidence drop are confirmed per
-    input, best first. The model is flagged when at least ``min_confirmed`` inputs (default 1, the
-    SecurityNet rule) have a confirmed trigger. Block size defaults to round(4 * H / 32). A forward
-    pass holds about ``batch_size`` images.
+    Scores ``n_inputs`` seeded test images (or ``inputs_to_score``, e.g. triggered ones). Blocks are
+    probed ``blocks_per_round`` at a time (None: all in one round, the exhaustive reference); the
+    flipping blocks of a round are confirmed, largest confidence drop first, on ``n_confirm`` random
+    test images whose prediction differs from the input's (images already predicted as the
+    would-be target cannot flip to it); an input stops at its first confirmed block or after
+    ``max_candidates`` confirmations. The model is flagged when at least ``min_confirmed`` inputs
+    (default 1, the SecurityNet rule) have a confirmed trigger. Block size defaults to
+    round(4 * H / 32). A forward pass holds at most ``batch_size`` images (default: 2048 32x32
+    images on the CPU, 16384 on CUDA, fewer for larger inputs). ``amp`` (bf16 autocast) and
+    ``channels_last`` default to on for CUDA only.
     """
-    start = time.perf_counter()
-    generator = cpu_generator(seed)
+    device = resolve_device(device)
+    timer = PhaseTimer(device)
     height, width = test_images_uint8.shape[-2:]
     block = block_size or default_block_size(height)
     source = test_images_uint8 if inputs_to_score is None else inputs_to_score
-    index = sample_index(len(source), n_inputs, generator)
-    excluded = index if inputs_to_score is None else torch.full_like(index, -1)
-    model.eval()
-    pool = (test_images_uint8, predict_labels(model, test_images_uint8, device=device))
-    positions = _sample_positions(len(index), n_blocks, height, width, block, generator)
-    per_chunk = max(1, batch_size // max(positions.shape[1], n_confirm))
-    outcome = []
-    for rows in torch.arange(len(index)).split(per_chunk):
-        outcome.append(_score_chunk(
-            model, to_float(source[index[rows]], device), positions[rows], pool, excluded[rows],
-            block=block, n_confirm=n_confirm, max_candidates=max_candidates,
-            flip_threshold=flip_threshold, generator=generator,
-        ))
-    confirmed, has_candidate, trigger_positions = (torch.cat(parts) for parts in zip(*outcome))
-    return _neo_result(
-        confirmed, has_candidate, trigger_positions, min_confirmed=min_confirmed,
-        n_blocks=positions.shape[1], block=block, runtime_s=time.perf_counter() - start,
-    )
-
-
-def _score_chunk(
-    model: nn.Module,
-    images: torch.Tensor,
-    positions: torch.Tensor,
-    pool: tuple[torch.Tensor, torch.Tensor],
-    excluded: torch.Tensor,
-    *,
-    block: int,
-    n_confirm: int,
-    max_candidates: int,
-    flip_threshold: float,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Candidate search then confirmation, rank by rank, for the inputs not confirmed yet."""
-    predictions, candidates, valid = _search_candidates(
-        model, images, positions.to(images.device), block, max_candidates, generator
-    )
-    candidates, valid = candidates.cpu(), valid.cpu()
-    confirmed = torch.zeros(len(images), dtype=torch.bool)
-    found_at = torch.full((len(images), 2), -1, dtype=torch.long)
-    for rank in range(candidates.shape[1]):
-        todo = torch.nonzero(valid[:, rank] & ~confirmed).flatten()
-        if todo.numel() == 0:
-            continue
-        ok = _confirm(
-            model, images[todo.to(images.device)], predictions[todo.to(images.device)],
-            candidates[todo, rank], pool, excluded[todo], block=block, n_confirm=n_confirm,
-            flip_threshold=flip_threshold, generator=generator,
-        ).cpu()
-        confirmed[todo[ok]] = True
-        found_at[todo[ok]] = candidates[todo[ok], rank]
-    return confirmed, valid.any(1), found_at
-
-
-def _neo_result(
-    confirmed: torch.Tensor,
-    has_candidate: torch.Tensor,
-    trigger_positions: torch.Tensor,
-    *,
-    min_confirmed: int,
-    n_blocks: int,
-    block: int,
-    runtime_s: float,
-) -> NeoResult:
+    fast_layout = use_fast_path(channels_last, device)
+    with attack_mode(model, channels_last=fast_layout):
+        with timer.phase("setup"):
+            generator = seeded_generator(seed)
+            index = sample_index(len(source), n_inputs, generator)
+            excluded = index if inputs_to_score is None else torch.full_like(index, -1)
+            positions = _sample_positions(len(index), n_blocks, height, width, block, generator)
+            n_blocks = positions.shape[1]
+            rounds = min(blocks_per_round or n_blocks, n_blocks)
+            run = _Run(model, block, images_per_forward(batch_size, device, tuple(source.shape[1:])),
+                       autocast_dtype(amp, device), fast_layout)
+            pool_images = test_images_uint8.to(device)
+            pool = (pool_images, run.logits(pool_images).argmax(1))
+            images = source[index].to(device).float().div_(255)
+            probs = run.logits(images).softmax(1)
+            predictions = probs.argmax(1)
+            confidence = probs.gather(1, predictions[:, None]).squeeze(1)
+            colours = _colours(images, generator)
+        with timer.phase("attack"):
+            outcome = _search_and_confirm(
+                run, images, colours, positions.to(device), predictions, confidence, pool, excluded,
+                blocks_per_round=rounds, max_candidates=max_candidates, n_confirm=n_confirm,
+                flip_threshold=flip_threshold, generator=generator,
+            )
+            confirmed, has_candidate, found_at = (
+                outcome.confirmed.cpu(), outcome.has_candidate.cpu(), outcome.found_at.cpu())
+    probed = outcome.probed
+    forwarded = len(pool_images) + len(images) + probed + outcome.confirm_images
+    flops_per_image = pass_flops(model, tuple(source.shape[1:]))
+    flops = None if flops_per_image is None else forwarded * flops_per_image[0]
+    seconds = timer.phases["attack"]
     n_confirmed = int(confirmed.sum())
     result = NeoResult(
-        confirmed=confirmed, has_candidate=has_candidate, trigger_positions=trigger_positions,
+        confirmed=confirmed, has_candidate=has_candidate, trigger_positions=found_at,
         confirmed_fraction=n_confirmed / max(1, len(confirmed)),
         candidate_fraction=has_candidate.float().mean().item() if len(has_candidate) else 0.0,
         n_confirmed=n_confirmed, flagged=n_confirmed >= min_confirmed, n_inputs=len(confirmed),
-        n_blocks=n_blocks, block_size=block, runtime_s=runtime_s,
+        n_blocks=n_blocks, block_size=block, runtime_s=timer.total, flip_threshold=flip_threshold,
+        n_confirm=n_confirm, max_candidates=max_candidates, min_confirmed=min_confirmed,
+        blocks_per_round=rounds, seed=seed, images_per_forward=run.chunk,
+        amp=None if run.amp is None else str(run.amp).removeprefix("torch."), channels_last=fast_layout,
+        blocks_probed=probed, images_forwarded=forwarded, phases=dict(timer.phases), flops=flops,
+        tflop_per_s=tflop_per_s(flops, seconds),
     )
     logger.info(
-        "neo: %d of %d inputs confirmed (candidates on %.3f), flagged=%s, %.1fs",
-        n_confirmed, result.n_inputs, result.candidate_fraction, result.flagged, runtime_s,
+        "neo: %d of %d inputs confirmed (candidates on %.3f), flagged=%s, %d of %d blocks probed, %.1fs",
+        n_confirmed, result.n_inputs, result.candidate_fraction, result.flagged, probed,
+        len(confirmed) * n_blocks, result.runtime_s,
     )
     return result

@@ -74,7 +74,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x), inplace=True)
 
 
-class CifarResNet(nn.Module):
+class SmallInputResNet(nn.Module):
     """ResNet with basic blocks for small images: 3x3 stride-1 stem, no max-pool."""
 
     def __init__(self, blocks: tuple[int, ...], num_classes: int, in_channels: int = 3) -> None:
@@ -112,9 +112,9 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def cifar_resnet18(num_classes: int, in_channels: int = 3) -> CifarResNet:
+def cifar_resnet18(num_classes: int, in_channels: int = 3) -> SmallInputResNet:
     """CIFAR ResNet-18: stages 64/128/256/512, [2, 2, 2, 2] basic blocks (~11.2M parameters)."""
-    return CifarResNet((2, 2, 2, 2), num_classes, in_channels)
+    return SmallInputResNet((2, 2, 2, 2), num_classes, in_channels)
 
 
 def _replace_stem(model: nn.Module, in_channels: int, small_input: bool) -> None:

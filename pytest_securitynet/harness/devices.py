@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Mapping
+
 import torch
 
 
@@ -14,3 +17,14 @@ def default_device(requested: str | None, gpu_index: int | None) -> torch.device
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+def inherited_gpus(environ: Mapping[str, str] = os.environ, count: int | None = None) -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (else `0`..`n-1`).
+
+    `count` is how many devices torch sees (asked when not given); entry i is torch's `cuda:i`."""
+    if count is None:
+        count = torch.cuda.device_count()
+    raw = environ.get("CUDA_VISIBLE_DEVICES")
+    names = [d.strip() for d in raw.split(",") if d.strip()] if raw is not None else [str(i) for i in range(count)]
+    return names[:count]

@@ -18,7 +18,8 @@ from pytest_securitynet.catalog.entries import Catalog, DatasetEntry, ModelEntry
 from pytest_securitynet.harness.data import LabeledSet, SetSizes, make_sets
 from pytest_securitynet.zoo.datasets import ImageData, load_dataset
 from pytest_securitynet.errors import CatalogError
-from pytest_securitynet.harness.settings import Settings, default_cache_dir
+from pytest_securitynet.harness.settings import Settings
+from pytest_securitynet.zoo.store import default_cache_dir
 from pytest_securitynet.zoo.weights import load_model
 from pytest_securitynet.zoo.store import FileStore
 from pytest_securitynet.harness.target import PosteriorCache

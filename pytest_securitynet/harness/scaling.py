@@ -19,11 +19,10 @@ values used and `scale` ("small" or "paper").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
-from pytest_securitynet.attacks.surrogates import Normalize
+from pytest_securitynet.attacks.surrogates import SURROGATES
 
 SMALL_SIDE = 16
 """Inputs of at most this many pixels per side count as small."""
@@ -46,10 +45,10 @@ def scale_name(input_shape: tuple[int, ...], n_train: int) -> str:
 
 class SmallCNN(nn.Sequential):
     """Three 3x3 conv-BN-ReLU layers (16, 32, 64 channels, one 2x2 max-pool), global pooling and a
-    linear head; takes [0, 1] images like every surrogate of `build_surrogate`."""
+    linear head. As the surrogate `small-cnn`, `build_surrogate` puts its normalisation in front."""
 
     def __init__(self, num_classes: int, in_channels: int = 1, width: int = 16) -> None:
-        layers: list[nn.Module] = [Normalize(0.5, 0.5)]
+        layers: list[nn.Module] = []
         channels = in_channels
         for i, out in enumerate((width, 2 * width, 4 * width)):
             layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
@@ -61,11 +60,11 @@ class SmallCNN(nn.Sequential):
 
 
 def small_cnn(num_classes: int, input_size: int, in_channels: int) -> nn.Module:
-    """Builder in `steal`'s `f(num_classes, input_size, in_channels)` form."""
+    """The `small-cnn` surrogate builder (`f(num_classes, input_size, in_channels)`, any input size)."""
     return SmallCNN(num_classes, in_channels)
 
 
-SMALL_SURROGATES: dict[str, Callable[[int, int, int], nn.Module]] = {"small-cnn": small_cnn}
+SURROGATES.setdefault("small-cnn", small_cnn)  # a name `build_surrogate`, recipes and rows can use
 
 
 @dataclass(frozen=True)
@@ -79,9 +78,12 @@ class SurrogatePlan:
     scale: str
 
     def steal_kwargs(self) -> dict:
-        """Keyword arguments for `attacks.stealing.steal`."""
-        spec = SMALL_SURROGATES.get(self.surrogate, self.surrogate)
-        return dict(surrogate=spec, epochs=self.epochs, batch_size=self.batch_size, scale_lr=self.scale_lr)
+        """Keyword arguments for `steal`, `train_surrogate` and `run_model_stealing`."""
+        return dict(surrogate=self.surrogate, epochs=self.epochs, batch_size=self.batch_size, scale_lr=self.scale_lr)
+
+    def recipe_kwargs(self) -> dict:
+        """Keyword arguments for `attacks.surrogate_cache.SurrogateRecipe`."""
+        return dict(architecture=self.surrogate, epochs=self.epochs, batch_size=self.batch_size, scale_lr=self.scale_lr)
 
 
 def surrogate_plan(input_shape: tuple[int, ...], n_train: int, *, surrogate: str = "auto",

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping, TypeVar
 
 from pytest_securitynet.errors import CatalogError, SecurityNetError
+from pytest_securitynet.zoo.store import default_cache_dir
 
 T = TypeVar("T")
 TRUE = {"1", "true", "yes", "on"}
@@ -158,13 +159,6 @@ def settings_from(options: Mapping[str, Any] | None = None, ini: Mapping[str, An
         gpus=_int("--gpus", given("gpus"), 0),
         budgets=budgets,
     )
-
-
-def default_cache_dir() -> Path:
-    """The user cache directory (e.g. ~/.cache/securitynet)."""
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("securitynet"))
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, str]:

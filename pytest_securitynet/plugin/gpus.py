@@ -1,24 +1,34 @@
 """`--gpus N`: one xdist worker per GPU, each pinned to its own device, one model per worker.
 
 The controller hands GPU indices out from a pool when a worker starts and takes them back when it
-goes down, so a crashed worker's replacement (with a new id) gets a free GPU.
+goes down, so a crashed worker's replacement (with a new id) gets a free GPU. The GPUs are the
+ones this process inherited: index i is the i-th entry of CUDA_VISIBLE_DEVICES (as Slurm or the
+user set it), which is torch's `cuda:i` in every worker; the variable itself is never changed.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import pytest
 
+from pytest_securitynet.harness.devices import inherited_gpus
+
+log = logging.getLogger(__name__)
+
 GPU_KEY = "securitynet_gpu"
+GPU_ID_KEY = "securitynet_gpu_id"
 DONE_KEY = "securitynet_done"
 LOADGROUP_KEY = "securitynet_loadgroup"
 
 
 def configure_worker(config: pytest.Config, workerinput: dict) -> None:
-    """On an xdist worker: adopt the controller's scheduling choice."""
+    """On an xdist worker: adopt the controller's scheduling choice; say which GPU it was given."""
     if workerinput.get(LOADGROUP_KEY):
         config.option.loadgroup = True
+    if workerinput.get(GPU_ID_KEY) is not None:
+        log.info("%s: GPU %s (cuda:%s)", workerinput.get("workerid"), workerinput[GPU_ID_KEY], workerinput[GPU_KEY])
 
 
 def configure_workers(config: pytest.Config) -> None:
@@ -41,20 +51,24 @@ def configure_workers(config: pytest.Config) -> None:
 
 
 class GpuPool:
-    """Free GPU indices; each xdist worker takes one when it starts."""
+    """Free GPU indices into the inherited devices; each xdist worker takes one when it starts."""
 
-    def __init__(self, requested: int):
-        import torch
-
-        available = torch.cuda.device_count()
+    def __init__(self, requested: int, devices: list[str] | None = None):
+        devices = inherited_gpus() if devices is None else devices
+        available = len(devices)
         if requested and available < requested:
             if available:
                 message = f"--gpus {requested}: {available} GPU(s) visible; the other workers run on the CPU"
             else:
                 message = f"--gpus {requested}: no GPU visible; every worker runs on the CPU"
             warnings.warn(message, stacklevel=2)
-        self.free = list(range(min(requested, available)))
+        self.devices = devices[:min(requested, available)]
+        self.free = list(range(len(self.devices)))
         self.held: dict[str, int] = {}
+
+    def device(self, index: int | None) -> str | None:
+        """The inherited name (e.g. `5` of CUDA_VISIBLE_DEVICES=3,5) of GPU index `index`."""
+        return None if index is None else self.devices[index]
 
     def take(self, worker_id: str) -> int | None:
         if not self.free:
@@ -78,7 +92,9 @@ class XdistHooks:
 
     @pytest.hookimpl
     def pytest_configure_node(self, node) -> None:
-        node.workerinput[GPU_KEY] = self.pool.take(node.gateway.id)
+        index = self.pool.take(node.gateway.id)
+        node.workerinput[GPU_KEY] = index  # the worker's torch device is cuda:<index>
+        node.workerinput[GPU_ID_KEY] = self.pool.device(index)
         node.workerinput[DONE_KEY] = self.done
         # A worker decides on group suffixes from its own command line, which lacks a --dist
         # chosen here; without them the scheduler would not keep one model on one worker.

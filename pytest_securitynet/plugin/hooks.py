@@ -7,13 +7,14 @@ from typing import Any
 
 import pytest
 
-from pytest_securitynet.plugin import estimate, fixtures, gpus, hookspec, reporter, selection, timeouts
+from pytest_securitynet.plugin import estimate, fixtures, gpus, hookspec, profiling, reporter, selection, specs, timeouts
 from pytest_securitynet.plugin import regression
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.plugin.items import benchmark_name, entry_of, item_row_key, setting_from_id
 from pytest_securitynet.plugin.overview import XdistStartLine, start_line
 from pytest_securitynet.plugin.progress import ProgressPlugin
-from pytest_securitynet.results.rows import PASSED, ResultsWriter, load_results, plain, row_key, run_info
+from pytest_securitynet.results.rows import (PASSED, ResultsWriter, load_results, plain, results_exist, row_key,
+                                             run_info)
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness
 from pytest_securitynet.harness.settings import Settings, declared_budgets, settings_from
 
@@ -28,6 +29,8 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.register(fixtures, "securitynet-fixtures")
     pluginmanager.register(reporter, "securitynet-report-rows")
+    pluginmanager.register(specs, "securitynet-specs")
+    pluginmanager.register(profiling, "securitynet-profiling")
     group = parser.getgroup("securitynet", "SecurityNet benchmarks")
     group.addoption("--gpus", dest="securitynet_gpus", type=int, default=None, metavar="N",
                     help="start N xdist workers, one pinned to each GPU (unless -n is given). Default: 0 (no workers).")
@@ -41,7 +44,8 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
                          "securitynet_budget and env SECURITYNET_BUDGET; every row records what was used). "
                          "Default: each benchmark's own (docs/budgets.md).")
     group.addoption("--securitynet-json", default=None, metavar="PATH",
-                    help=f"results file, rewritten after every test. Default: {DEFAULT_JSON} in the invocation directory.")
+                    help=f"results file; each finished row is journaled beside it at once. "
+                         f"Default: {DEFAULT_JSON} in the invocation directory.")
     group.addoption("--securitynet-resume", action="store_true",
                     help="keep the rows of an existing results file and skip tests that already passed. Default: off.")
     group.addoption("--securitynet-cache", default=None, metavar="DIR",
@@ -123,7 +127,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
         pool = gpus.GpuPool(settings.gpus)
         config.pluginmanager.register(gpus.XdistHooks(pool, sorted(state.done), config.option.dist == "loadgroup"))
-        device = settings.device or (f"GPUs {', '.join(map(str, pool.free))}, one per worker" if pool.free
+        device = settings.device or (f"GPUs {', '.join(map(str, pool.devices))}, one per worker" if pool.devices
                                      else "cpu")
         config.pluginmanager.register(XdistStartLine(config, lambda ids: _xdist_start_line(config, ids, device)))
 
@@ -177,7 +181,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _previous_results(state: RunState) -> dict[str, Any] | None:
-    if not state.json_path.exists():
+    if not results_exist(state.json_path):  # a killed run may have left only its journal
         return None
     try:
         return load_results(state.json_path)

@@ -10,6 +10,7 @@ import pytest
 
 from pytest_securitynet.plugin.items import METRICS, benchmark_name, entry_of, setting_of
 from pytest_securitynet.plugin.runstate import STATE, harness
+from pytest_securitynet.plugin.specs import spec_of
 from pytest_securitynet.results.regression import (
     REGRESSION, REPORTED, compare, failure_text, load_reference, parse_tolerances, tolerances_for, write_baseline,
 )
@@ -22,9 +23,9 @@ def add_options(group: pytest.OptionGroup) -> None:
                          "numbers) or a results JSON / baseline path; a drift beyond the tolerance fails the test. "
                          "Default: no comparison.")
     group.addoption("--securitynet-tolerance", action="append", default=[], metavar="METRIC=ABS",
-                    help="absolute tolerance of a metric (repeatable; `*=ABS` for every other numeric metric). "
-                         "Default: per metric, see docs/regression.md (e.g. test_accuracy 0.01 against a baseline, "
-                         "0.02 against reported).")
+                    help="absolute tolerance of a metric, over what the benchmark's SPEC declares (repeatable; "
+                         "`*=ABS` for every other numeric metric). Default: the SPEC's, per benchmark and metric, "
+                         "see docs/regression.md (e.g. test_accuracy 0.01 against a baseline, 0.02 against reported).")
     group.addoption("--securitynet-save-baseline", default=None, metavar="PATH",
                     help="write the passed rows of this run as a baseline to PATH at the end. Default: none.")
 
@@ -46,9 +47,8 @@ class RegressionPlugin:
             self.reference = load_reference(spec) if spec else None
         except (ValueError, OSError) as exc:
             raise pytest.UsageError(str(exc)) from None
-        self.tolerances = tolerances_for(self.reference, self.tolerance_overrides) if self.reference else {}
         self.baseline_path = config.getoption("securitynet_save_baseline", None)
-        self.tally = {"compared": 0, "drifted": 0, "no_reference": 0, "not_comparable": 0}
+        self.tally = {"compared": 0, "drifted": 0, "no_reference": 0, "not_comparable": 0, "no_tolerance": 0}
         self.notes: list[str] = []
 
     @pytest.hookimpl(wrapper=True)
@@ -70,10 +70,15 @@ class RegressionPlugin:
             outcome["note"] = (f"{entry.id}: evaluated on {source}, the reported numbers are for {entry.dataset}; "
                                f"not compared")
         else:
-            drifts = compare(item.stash.get(METRICS, {}), ref, self.tolerances)
+            tolerances = tolerances_for(self.reference, spec_of(item, self.reference.benchmarks),
+                                        self.tolerance_overrides)
+            drifts = compare(item.stash.get(METRICS, {}), ref, tolerances)
             expected = self.reference.context.get((entry.id, benchmark, setting), {}).get("dataset_source")
             bad = [d for d in drifts if not d.ok]
-            outcome["result"] = "drifted" if bad else "compared"
+            outcome["result"] = "drifted" if bad else "compared" if drifts else "no_tolerance"
+            if not drifts:
+                outcome["note"] = (f"{benchmark}: no metric of the reference row has a tolerance; declare them in "
+                                   f"the benchmark's SPEC or give --securitynet-tolerance")
             if bad:
                 report.outcome = "failed"
                 text = failure_text(entry.id, benchmark, setting, drifts, self.reference)
@@ -101,7 +106,7 @@ class RegressionPlugin:
         writer = getattr(state, "writer", None)
         if writer is None:
             return
-        write_baseline(Path(self.baseline_path), list(writer.rows.values()), writer.run)
+        write_baseline(Path(self.baseline_path), list(writer.rows.values()), writer.run, writer.benchmarks)
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
         if hasattr(config, "workerinput"):
@@ -111,8 +116,9 @@ class RegressionPlugin:
             terminalreporter.section("securitynet regression")
             terminalreporter.write_line(
                 f"against {self.reference.label}: {t['compared'] + t['drifted']} test(s) compared, {t['drifted']} drifted, "
-                f"{t['no_reference']} without a reference row, {t['not_comparable']} not comparable")
-            for note in self.notes:
+                f"{t['no_reference']} without a reference row, {t['not_comparable']} not comparable, "
+                f"{t['no_tolerance']} without a tolerance")
+            for note in dict.fromkeys(self.notes):
                 terminalreporter.write_line(note)
         if self.baseline_path is not None:
             terminalreporter.write_line(f"baseline: {self.baseline_path}")

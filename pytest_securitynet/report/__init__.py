@@ -1,8 +1,9 @@
 """`securitynet report`: turn results files into an HTML page of the SecurityNet paper's analyses.
 
 `build_report(paths, out_dir)` merges the results files, builds every section it has data for
-(`sections.BUILDERS`), writes one PNG per figure and one CSV per table into `out_dir`, and
-`index.html` plus `README.md` showing them. See docs/reports.md.
+(`sections.build_sections`: one per benchmark, as its spec in `results/spec.py` says), writes one
+PNG per figure and one CSV per table into `out_dir`, and `index.html` plus `README.md` showing
+them. See docs/reports.md.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, *, reported: 
     from pytest_securitynet.report.blocks import Context, Section
     from pytest_securitynet.report.frames import load_reported, reported_paths
     from pytest_securitynet.report.render import render_html, render_markdown
-    from pytest_securitynet.report.sections import BUILDERS
+    from pytest_securitynet.report.sections import build_sections
 
     paths = [Path(p) for p in paths]
     if not paths:
@@ -63,12 +64,13 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, *, reported: 
     _remove_previous(out)
     ref = load_reported(reported_paths(list(reported) if reported is not None else None)) if use_reported else None
     ctx = Context(result_set, out, ref, dpi=dpi or figures.DPI)
-    sections = [s for s in (builder(ctx) for builder in BUILDERS) if s is not None and s.blocks]
+    sections = build_sections(ctx)
     correlations = pd.DataFrame(ctx.correlations)
     if len(correlations):
         extra = Section("correlations", "All correlations")
-        extra.add(ctx.table("correlations", "Every Pearson correlation drawn in a figure above (r undefined below "
-                            "3 points or when a variable is constant).", correlations))
+        extra.add(ctx.table("correlations", "Every Pearson correlation of a figure above (r undefined below 3 "
+                            "points or when a variable is constant; `distinct` is the smaller number of different x "
+                            "and y values, and a figure shows r only where it is 3 or more).", correlations))
         sections.append(extra)
     subtitle = (f"Made by `{GENERATOR}` on {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
                 f"{', '.join(f'`{p.name}`' for p in paths)}." + (f" Command: `{command}`" if command else ""))

@@ -13,6 +13,7 @@ import pandas as pd
 from pytest_securitynet.report import figures
 from pytest_securitynet.report.frames import load_reported, rows_frame
 from pytest_securitynet.results.merge import ResultSet
+from pytest_securitynet.results.spec import BenchmarkSpec, implied_spec, resolve_specs
 
 
 @dataclass
@@ -58,18 +59,34 @@ class Section:
 
 
 class Context:
-    """The merged results (all rows, and the passed ones) plus the output folder the report writes."""
+    """The merged results (all rows, and the passed ones), the benchmarks' specs, and the output
+    folder the report writes."""
 
     def __init__(self, result_set: ResultSet, out_dir: Path, reported: pd.DataFrame | None = None,
-                 dpi: int = figures.DPI):
+                 dpi: int = figures.DPI, specs: list[BenchmarkSpec] | None = None):
         self.result_set = result_set
         self.dpi = dpi
         self.out = Path(out_dir)
         self.all = rows_frame(result_set)
         self.passed = self.all[self.all["outcome"] == "passed"] if len(self.all) else self.all
         self.reported = reported if reported is not None else load_reported([])
+        benchmarks = [row["benchmark"] for row in result_set.rows]
+        self.specs = specs if specs is not None else resolve_specs(benchmarks, result_set.benchmarks)
         self.files: list[str] = []
         self.correlations: list[dict[str, Any]] = []
+
+    def spec(self, section: str) -> BenchmarkSpec | None:
+        """The spec of the benchmark the special section `section` draws (e.g. `task`), if any."""
+        return next((s for s in self.specs if s.section == section), None)
+
+    def spec_of(self, benchmark: str) -> BenchmarkSpec:
+        """The spec of the benchmark with id `benchmark` (an implied one when none is known)."""
+        return next((s for s in self.specs if s.id == benchmark), None) or implied_spec(benchmark)
+
+    def specs_in(self, frame: pd.DataFrame) -> list[BenchmarkSpec]:
+        """The specs of the benchmarks that have rows in `frame`, in report order."""
+        present = set(frame["benchmark"]) if len(frame) else set()
+        return sorted((self.spec_of(b) for b in present), key=lambda s: (s.position, s.id))
 
     def table(self, name: str, caption: str, frame: pd.DataFrame, display: pd.DataFrame | None = None) -> Table:
         """Write `frame` as `<name>.csv`; show `display` (default: `frame` with numbers rounded)."""
@@ -87,7 +104,7 @@ class Context:
     def note_correlation(self, figure: str, x: str, y: str, group: str, corr: figures.Corr, **extra: Any) -> None:
         """Record a correlation shown in a figure, for `correlations.csv`."""
         self.correlations.append({"figure": figure, "x": x, "y": y, "group": group, "n": corr.n,
-                                  "pearson_r": corr.r, "p_value": corr.p, **extra})
+                                  "distinct": corr.distinct, "pearson_r": corr.r, "p_value": corr.p, **extra})
 
 
 def format_frame(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,8 +1,11 @@
 """Matplotlib helpers for the report: correlation scatters, per-group strips, saving PNGs.
 
 Every figure is drawn with the Agg backend (no display needed), labels both axes with their
-unit, and is saved as one PNG. Pearson's r is computed with scipy and shown with its n; below
-3 points, or when one variable does not vary, r is undefined and the figure says so.
+unit, and is saved as one PNG. Pearson's r is computed with scipy and shown with its n; it is
+shown only where x and y each take at least 3 different values (below that a figure says nothing
+of r; the CSVs still list what was computed).
+With few models (`points.MAX_IDENTIFIED`) every model has its own marker, a legend entry and, where
+it is one point, a label beside it.
 """
 
 from __future__ import annotations
@@ -18,14 +21,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from pytest_securitynet.report import points as P  # noqa: E402
+
 DPI = 110
 PANEL = (4.2, 3.4)  # inches per subplot
-MAX_POINT_LABELS = 10
-"""Scatter points are labelled with their model id when a panel has at most this many."""
+MIN_POINTS = 3
+"""Pearson's r needs at least this many points; figures show none with fewer."""
+MARGIN = 0.08
+"""Room between the outermost points and the axes, as a fraction of the data range."""
 MARKERS = "osD^vP*Xh<>p"
 
 # Axis labels, each with its unit.
@@ -51,15 +59,25 @@ LABELS = {
 
 @dataclass(frozen=True)
 class Corr:
-    """Pearson correlation of two variables over `n` points; `r` is None where undefined."""
+    """Pearson correlation of two variables over `n` points; `r` is None where undefined.
+
+    `distinct` is the smaller of the numbers of different x and different y values among them.
+    """
 
     r: float | None
     p: float | None
     n: int
+    distinct: int | None = None
 
-    def text(self) -> str:
-        if self.r is None:
-            return f"r undefined (n = {self.n})"
+    def label(self) -> str | None:
+        """What a figure says of this correlation, or None: say nothing.
+
+        Nothing is said unless both variables take `MIN_POINTS` different values: two models
+        measured in several settings are many points but still only two models.
+        """
+        distinct = self.n if self.distinct is None else self.distinct
+        if self.r is None or min(self.n, distinct) < MIN_POINTS:
+            return None
         return f"r = {self.r:.3f} (n = {self.n})"
 
 
@@ -67,14 +85,15 @@ def pearson(x: Iterable[float], y: Iterable[float]) -> Corr:
     """Pearson's r between `x` and `y` over the pairs where both are finite numbers."""
     pairs = [(float(a), float(b)) for a, b in zip(x, y) if _finite(a) and _finite(b)]
     n = len(pairs)
-    if n < 3:
-        return Corr(None, None, n)
+    distinct = min(len({a for a, _ in pairs}), len({b for _, b in pairs}))
+    if n < MIN_POINTS:
+        return Corr(None, None, n, distinct)
     xs, ys = np.array(pairs).T
     if np.ptp(xs) == 0 or np.ptp(ys) == 0:
-        return Corr(None, None, n)
+        return Corr(None, None, n, distinct)
     result = stats.pearsonr(xs, ys)
     r = float(np.clip(result.statistic, -1.0, 1.0))
-    return Corr(r, float(result.pvalue), n)
+    return Corr(r, float(result.pvalue), n, distinct)
 
 
 def _finite(value) -> bool:
@@ -96,11 +115,14 @@ def panels(n: int, ncols: int = 3, panel: tuple[float, float] = PANEL):
 
 
 def save(fig, path: Path, title: str, dpi: int = DPI) -> Path:
-    """Title the figure, lay it out, write it as a PNG and close it."""
+    """Title the figure, lay it out, write it as a PNG and close it.
+
+    The PNG is cropped to what is drawn (`bbox_inches="tight"`), so no label is cut at its edge.
+    """
     chars = max(30, int(fig.get_figwidth() * 10))  # about what fits across the figure at 11 pt
     fig.suptitle(textwrap.fill(title, chars), fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi, format="png")
+    fig.savefig(path, dpi=dpi, format="png", bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     return path
 
@@ -114,50 +136,80 @@ def scatter_groups(ax, frame: pd.DataFrame, x: str, y: str, group: str | None, *
                    title: str, diagonal: bool = False, label_col: str | None = "model") -> dict[str, Corr]:
     """Scatter `y` against `x`, one colour per `group` value, r per group (and over all points).
 
-    Returns `{group value: Corr}` plus `"all"` when there is more than one group.
+    With few `label_col` values (models), each has its own marker (and colour, when there is
+    no group) in the legend, and points that are a model's only one are labelled with its short
+    id. r is shown only where it has `MIN_POINTS` points. Returns `{group value: Corr}` plus
+    `"all"` when there is more than one group.
     """
     data = frame.dropna(subset=[x, y])
     groups = sorted(data[group].astype(str).unique()) if group else ["all"]
+    by_group = len(groups) > 1
     colors = color_map(groups)
+    models = P.identified(data[label_col]) if label_col and label_col in data else []
+    styles = P.model_styles(models)
+    ax.margins(MARGIN)
     out: dict[str, Corr] = {}
+    handles = []
     for i, name in enumerate(groups):
         part = data[data[group].astype(str) == name] if group else data
         corr = pearson(part[x], part[y])
         out[name] = corr
-        label = f"{name}: {corr.text()}" if len(groups) > 1 else None
-        ax.scatter(part[x], part[y], s=28, color=colors[name], marker=MARKERS[i % len(MARKERS)],
-                   edgecolor="black", linewidth=0.4, label=label, zorder=3)
-    if len(groups) > 1:
+        if styles:
+            for model, points in part.groupby(part[label_col].astype(str)):
+                style = styles[model]
+                ax.scatter(points[x], points[y], s=30, color=colors[name] if by_group else style.color,
+                           marker=style.marker, edgecolor="black", linewidth=0.4, zorder=3)
+        else:
+            ax.scatter(part[x], part[y], s=28, color=colors[name], marker=MARKERS[i % len(MARKERS)],
+                       edgecolor="black", linewidth=0.4, zorder=3)
+        if by_group:
+            handles.append(Line2D([], [], linestyle="", marker="o" if styles else MARKERS[i % len(MARKERS)],
+                                  markersize=5, markeredgecolor="black", markeredgewidth=0.4, color=colors[name],
+                                  label=_with_r(name, corr)))
+    if by_group:
         out["all"] = pearson(data[x], data[y])
     overall = out.get("all", out[groups[0]]) if groups else pearson([], [])
-    if label_col and 0 < len(data) <= MAX_POINT_LABELS:
-        for _, row in data.iterrows():
-            ax.annotate(str(row[label_col]), (row[x], row[y]), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points", color="0.25")
+    handles += P.legend_handles(styles, color="0.6" if by_group else None)
     if diagonal:
-        _diagonal(ax)
+        handles.append(_diagonal(ax))
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
-    ax.set_title(f"{title}\n{'all points: ' if len(groups) > 1 else ''}{overall.text()}", fontsize=9)
+    summary = overall.label()
+    ax.set_title(f"{title}\n{'all points: ' if by_group else ''}{summary}" if summary else title, fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.tick_params(labelsize=7)
-    if len(groups) > 1:
-        ax.legend(fontsize=6, loc="best")
+    if styles and len(data) == data[label_col].nunique():  # one point per model: label each
+        short = P.short_ids(models)
+        P.label_points(ax, data[x], data[y], [short[str(m)] for m in data[label_col]])
+    if len(handles) > 1 or (handles and by_group):
+        ax.legend(handles=handles, fontsize=6, loc="best", framealpha=0.85)
     return out
 
 
-def _diagonal(ax) -> None:
+def _with_r(name: str, corr: Corr) -> str:
+    label = corr.label()
+    return f"{name}: {label}" if label else name
+
+
+def _diagonal(ax) -> Line2D:
+    ax.autoscale_view()
     lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
     hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
-    ax.plot([lo, hi], [lo, hi], linestyle="--", color="0.5", linewidth=0.8, label="y = x", zorder=1)
+    (line,) = ax.plot([lo, hi], [lo, hi], linestyle="--", color="0.5", linewidth=0.8, label="y = x", zorder=1)
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
+    return line
 
 
 def strip_by_category(ax, frame: pd.DataFrame, category: str, y: str, *, order: Sequence[str] | None = None,
-                      xlabel: str, ylabel: str, title: str, connect: str | None = None, log: bool = False) -> None:
+                      xlabel: str, ylabel: str, title: str, connect: str | None = None, log: bool = False,
+                      identify: str | None = None) -> None:
     """Points of `y` per `category` value (with a box where a category has 3 or more), optionally
-    joining the points of one `connect` value (e.g. a model) across categories."""
+    joining the points of one `connect` value (e.g. a model) across categories.
+
+    With few `identify` values (models), each has its own colour and marker, side by side within
+    a category, and a legend entry; otherwise points are coloured by category.
+    """
     data = frame.dropna(subset=[y])
     cats = list(order) if order else sorted(data[category].astype(str).unique())
     cats = [c for c in cats if (data[category].astype(str) == c).any()]
@@ -168,19 +220,15 @@ def strip_by_category(ax, frame: pd.DataFrame, category: str, y: str, *, order: 
         ax.boxplot([values[i] for i in boxed], positions=boxed, widths=0.5, showfliers=False,
                    medianprops={"color": "black"}, boxprops={"color": "0.55"}, whiskerprops={"color": "0.55"},
                    capprops={"color": "0.55"})
-    rng = np.random.default_rng(0)
-    if connect:
-        for _, part in data.groupby(connect):
-            part = part[part[category].astype(str).isin(position)]
-            part = part.assign(_pos=part[category].astype(str).map(position)).sort_values("_pos")
-            ax.plot(part["_pos"], part[y], color="0.7", linewidth=0.7, zorder=1)
-    for i, v in enumerate(values):
-        jitter = rng.uniform(-0.08, 0.08, len(v)) if len(v) > 1 and not connect else np.zeros(len(v))
-        ax.scatter(np.full(len(v), i) + jitter, v, s=22, color=color_map(cats)[cats[i]], edgecolor="black",
-                   linewidth=0.4, zorder=3)
+    models = P.identified(data[identify]) if identify and identify in data else []
+    if models:
+        _strip_by_model(ax, data, category, y, position, identify, models, connect)
+    else:
+        _strip_by_position(ax, data, category, y, position, values, cats, connect)
     ax.set_xticks(range(len(cats)))
     ax.set_xticklabels([f"{c}\n(n = {len(v)})" for c, v in zip(cats, values)], fontsize=7,
                        rotation=30 if len(cats) > 4 else 0, ha="right" if len(cats) > 4 else "center")
+    ax.set_xlim(-0.5, len(cats) - 0.5)
     if log:
         ax.set_yscale("log")
         plain = FuncFormatter(lambda value, _: f"{value:g}")
@@ -193,6 +241,40 @@ def strip_by_category(ax, frame: pd.DataFrame, category: str, y: str, *, order: 
     ax.set_title(title, fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
     ax.tick_params(axis="y", labelsize=7)
+    if models:
+        ax.legend(handles=P.legend_handles(P.model_styles(models)), fontsize=6, loc="best", framealpha=0.85)
+
+
+def _strip_by_position(ax, data: pd.DataFrame, category: str, y: str, position: dict[str, int],
+                       values: list[np.ndarray], cats: list[str], connect: str | None) -> None:
+    """Many models: points coloured by category, jittered unless joined by `connect`."""
+    rng = np.random.default_rng(0)
+    if connect:
+        for _, part in data.groupby(connect):
+            part = part[part[category].astype(str).isin(position)]
+            part = part.assign(_pos=part[category].astype(str).map(position)).sort_values("_pos")
+            ax.plot(part["_pos"], part[y], color="0.7", linewidth=0.7, zorder=1)
+    colors = color_map(cats)
+    for i, v in enumerate(values):
+        jitter = rng.uniform(-0.08, 0.08, len(v)) if len(v) > 1 and not connect else np.zeros(len(v))
+        ax.scatter(np.full(len(v), i) + jitter, v, s=22, color=colors[cats[i]], edgecolor="black",
+                   linewidth=0.4, zorder=3)
+
+
+def _strip_by_model(ax, data: pd.DataFrame, category: str, y: str, position: dict[str, int], identify: str,
+                    models: list[str], connect: str | None) -> None:
+    """Few models: one colour and marker per model, each model at its own offset in a category."""
+    styles = P.model_styles(models)
+    step = min(0.1, 0.6 / len(models))
+    for j, model in enumerate(models):
+        part = data[(data[identify].astype(str) == model) & data[category].astype(str).isin(position)]
+        pos = part[category].astype(str).map(position) + (j - (len(models) - 1) / 2) * step
+        part = part.assign(_pos=pos).sort_values("_pos")
+        style = styles[model]
+        if connect:
+            ax.plot(part["_pos"], part[y], color=style.color, linewidth=0.8, alpha=0.6, zorder=2)
+        ax.scatter(part["_pos"], part[y], s=28, color=style.color, marker=style.marker, edgecolor="black",
+                   linewidth=0.4, zorder=3)
 
 
 def lines_by(ax, frame: pd.DataFrame, x: str, y: str, line: str, *, xlabel: str, ylabel: str, title: str,

@@ -1,1 +1,2 @@
-"""Results: rows and the results file, the end-of-run summary, merging shards, regression checks."""
+"""Results: the JSON rows a run writes, merging files, the end-of-run summary and regression
+comparisons. No pytest."""

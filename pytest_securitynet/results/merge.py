@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from pytest_securitynet.results.rows import PASSED, SCHEMA, ResultsWriter, load_results, now, row_key
+from pytest_securitynet.results.rows import PASSED, SCHEMA, ResultsWriter, load_results, now, results_exist, row_key
 
 MAX_DIFF_SHOWN = 4
 """Differing metrics named per conflict in the report (all of them are in the CSV)."""
@@ -62,6 +62,7 @@ class ResultSet:
     conflicts: list[Conflict] = field(default_factory=list)
     collapsed: int = 0  # identical duplicates folded into one row
     origin: dict[str, Path] = field(default_factory=dict)  # row key -> file it was taken from
+    benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)  # the files' specs by id (the later file wins)
 
     @property
     def passed(self) -> list[dict[str, Any]]:
@@ -73,11 +74,12 @@ class ResultSet:
 
 
 def load_documents(paths: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
-    """Each path's results document, checked for the schema (`ValueError` names a bad file)."""
+    """Each path's results document with its journal replayed, checked for the schema (`ValueError`
+    names a bad file)."""
     out = []
     for path in paths:
         path = Path(path)
-        if not path.is_file():
+        if not results_exist(path):
             raise FileNotFoundError(f"{path}: no such results file")
         try:
             doc = load_results(path)
@@ -94,11 +96,13 @@ def merge(documents: list[tuple[Path, dict[str, Any]]]) -> ResultSet:
     rows: dict[str, dict[str, Any]] = {}
     origin: dict[str, Path] = {}
     models: dict[str, dict[str, Any]] = {}
+    benchmarks: dict[str, dict[str, Any]] = {}
     sources, conflicts, collapsed = [], [], 0
     for path, doc in documents:
         sources.append(Source(path=path, run=doc.get("run") or {}, rows=len(doc["results"])))
         for model_id, info in (doc.get("models") or {}).items():
             models[model_id] = info
+        benchmarks.update(doc.get("benchmarks") or {})
         for row in doc["results"]:
             key = row_key(row)
             if key not in rows:
@@ -117,7 +121,7 @@ def merge(documents: list[tuple[Path, dict[str, Any]]]) -> ResultSet:
             if keep_new:
                 rows[key], origin[key] = row, path
     return ResultSet(rows=list(rows.values()), models=models, sources=sources, conflicts=conflicts,
-                     collapsed=collapsed, origin=origin)
+                     collapsed=collapsed, origin=origin, benchmarks=benchmarks)
 
 
 def load_and_merge(paths: Iterable[str | Path]) -> ResultSet:
@@ -173,5 +177,6 @@ def merge_files(paths: Iterable[str | Path], out: str | Path) -> ResultSet:
     }
     present = {row["model"] for row in result_set.rows}
     models = {m: info for m, info in result_set.models.items() if m in present}
-    ResultsWriter(Path(out), run, {"models": models, "results": result_set.rows}).write()
+    ResultsWriter(Path(out), run, {"models": models, "results": result_set.rows,
+                                   "benchmarks": result_set.benchmarks}).write()
     return result_set

@@ -4,7 +4,8 @@ A reference is either `reported` (the numbers the SecurityNet database reports,
 `catalog/reported/securitynet.csv`) or a results JSON of an earlier run, a baseline being the subset
 of one that `--securitynet-save-baseline` writes (docs/regression.md). References are keyed by
 (model, benchmark, setting) and hold numeric metrics. A metric is compared only where a tolerance
-is known for it (built-in defaults, or `--securitynet-tolerance METRIC=ABS`); `*=ABS` gives every
+is known for it: the benchmark's spec declares one per metric and kind of reference
+(`results/spec.py`), and `--securitynet-tolerance METRIC=ABS` overrides it; `*=ABS` gives every
 other numeric metric a tolerance too.
 
 Pure functions without pytest; the pytest wiring is `plugin/regression.py`.
@@ -21,30 +22,12 @@ from typing import Any, Iterable
 
 from pytest_securitynet.catalog.entries import BUILTIN_CATALOG
 from pytest_securitynet.results.rows import PASSED, SCHEMA, load_results, now, plain, row_key
+from pytest_securitynet.results.spec import BASELINE, BenchmarkSpec
 
 REPORTED = "reported"
 REPORTED_CSV = BUILTIN_CATALOG / "reported" / "securitynet.csv"
 BASELINE_KIND = "securitynet-baseline/1"
 REGRESSION = "securitynet-regression"
-
-# A re-run on the same data, seed, sample sizes and code (a baseline or results JSON): only
-# floating-point and device nondeterminism separates the numbers, so drifts beyond a point (0.01)
-# mean the model, data or code changed. Model stealing trains a surrogate, which depends on
-# nondeterministic GPU kernels: 0.03. TPR at a low FPR rests on few samples: 0.02.
-BASELINE_TOLERANCES: dict[str, float] = {
-    "train_accuracy": 0.01, "test_accuracy": 0.01, "overfit_gap": 0.01,
-    "auc": 0.01, "balanced_accuracy": 0.01, "best_balanced_accuracy": 0.01,
-    "tpr_at_fpr_1e-2": 0.02, "tpr_at_fpr_1e-3": 0.02,
-    "member_accuracy": 0.01, "nonmember_accuracy": 0.01,
-    "attack_accuracy": 0.03, "agreement": 0.03, "target_accuracy": 0.01,
-}
-# The database's numbers were measured by the paper's own code on other samples (its 5,000
-# members, its seeds, its data pipeline): accuracies agree to about two points, AUCs of
-# near-chance attacks to about three, stolen-model accuracy (a trained surrogate) to about five.
-REPORTED_TOLERANCES: dict[str, float] = {
-    "train_accuracy": 0.02, "test_accuracy": 0.02, "overfit_gap": 0.03,
-    "auc": 0.03, "attack_accuracy": 0.05, "agreement": 0.05,
-}
 
 Key = tuple[str, str, str]
 
@@ -57,6 +40,7 @@ class Reference:
     kind: str  # "reported" or "results"
     rows: dict[Key, dict[str, float]] = field(default_factory=dict)
     context: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    benchmarks: dict[str, Any] = field(default_factory=dict)  # the file's specs block, if any
 
     def get(self, model: str, benchmark: str, setting: str) -> dict[str, float] | None:
         return self.rows.get((model, benchmark, setting))
@@ -86,7 +70,7 @@ def load_reference(spec: str | Path, reported_csv: Path = REPORTED_CSV) -> Refer
     if not path.is_file():
         raise FileNotFoundError(f"--securitynet-compare: {path} is neither `reported` nor an existing results JSON or baseline")
     doc = load_results(path)
-    ref = Reference(label=str(path), kind="results")
+    ref = Reference(label=str(path), kind="results", benchmarks=dict(doc.get("benchmarks") or {}))
     for row in doc["results"]:
         if row.get("outcome", PASSED) != PASSED:
             continue
@@ -106,9 +90,18 @@ def load_reported(path: Path = REPORTED_CSV) -> Reference:
     return ref
 
 
-def tolerances_for(reference: Reference, overrides: dict[str, float] | None = None) -> dict[str, float]:
-    """Default tolerances for the kind of reference, updated with `overrides` (`*` = any other)."""
-    base = REPORTED_TOLERANCES if reference.kind == REPORTED else BASELINE_TOLERANCES
+def tolerance_kind(reference: Reference) -> str:
+    """Which of a spec's tolerances apply: `reported` against the database, else `baseline` (a re-run)."""
+    return REPORTED if reference.kind == REPORTED else BASELINE
+
+
+def tolerances_for(reference: Reference, spec: BenchmarkSpec | None,
+                   overrides: dict[str, float] | None = None) -> dict[str, float]:
+    """The spec's tolerances for this kind of reference, updated with `overrides` (`*` = any other metric).
+
+    Without a spec (a benchmark that declares none) only `overrides` give tolerances.
+    """
+    base = spec.tolerances(tolerance_kind(reference)) if spec is not None else {}
     return {**base, **(overrides or {})}
 
 
@@ -162,25 +155,34 @@ def failure_text(model: str, benchmark: str, setting: str, drifts: list[Drift], 
     return "\n".join(f"E   {line}" for line in [head, *format_table(drifts, reference.label).splitlines()])
 
 
-def baseline_document(rows: Iterable[dict[str, Any]], run: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A baseline: the passed rows of a run (key, metrics and the context that makes them comparable)."""
+def baseline_document(rows: Iterable[dict[str, Any]], run: dict[str, Any] | None = None,
+                      benchmarks: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A baseline: the passed rows of a run (key, metrics and the context that makes them comparable),
+    and the specs (`benchmarks`) of the benchmarks those rows belong to."""
     keep = ("model", "benchmark", "setting", "params", "metrics", "dataset", "dataset_source", "seed", "device", "outcome")
     results = [{k: r[k] for k in keep if k in r} for r in rows if r.get("outcome") == PASSED]
     results.sort(key=row_key)
     run = run or {}
-    return {
+    doc = {
         "schema": SCHEMA,
         "kind": BASELINE_KIND,
         "run": {"created_at": now(), "argv": run.get("argv"), "settings": run.get("settings"), "versions": run.get("versions")},
         "models": {},
         "results": plain(results),
     }
+    present = {r["benchmark"] for r in results}
+    specs = {k: v for k, v in (benchmarks or {}).items() if k in present}
+    if specs:
+        doc["benchmarks"] = plain(specs)
+    return doc
 
 
-def write_baseline(path: Path, rows: Iterable[dict[str, Any]], run: dict[str, Any] | None = None) -> Path:
+def write_baseline(path: Path, rows: Iterable[dict[str, Any]], run: dict[str, Any] | None = None,
+                   benchmarks: dict[str, Any] | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(baseline_document(rows, run), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    text = json.dumps(baseline_document(rows, run, benchmarks), indent=1, allow_nan=False) + "\n"
+    path.write_text(text, encoding="utf-8")
     return path
 
 

@@ -1,6 +1,7 @@
 """Dataset loading: every catalogued dataset becomes uint8 image tensors [N, C, H, W] plus labels.
 
-Decoded tensors are cached (`<cache>/datasets/<id>.pt`), so a dataset is decoded once per machine.
+The resolver says which raw files a dataset needs and which decoder reads them; the store finds
+them. Decoded tensors are cached (`<cache>/datasets/<id>.pt`), so a dataset is decoded once per machine.
 """
 
 from __future__ import annotations
@@ -8,16 +9,19 @@ from __future__ import annotations
 import io
 import logging
 import tarfile
+import tempfile
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from typing import Callable
 
 import numpy as np
 import torch
 
 from pytest_securitynet.catalog.entries import DatasetEntry
-from pytest_securitynet.zoo.datasets_extra import LOADERS as EXTRA_LOADERS
-from pytest_securitynet.errors import CatalogError, MissingFileError
-from pytest_securitynet.zoo.store import FileStore, atomic_path
+from pytest_securitynet.errors import CatalogError
+from pytest_securitynet.zoo.datasets_extra import decode_image_folder, decode_medmnist
+from pytest_securitynet.zoo.resolver import fetch, resolve_dataset
+from pytest_securitynet.zoo.store import FileStore, atomic_path, link_into, unpack_archive
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +46,25 @@ class ImageData:
 
 def load_dataset(entry: DatasetEntry, store: FileStore) -> ImageData:
     """Load `entry` from the decoded-tensor cache, decoding it from its source on first use."""
-    cached = store.path("datasets", f"{entry.id}.pt")
+    cached = decoded_path(entry, store)
     with store.lock("datasets", entry.id):
         if cached.exists():
             tensors = torch.load(cached, map_location="cpu", weights_only=True)
         else:
+            plan = resolve_dataset(entry)
+            files = fetch(plan, store)
             log.info("decoding dataset %s (once; cached at %s)", entry.id, cached)
-            tensors = _LOADERS[entry.source](entry, store)
+            tensors = _DECODERS[plan.loader](entry, files)
             with atomic_path(cached) as tmp:
                 torch.save(tensors, tmp)
     data = ImageData(entry.id, *(tensors[k] for k in ("train_images", "train_labels", "test_images", "test_labels")))
     _check_shape(entry, data)
     return data
+
+
+def decoded_path(entry: DatasetEntry, store: FileStore) -> Path:
+    """Where a dataset's decoded tensors are cached; once there, its raw files are not needed."""
+    return store.cache_dir / "datasets" / f"{entry.id}.pt"
 
 
 def _check_shape(entry: DatasetEntry, data: ImageData) -> None:
@@ -67,7 +78,7 @@ def _check_shape(entry: DatasetEntry, data: ImageData) -> None:
             )
 
 
-def _from_sklearn_digits(entry: DatasetEntry, store: FileStore) -> dict[str, torch.Tensor]:
+def _from_sklearn_digits(entry: DatasetEntry, files: list[Path]) -> dict[str, torch.Tensor]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -80,10 +91,11 @@ def _from_sklearn_digits(entry: DatasetEntry, store: FileStore) -> dict[str, tor
     return _pack(images[train], labels[train], images[test], labels[test])
 
 
-def _from_image_archive(entry: DatasetEntry, store: FileStore) -> dict[str, torch.Tensor]:
+def _from_image_archive(entry: DatasetEntry, files: list[Path]) -> dict[str, torch.Tensor]:
+    """A tarball of `<archive_root>/<split>/<class>/<image>` files."""
     from PIL import Image
 
-    archive = store.fetch(entry.raw["file"], entry.raw["sha256"], entry.raw.get("url"))
+    archive = files[0]
     root = PurePosixPath(entry.raw["archive_root"])
     classes = entry.raw.get("class_names")
     found: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
@@ -108,42 +120,35 @@ def _from_image_archive(entry: DatasetEntry, store: FileStore) -> dict[str, torc
     return out
 
 
-def _from_torchvision(entry: DatasetEntry, store: FileStore) -> dict[str, torch.Tensor]:
+def _from_torchvision(entry: DatasetEntry, files: list[Path]) -> dict[str, torch.Tensor]:
+    """torchvision's class reading its files from a scratch folder: archives unpacked, other files linked."""
     import torchvision
 
     cls = getattr(torchvision.datasets, entry.raw["torchvision_class"])
-    root = store.path("torchvision", "x").parent
-    _link_mirrored_archive(cls, root, store)
     splits = {}
-    for split in ("train", "test"):
-        try:
-            ds = _torchvision_split(cls, root, split, download=not store.offline)
-        except (RuntimeError, OSError) as exc:
-            raise MissingFileError(
-                f"dataset {entry.id!r} ({cls.__name__}) is not in {root} and could not be downloaded: {exc}. "
-                f"Run online once, or put its archive ({getattr(cls, 'filename', 'see torchvision docs')}) "
-                f"into a SECURITYNET_MIRROR directory."
-            ) from exc
-        splits[split] = (_to_nchw(ds.data), torch.as_tensor(np.asarray(getattr(ds, "targets", getattr(ds, "labels", None))), dtype=torch.int64))
+    with tempfile.TemporaryDirectory(prefix="securitynet-torchvision-") as tmp:
+        root = Path(tmp)
+        for path in files:
+            if path.name.endswith((".tar.gz", ".tgz", ".tar", ".zip")):
+                unpack_archive(path, root)
+            else:
+                link_into(path, root)
+        for split in ("train", "test"):
+            try:
+                ds = _torchvision_split(cls, root, split)
+            except (RuntimeError, OSError) as exc:
+                names = ", ".join(str(p) for p in files)
+                raise CatalogError(f"dataset {entry.id!r}: {cls.__name__} could not read {names}: {exc}") from exc
+            labels = getattr(ds, "targets", getattr(ds, "labels", None))
+            splits[split] = (_to_nchw(ds.data), torch.as_tensor(np.asarray(labels), dtype=torch.int64))
     return _pack(*splits["train"], *splits["test"])
 
 
-def _torchvision_split(cls, root, split: str, download: bool):
+def _torchvision_split(cls, root: Path, split: str):
     try:
-        return cls(root=str(root), train=(split == "train"), download=download)
+        return cls(root=str(root), train=(split == "train"), download=False)
     except TypeError:
-        return cls(root=str(root), split=split, download=download)
-
-
-def _link_mirrored_archive(cls, root, store: FileStore) -> None:
-    """Let torchvision find its archive in a mirror: it skips the download when the file is present."""
-    filename = getattr(cls, "filename", None)
-    if not filename or (root / filename).exists():
-        return
-    for mirror in store.mirrors:
-        if (mirror / filename).is_file():
-            (root / filename).symlink_to((mirror / filename).resolve())
-            return
+        return cls(root=str(root), split=split, download=False)
 
 
 def _to_nchw(data) -> torch.Tensor:
@@ -160,9 +165,10 @@ def _pack(train_images, train_labels, test_images, test_labels) -> dict[str, tor
             "test_images": test_images, "test_labels": test_labels}
 
 
-_LOADERS = {
+_DECODERS: dict[str, Callable[[DatasetEntry, list[Path]], dict[str, torch.Tensor]]] = {
     "sklearn-digits": _from_sklearn_digits,
     "image-folder-archive": _from_image_archive,
     "torchvision": _from_torchvision,
+    "medmnist": decode_medmnist,
+    "image-folder": decode_image_folder,
 }
-_LOADERS.update(EXTRA_LOADERS)

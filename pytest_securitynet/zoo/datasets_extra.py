@@ -1,14 +1,14 @@
-"""Loaders for the SecurityNet database's other datasets: MedMNIST (through the `medmnist`
+"""Decoders for the SecurityNet database's other datasets: MedMNIST (through the `medmnist`
 package) and local image folders (CUB-200-2011, ImageNet-1k).
 
-Each returns the same uint8 tensors as `datasets.py`'s loaders ({train,test}_{images,labels});
-`datasets._LOADERS.update(LOADERS)` makes them available under their `source` names.
+Each `decode_*` reads the files the resolver planned and returns the same uint8 tensors as
+`datasets.py`'s decoders ({train,test}_{images,labels}); `load_*` resolves and fetches first.
 """
 
 from __future__ import annotations
 
 import logging
-import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,8 @@ import torch
 
 from pytest_securitynet.catalog.entries import DatasetEntry
 from pytest_securitynet.errors import CatalogError, MissingFileError
-from pytest_securitynet.zoo.store import FileStore
+from pytest_securitynet.zoo.resolver import fetch, resolve_dataset
+from pytest_securitynet.zoo.store import FileStore, link_into
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 # --- MedMNIST ---------------------------------------------------------------------------------
 
 def load_medmnist(entry: DatasetEntry, store: FileStore) -> dict[str, torch.Tensor]:
-    """MedMNIST v2 at 28 px via the `medmnist` package (which checks the file's MD5 when it downloads).
+    """Find (or download) a MedMNIST entry's `.npz` and decode it."""
+    return decode_medmnist(entry, fetch(resolve_dataset(entry), store))
+
+
+def decode_medmnist(entry: DatasetEntry, files: list[Path]) -> dict[str, torch.Tensor]:
+    """MedMNIST v2 at 28 px read by the `medmnist` package from a scratch folder holding the `.npz`.
     The validation split is not used: members come from train, non-members from test."""
     try:
         import medmnist
@@ -35,36 +41,37 @@ def load_medmnist(entry: DatasetEntry, store: FileStore) -> dict[str, torch.Tens
             f"dataset {entry.id!r} needs the medmnist package (pip install medmnist)"
         ) from exc
     flag = entry.raw["flag"]
-    filename = entry.raw.get("file", f"{flag}.npz")
-    root = store.path("medmnist", filename).parent
-    _link_from_mirror(root / filename, store)
     cls = getattr(medmnist, medmnist.INFO[flag]["python_class"])
     out = {}
-    for split in ("train", "test"):
-        try:
-            ds = cls(split=split, root=str(root), download=not store.offline)
-        except (RuntimeError, OSError) as exc:
-            raise MissingFileError(
-                f"dataset {entry.id!r}: {filename} is not in {root} and "
-                f"{'offline mode is on' if store.offline else f'could not be downloaded ({exc})'}. "
-                f"Get it from {entry.raw.get('url', 'Zenodo record 10519652')} into a SECURITYNET_MIRROR directory."
-            ) from exc
-        images = torch.from_numpy(np.ascontiguousarray(ds.imgs)).to(torch.uint8)
-        if images.ndim == 4 and images.shape[-1] == 3 and len(entry.input_size) == 3:
-            images = images.permute(0, 3, 1, 2).contiguous()  # 2D RGB: N H W C -> N C H W
-        else:
-            images = images.unsqueeze(1)  # 2D grey N H W, or 3D N D H W -> one channel
-        labels = torch.from_numpy(np.asarray(ds.labels).reshape(len(images), -1)[:, 0].astype(np.int64))
-        out[f"{split}_images"], out[f"{split}_labels"] = images, labels
+    with tempfile.TemporaryDirectory(prefix="securitynet-medmnist-") as root:
+        link_into(files[0], Path(root), f"{flag}.npz")
+        for split in ("train", "test"):
+            ds = cls(split=split, root=root, download=False)
+            out.update(_medmnist_split(entry, split, ds))
     return out
+
+
+def _medmnist_split(entry: DatasetEntry, split: str, ds) -> dict[str, torch.Tensor]:
+    images = torch.from_numpy(np.ascontiguousarray(ds.imgs)).to(torch.uint8)
+    if images.ndim == 4 and images.shape[-1] == 3 and len(entry.input_size) == 3:
+        images = images.permute(0, 3, 1, 2).contiguous()  # 2D RGB: N H W C -> N C H W
+    else:
+        images = images.unsqueeze(1)  # 2D grey N H W, or 3D N D H W -> one channel
+    labels = torch.from_numpy(np.asarray(ds.labels).reshape(len(images), -1)[:, 0].astype(np.int64))
+    return {f"{split}_images": images, f"{split}_labels": labels}
 
 
 # --- image folders ----------------------------------------------------------------------------
 
 def load_image_folder(entry: DatasetEntry, store: FileStore) -> dict[str, torch.Tensor]:
+    """Find an image-folder entry's folder (or unpack its archive) and decode it."""
+    return decode_image_folder(entry, fetch(resolve_dataset(entry), store))
+
+
+def decode_image_folder(entry: DatasetEntry, files: list[Path]) -> dict[str, torch.Tensor]:
     """A local image folder (`layout` cub200 or train-val), resized (shorter side `resize`) and
     centre-cropped to the entry's input size; `max_train`/`max_test` keep a seeded, class-balanced subset."""
-    folder = find_folder(entry, store)
+    folder = files[0]
     layout = entry.raw["layout"]
     if layout == "cub200":
         splits = _cub200_files(folder)
@@ -74,40 +81,13 @@ def load_image_folder(entry: DatasetEntry, store: FileStore) -> dict[str, torch.
         raise CatalogError(f"{entry.origin}: dataset {entry.id!r}: field layout: unknown layout {layout!r}")
     out = {}
     for split, limit_key in (("train", "max_train"), ("test", "max_test")):
-        files, labels = splits[split]
+        paths, labels = splits[split]
         if entry.raw.get(limit_key):
             keep = balanced_subset(labels, entry.raw[limit_key], entry.num_classes, seed=entry.raw.get("split_seed", 0))
-            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
-        out[f"{split}_images"] = _decode(files, entry)
+            paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+        out[f"{split}_images"] = _decode(paths, entry)
         out[f"{split}_labels"] = torch.tensor(labels, dtype=torch.int64)
     return out
-
-
-def find_folder(entry: DatasetEntry, store: FileStore) -> Path:
-    """The dataset's folder in the cache or a mirror; else its archive (found or downloaded) unpacked
-    into the cache. Without either, fail naming the folder and where it was looked for."""
-    name = entry.raw["folder"]
-    for root in (store.cache_dir, *store.mirrors):
-        if (root / name).is_dir():
-            return root / name
-    archive_name = entry.raw.get("file")
-    if archive_name:
-        try:
-            archive = store.fetch(archive_name, entry.raw.get("sha256"), entry.raw.get("url"))
-        except MissingFileError as exc:
-            raise MissingFileError(f"dataset {entry.id!r}: no `{name}` folder in the cache or a mirror, and {exc}") from exc
-        target = store.cache_dir
-        log.info("unpacking %s into %s", archive, target)
-        with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(target, filter="data")
-        if (target / name).is_dir():
-            return target / name
-        raise CatalogError(f"dataset {entry.id!r}: {archive_name} does not hold a `{name}` folder")
-    searched = ", ".join(str(r) for r in (store.cache_dir, *store.mirrors))
-    raise MissingFileError(
-        f"dataset {entry.id!r} is read from a local folder only, and no `{name}` folder was found in {searched}. "
-        f"Put a copy (layout: {entry.raw['layout']}) into the cache directory or a SECURITYNET_MIRROR directory."
-    )
 
 
 def _cub200_files(folder: Path) -> dict[str, tuple[list[Path], list[int]]]:
@@ -173,15 +153,3 @@ def _decode(files: list[Path], entry: DatasetEntry) -> torch.Tensor:
             crop = img.crop((left, top, left + width, top + height))
             out[i] = torch.from_numpy(np.array(crop)).permute(2, 0, 1)
     return out
-
-
-def _link_from_mirror(target: Path, store: FileStore) -> None:
-    if target.exists():
-        return
-    for mirror in store.mirrors:
-        if (mirror / target.name).is_file():
-            target.symlink_to((mirror / target.name).resolve())
-            return
-
-
-LOADERS = {"medmnist": load_medmnist, "image-folder": load_image_folder}

@@ -1,8 +1,11 @@
-"""Weights and data files: cache, local mirror, checksums and (online only) downloads.
+"""Weights and data files: cache, local mirrors, checksums and (online only) downloads.
 
-A file is looked up in this order: the cache, every mirror directory (by file name), the URL.
-Every file is checked against its sha256 before use. Downloads go to a temporary file in the
-cache directory and are renamed into place, so a killed download never leaves a bad file.
+A `Need` describes one file (or folder) by name; `FileStore.get` is the one lookup every loader,
+`catalog prefetch` and every offline message goes through. Its order: the cache, each mirror
+directory by file name, an archive holding the file (in the cache or a mirror, then unpacked into
+the cache), the URL. Every copy is checked against its checksum before use; a corrupt copy is
+reported and the next one tried. Downloads and unpacking go to temporary paths in the cache and are
+renamed into place, so a killed download never leaves a bad file.
 """
 
 from __future__ import annotations
@@ -10,16 +13,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock
 
-from pytest_securitynet.errors import ChecksumError, MissingFileError
+from pytest_securitynet.errors import CatalogError, ChecksumError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -28,93 +35,94 @@ _CHUNK = 1 << 20
 
 
 def default_cache_dir() -> Path:
-    """`SECURITYNET_CACHE`, else the user cache directory (e.g. ~/.cache/securitynet)."""
-    env = os.environ.get("SECURITYNET_CACHE")
-    if env:
-        return Path(env).expanduser()
+    """The user cache directory (e.g. ~/.cache/securitynet); `SECURITYNET_CACHE` is read by the settings."""
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("securitynet"))
 
 
-def mirrors_from_env() -> list[Path]:
-    """Directories in `SECURITYNET_MIRROR`, separated by `os.pathsep`."""
-    raw = os.environ.get("SECURITYNET_MIRROR", "")
-    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
-
-
-def offline_from_env() -> bool:
-    return os.environ.get("SECURITYNET_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+    return hash_of(path, "sha256")
+
+
+def hash_of(path: Path, algorithm: str) -> str:
+    """Hex digest of a file's bytes with a `hashlib` algorithm, read in chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-@dataclass
-class FileStore:
-    """Where files come from: a cache directory, mirror directories, and whether to download."""
+# --- what a file is -----------------------------------------------------------------------------
 
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    mirrors: list[Path] = field(default_factory=mirrors_from_env)
-    offline: bool = field(default_factory=offline_from_env)
+@dataclass(frozen=True)
+class Digest:
+    """A checksum other than the catalog's sha256: the upstream project's own (md5, sha1), or the
+    sha256 prefix a torch.hub file name carries (`prefix=True`). `downloads_only`: checked on what
+    this store downloads, not on local copies, as the upstream library does (MedMNIST)."""
 
-    def path(self, *parts: str) -> Path:
-        """A path inside the cache, with its parent directory created."""
-        target = self.cache_dir.joinpath(*parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return target
+    algorithm: str
+    hexdigest: str
+    prefix: bool = False
+    downloads_only: bool = False
 
-    def lock(self, *parts: str) -> FileLock:
-        """An inter-process lock, so parallel workers fill one cache entry once."""
-        return FileLock(str(self.path("locks", *parts)) + ".lock")
-
-    def fetch(self, filename: str, sha256: str | None, url: str | None = None, subdir: str = "files") -> Path:
-        """Return a verified local copy of `filename`: cache, then mirrors, then `url`."""
-        cached = self.path(subdir, filename)
-        with self.lock(subdir, filename):
-            if cached.exists():
-                verify_file(cached, sha256, origin="the cache")
-                return cached
-            for mirror in self.mirrors:
-                candidate = mirror / filename
-                if candidate.is_file():
-                    verify_file(candidate, sha256, origin=f"mirror {mirror}")
-                    return candidate
-            if url is None or self.offline:
-                raise MissingFileError(self._missing_message(filename, url, cached))
-            self._download(url, cached, sha256)
-            return cached
-
-    def _download(self, url: str, dest: Path, sha256: str | None) -> None:
-        log.info("downloading %s -> %s", url, dest)
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
-                _copy_with_progress(resp, out, dest.name)
-            verify_file(tmp, sha256, origin=url)
-            os.replace(tmp, dest)
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise MissingFileError(
-                f"could not download {dest.name} from {url}: {exc}.\n"
-                + self._missing_message(dest.name, url, dest)
-            ) from exc
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _missing_message(self, filename: str, url: str | None, cached: Path) -> str:
-        where = f"from {url}" if url else "(no public URL is known)"
-        mode = "offline mode is on" if self.offline and url else "it is not in the cache or any mirror"
-        mirrors = os.pathsep.join(str(m) for m in self.mirrors) or "(none set)"
-        return (
-            f"missing file {filename!r}: {mode}. Get it {where} and either put it at {cached} "
-            f"or into a directory listed in SECURITYNET_MIRROR (now: {mirrors})."
+    def check(self, path: Path, origin: str) -> None:
+        actual = hash_of(path, self.algorithm)
+        expected = self.hexdigest.lower()
+        if actual.startswith(expected) if self.prefix else actual == expected:
+            return
+        promise = f"to start with {expected}" if self.prefix else expected
+        raise ChecksumError(
+            f"{self.algorithm} mismatch for {path.name} from {origin}: expected {promise}, got {actual}. "
+            f"The file at {path} is corrupt or not the one its source names; delete or replace it."
         )
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A download (or mirror copy) that holds the needed file or folder; unpacked into the cache."""
+
+    name: str
+    sha256: str | None = None  # of the archive itself
+    subdir: str = "downloads"  # where a downloaded copy is kept until it is unpacked
+
+
+@dataclass(frozen=True)
+class Need:
+    """One file (or folder) a catalog entry needs: its name, where it lives in the cache, how to get
+    it, and how to check it. Mirrors are searched by `name` (and `aliases`)."""
+
+    name: str
+    purpose: str = ""  # e.g. "weights of cifar10-resnet20-akamaster"
+    subdir: str = "files"  # cache subdirectory ("" for the cache root)
+    urls: tuple[str, ...] = ()  # tried in order; empty: no download
+    sha256: str | None = None
+    digest: Digest | None = None  # used where the catalog records no sha256
+    aliases: tuple[str, ...] = ()  # other names accepted in the cache or a mirror
+    archive: Archive | None = None  # the URL serves this archive, which holds `name`
+    folder: bool = False  # a directory rather than a file
+    at: Path | None = None  # a fixed local path (`file:` sources): no cache, mirror or download
+    hint: str = ""  # how to get it by hand, where no URL says
+
+    def __post_init__(self) -> None:
+        for name in (self.name, *self.aliases, *([self.archive.name] if self.archive else [])):
+            if not name or name in (".", "..") or "/" in name or "\\" in name:
+                raise CatalogError(f"{self.purpose or 'a catalog entry'}: {name!r} is not a plain file name")
+
+    @property
+    def source(self) -> str:
+        """Where to get it, in words: its URLs, else the hint."""
+        return ", ".join(self.urls) or self.hint or "no public URL is known"
+
+    def verify(self, path: Path, origin: str, downloaded: bool = False) -> None:
+        """Raise `ChecksumError` unless `path` matches the recorded sha256 (else the digest)."""
+        if self.folder:
+            return
+        if self.sha256 is not None:
+            verify_file(path, self.sha256, origin)
+        elif self.digest is not None and (downloaded or not self.digest.downloads_only):
+            self.digest.check(path, origin)
 
 
 def verify_file(path: Path, sha256: str | None, origin: str) -> None:
@@ -126,6 +134,202 @@ def verify_file(path: Path, sha256: str | None, origin: str) -> None:
             f"sha256 mismatch for {path.name} from {origin}: expected {sha256}, got {actual}. "
             f"The file at {path} is corrupt or not the one the catalog names; delete or replace it."
         )
+
+
+# --- where files are ----------------------------------------------------------------------------
+
+@dataclass
+class FileStore:
+    """Where files come from: a cache directory, mirror directories, and whether to download."""
+
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    mirrors: list[Path] = field(default_factory=list)
+    offline: bool = False
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the cache, with its parent directory created."""
+        target = self.cache_dir.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def lock(self, *parts: str) -> FileLock:
+        """An inter-process lock, so parallel workers fill one cache entry once."""
+        return FileLock(str(self.path("locks", *parts)) + ".lock")
+
+    def cache_path(self, need: Need) -> Path:
+        """Where `need` lives in the cache (or its fixed path); nothing is created."""
+        return need.at if need.at is not None else self.cache_dir / need.subdir / need.name
+
+    def find(self, need: Need) -> Path | None:
+        """The first copy (or archive) `get` would try, without checking it; None when there is none."""
+        found = self._copies(need) or self._archives(need)
+        return found[0][0] if found else None
+
+    def get(self, need: Need) -> Path:
+        """A verified local copy of `need`: the cache, each mirror, an archive holding it, the URL.
+
+        A copy that fails its checksum is passed over (with a warning naming it once a good copy is
+        found); `ChecksumError`, naming every bad copy, only when no good copy is left. Offline or
+        without a URL, a missing file is a `MissingFileError` whose message says what is missing,
+        where to get it and where to put it. Nothing is written unless an archive is unpacked or a
+        file downloaded (then under a lock, so parallel workers fill one cache entry once).
+        """
+        bad: list[ChecksumError] = []
+        for path, origin in self._copies(need):
+            try:
+                need.verify(path, origin)
+                return _used(path, bad)
+            except ChecksumError as exc:
+                bad.append(exc)
+        if need.at is None and (self._archives(need) or (need.urls and not self.offline)):
+            return self._fill(need, bad)
+        raise self._unavailable(need, bad)
+
+    def fetch(self, filename: str, sha256: str | None, url: str | None = None, subdir: str = "files") -> Path:
+        """`get` for a plain file named by its name, sha256 and URL."""
+        return self.get(Need(filename, subdir=subdir, urls=(url,) if url else (), sha256=sha256))
+
+    def missing_message(self, need: Need, reason: str | None = None) -> str:
+        """What is missing, why, where to get it and where to put it."""
+        purpose = f" ({need.purpose})" if need.purpose else ""
+        if need.at is not None:
+            return f"missing file {need.at}{purpose}: the local file does not exist ({need.hint})"
+        mirrors = os.pathsep.join(str(m) for m in self.mirrors) or "(none set)"
+        if need.folder and not need.urls and need.archive is None:
+            searched = ", ".join(str(r) for r in (self.cache_dir, *self.mirrors))
+            return (f"{need.purpose or need.name}: read from a local folder only, and no `{need.name}` folder "
+                    f"was found in {searched}. {need.hint}")
+        if reason is None:
+            reason = "offline mode is on" if self.offline and need.urls else "it is not in the cache or any mirror"
+        if need.urls:
+            unpack = f" (the archive {need.archive.name}; unpack it)" if need.archive else ""
+            where = f"from {' or '.join(need.urls)}{unpack}"
+        else:
+            where = need.hint or "(no public URL is known)"
+        kind = "folder" if need.folder else "file"
+        return (f"missing {kind} {need.name!r}{purpose}: {reason}. Get it {where} and either put it at "
+                f"{self.cache_path(need)} or into a directory listed in SECURITYNET_MIRROR (now: {mirrors}).")
+
+    # -- lookup order ------------------------------------------------------------------------------
+
+    def _copies(self, need: Need) -> list[tuple[Path, str]]:
+        """Existing copies of the need itself, in lookup order: the cache, then each mirror."""
+        if need.at is not None:
+            return [(need.at, str(need.at))] if need.at.is_file() else []
+        names = (need.name, *need.aliases)
+        places = [(self.cache_dir / need.subdir, "the cache"), *((m, f"mirror {m}") for m in self.mirrors)]
+        found = [(root / name, origin) for root, origin in places for name in names]
+        return [(p, origin) for p, origin in found if (p.is_dir() if need.folder else p.is_file())]
+
+    def _archives(self, need: Need) -> list[tuple[Path, str]]:
+        """Existing copies of the archive that holds the need: the cache, then each mirror."""
+        if need.archive is None:
+            return []
+        places = [(self.cache_dir / need.archive.subdir, "the cache"), *((m, f"mirror {m}") for m in self.mirrors)]
+        return [(root / need.archive.name, origin) for root, origin in places
+                if (root / need.archive.name).is_file()]
+
+    def _fill(self, need: Need, bad: list[ChecksumError]) -> Path:
+        """Unpack a local archive or download: the steps that write, under the need's lock."""
+        final = self.cache_path(need)
+        with self.lock(need.subdir, need.name):
+            if final.exists():  # filled by another process while this one waited?
+                try:
+                    need.verify(final, "the cache")
+                    return _used(final, bad)
+                except ChecksumError:
+                    pass  # the corrupt copy reported above; replaced below
+            for path, origin in self._archives(need):
+                try:
+                    return _used(self._unpack(need, path, origin), bad)
+                except ChecksumError as exc:
+                    bad.append(exc)
+            if not need.urls or self.offline:
+                raise self._unavailable(need, bad)
+            downloaded = self._download(need)
+            if need.archive is None:
+                return _used(downloaded, bad)
+            try:
+                return _used(self._unpack(need, downloaded, downloaded.name), bad)
+            finally:
+                downloaded.unlink(missing_ok=True)
+
+    def _download(self, need: Need) -> Path:
+        """Download `need` (or its archive) into the cache from the first URL that answers."""
+        name, subdir = (need.archive.name, need.archive.subdir) if need.archive else (need.name, need.subdir)
+        dest = self.path(subdir, name)
+        failures = []
+        for url in need.urls:
+            try:
+                _download(url, dest)
+            except (urllib.error.URLError, TimeoutError, OSError) as exc:
+                failures.append(f"could not download {name} from {url}: {exc}")
+                continue
+            try:
+                if need.archive is None:
+                    need.verify(dest, url, downloaded=True)
+                else:
+                    verify_file(dest, need.archive.sha256, url)
+            except ChecksumError:
+                dest.unlink(missing_ok=True)
+                raise
+            return dest
+        reason = "; ".join(failures)
+        raise MissingFileError(f"{reason}.\n" + self.missing_message(need, reason="the download failed"))
+
+    def _unpack(self, need: Need, archive: Path, origin: str) -> Path:
+        """Unpack `need` out of a (verified) archive into the cache, renamed into place when complete."""
+        verify_file(archive, need.archive.sha256 if need.archive else None, origin)
+        final = self.cache_path(need)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        log.info("unpacking %s from %s into %s", need.name, archive, final.parent)
+        with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{need.name}.") as tmp:
+            unpack_archive(archive, Path(tmp))
+            unpacked = Path(tmp) / need.name
+            if not (unpacked.is_dir() if need.folder else unpacked.is_file()):
+                raise MissingFileError(f"{archive.name} from {origin} does not hold {need.name!r} ({need.purpose})")
+            need.verify(unpacked, f"{archive.name} from {origin}")
+            if final.is_dir() and not final.is_symlink():
+                shutil.rmtree(final)
+            os.replace(unpacked, final)
+        return final
+
+    def _unavailable(self, need: Need, bad: list[ChecksumError]) -> Exception:
+        if bad:
+            return ChecksumError("\n".join(str(exc) for exc in bad))
+        return MissingFileError(self.missing_message(need))
+
+
+def _used(path: Path, bad: list[ChecksumError]) -> Path:
+    """`path`, after warning about the corrupt copies passed over to reach it."""
+    for exc in bad:
+        warnings.warn(f"{exc} Used {path} instead.", UserWarning, stacklevel=3)
+    return path
+
+
+def unpack_archive(archive: Path, dest: Path) -> None:
+    """Unpack a zip or tar archive into `dest`; members cannot land outside it."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(dest)  # zipfile drops absolute paths and `..` components
+        return
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(dest, filter="data")
+    except tarfile.TarError as exc:
+        raise MissingFileError(f"{archive} is neither a zip nor a tar archive: {exc}") from exc
+
+
+def _download(url: str, dest: Path) -> None:
+    log.info("downloading %s -> %s", url, dest)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+            _copy_with_progress(resp, out, dest.name)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _copy_with_progress(resp, out, label: str) -> None:
@@ -149,3 +353,12 @@ def atomic_path(dest: Path):
         os.replace(tmp_name, dest)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
+
+
+def link_into(path: Path, directory: Path, name: str | None = None) -> Path:
+    """Make `path` visible as `directory/name` (a symlink), for libraries that read from one folder."""
+    target = directory / (name or path.name)
+    if target.resolve() != path.resolve():
+        target.unlink(missing_ok=True)
+        target.symlink_to(path.resolve())
+    return target
