@@ -4,7 +4,7 @@ Three detectors run on each model, one row each (setting `neural-cleanse`, `stri
 
 - Neural Cleanse (Wang et al., S&P 2019): all labels reverse-engineered together in one batched
   problem, 50 epochs over 1,000 clean test images (20 epochs on small data: at most 16 px and
-  20,000 training images, e.g. the demo digits, see `pytest_securitynet.harness.scaling`; rows
+  20,000 training images, e.g. the demo digits, see `pytest_securitynet.harness.budget_rules`; rows
   record the epochs used and `scale`); the model is flagged when a label's MAD anomaly
   index exceeds 2 on the small side. The reversed mask and pattern of the flagged (else the
   smallest) label are saved as a PNG beside the results JSON.
@@ -44,7 +44,7 @@ from pytest_securitynet.attacks.backdoor import (
     strip,
 )
 from pytest_securitynet.attacks.backdoor_neural_cleanse import ANOMALY_THRESHOLD
-from pytest_securitynet.harness.scaling import nc_epochs, scale_name
+from pytest_securitynet.harness.budget_rules import nc_epochs, scale_name
 from pytest_securitynet.harness.settings import budget
 from pytest_securitynet.results.spec import BenchmarkSpec, Metric
 from pytest_securitynet.results.tables import false_positive_rates
@@ -74,7 +74,7 @@ SPEC = BenchmarkSpec(
 class Budget:
     """Paper defaults; `--securitynet-budget backdoor.nc_epochs=10` etc. shrink them for CPU runs."""
 
-    nc_epochs: int = 0  # 0: 50 (the paper's), 20 on small data (pytest_securitynet.harness.scaling)
+    nc_epochs: int = 0  # 0: 50 (the paper's), 20 on small data (pytest_securitynet.harness.budget_rules)
     nc_samples: int = 1000
     inputs: int = 2000
     sequential: bool = False  # also run the one-label-at-a-time Neural Cleanse and record the speed-up

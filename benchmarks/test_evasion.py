@@ -10,7 +10,7 @@ The transfer source is trained on the true labels of the attacker's `auxiliary` 
 of the training split) with the stealing trainer, so it never queries the target; it depends only
 on the data and recipe, is trained once per worker (`SURROGATES`) and serves every eps and every
 model evaluated on that data. Its architecture and epochs follow the stealing rule
-(`pytest_securitynet.harness.scaling`): the paper's ResNet-18 and 30 epochs, a small CNN for 20
+(`pytest_securitynet.harness.budget_rules`): the paper's ResNet-18 and 30 epochs, a small CNN for 20
 epochs on small data (<= 16 px, <= 20,000 training images, e.g. the demo digits); the `evasion`
 budget overrides them (`--securitynet-budget evasion.source_epochs=1` for a quick CPU look).
 """
@@ -28,7 +28,7 @@ from pytest_securitynet.attacks.evasion import run_evasion
 from pytest_securitynet.attacks.stealing import evaluate_surrogate
 from pytest_securitynet.attacks.surrogate_cache import SurrogateCache, SurrogateRecipe
 from pytest_securitynet.results.spec import BenchmarkSpec, Metric
-from pytest_securitynet.harness.scaling import SurrogatePlan, surrogate_plan
+from pytest_securitynet.harness.budget_rules import SurrogatePlan, surrogate_plan
 from pytest_securitynet.harness.settings import budget
 
 EPS = (0.01, 0.03, 0.1)

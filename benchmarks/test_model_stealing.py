@@ -7,7 +7,7 @@ one thing each: the query budget, out-of-distribution queries, a WRN-50-2 surrog
 answers with the top-1 label only. Metrics (Jagielski et al.): attack accuracy and agreement of the
 surrogate on the target's test set, the target's own test accuracy, queries used, training time.
 
-Budget defaults are derived per model (`pytest_securitynet.harness.scaling`): images of at most
+Budget defaults are derived per model (`pytest_securitynet.harness.budget_rules`): images of at most
 16 px with a training split of at most 20,000 (the 8x8 demo digits) get a small CNN surrogate,
 batch 32 at the paper's lr, 20 epochs; everything else, the paper's datasets included, keeps the
 ResNet-18 and 30 epochs. `--securitynet-budget stealing.epochs=N` / `stealing.surrogate=NAME`
@@ -29,7 +29,7 @@ from pytest_securitynet.attacks.stealing import run_model_stealing
 from pytest_securitynet.zoo.datasets import load_dataset
 from pytest_securitynet.errors import MissingFileError, SecurityNetError
 from pytest_securitynet.results.spec import BenchmarkSpec, Metric
-from pytest_securitynet.harness.scaling import surrogate_plan
+from pytest_securitynet.harness.budget_rules import surrogate_plan
 from pytest_securitynet.harness.settings import budget
 
 

@@ -33,7 +33,7 @@ from pytest_securitynet.attacks.backdoor import (
     train_classifier,
     trigger_images_uint8,
 )
-from pytest_securitynet.harness.scaling import nc_epochs
+from pytest_securitynet.harness.budget_rules import nc_epochs
 from pytest_securitynet.zoo.architectures import Normalized, build
 from pytest_securitynet.zoo.datasets import ImageData, load_dataset
 

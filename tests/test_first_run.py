@@ -24,7 +24,7 @@ from pytest_securitynet.catalog import entries
 from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, load_catalog
 from pytest_securitynet.catalog.stats import normalise_countries, records, panel_counts, PANELS
 from pytest_securitynet.cli import main
-from pytest_securitynet.harness.scaling import SmallCNN, nc_epochs, surrogate_plan
+from pytest_securitynet.harness.budget_rules import SmallCNN, nc_epochs, surrogate_plan
 from pytest_securitynet.plugin import estimate, progress
 from pytest_securitynet.plugin.gpus import GpuPool
 from pytest_securitynet.plugin.selection import SharedNames, may_match

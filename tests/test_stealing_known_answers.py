@@ -1,7 +1,7 @@
 """Known answers for the model-stealing benchmark (SecurityNet §3.1, Appendix B) on the demo catalog.
 
 With the full budget (half the training split, 449 queries) the surrogate the budget rule picks
-for 8x8 digits (a small CNN, 20 epochs, `pytest_securitynet.harness.scaling`) agrees with
+for 8x8 digits (a small CNN, 20 epochs, `pytest_securitynet.harness.budget_rules`) agrees with
 `demo-digits-cnn` on more than 90% of the test split; with 1% of the training split (9 queries) it
 stays far below. The full-budget case runs the benchmark file itself, end to end, with its defaults.
 """
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from pytest_securitynet.attacks.stealing import evaluate_surrogate, steal
-from pytest_securitynet.harness.scaling import surrogate_plan
+from pytest_securitynet.harness.budget_rules import surrogate_plan
 from pytest_securitynet.harness.target import BlackBoxTarget
 
 from conftest import DATA_DIR, needs_shared

@@ -17,7 +17,7 @@ from pytest_securitynet.plugin.progress import Phases, phases_of
 from pytest_securitynet.results.rows import plain
 from pytest_securitynet.plugin.runstate import STATE, harness
 from pytest_securitynet.harness.harness import Harness
-from pytest_securitynet.harness.scaling import is_small
+from pytest_securitynet.harness.budget_rules import is_small
 from pytest_securitynet.harness.target import BlackBoxTarget
 
 
@@ -38,7 +38,7 @@ def _securitynet_threads(request: pytest.FixtureRequest):
     """Small-data models on the CPU run on one intra-op thread, restored after the test.
 
     Their operations are so small that OpenMP's synchronisation costs more than the work, and on a
-    CPU shared with other jobs the spinning threads multiply the time (rule: harness/scaling.py).
+    CPU shared with other jobs the spinning threads multiply the time (rule: harness/budget_rules.py).
     """
     if "catalog_entry" not in request.fixturenames:
         yield
