@@ -13,6 +13,9 @@ Three detectors run on each model, one row each (setting `neural-cleanse`, `stri
 - NEO (Udeshi et al., 2022): dominant colour of 3 k-means clusters, 200 random blocks of
   4x4 per 32x32 (at least 2x2), confirmed when pasting flips more than 80%; 2,000 test inputs.
 
+STRIP and NEO score 200 inputs instead of 2,000 on small data (the same rule, about a fifth of a
+small test split as 2,000 are of CIFAR-10's 10,000).
+
 The models are presumed clean, so every flag is a false positive; `false_positive_rates`
 (`results/tables.py`, also used by the report) turns a results file into Table 1 (per dataset
 family and detector). By default only CIFAR-10 and SVHN models (the paper's) and the demo models
@@ -44,7 +47,7 @@ from pytest_securitynet.attacks.backdoor import (
     strip,
 )
 from pytest_securitynet.attacks.backdoor_neural_cleanse import ANOMALY_THRESHOLD
-from pytest_securitynet.harness.budget_rules import nc_epochs, scale_name
+from pytest_securitynet.harness.budget_rules import detector_inputs, nc_epochs, scale_name
 from pytest_securitynet.harness.settings import budget
 from pytest_securitynet.results.spec import BenchmarkSpec, Metric
 from pytest_securitynet.results.tables import false_positive_rates
@@ -76,7 +79,7 @@ class Budget:
 
     nc_epochs: int = 0  # 0: 50 (the paper's), 20 on small data (pytest_securitynet.harness.budget_rules)
     nc_samples: int = 1000
-    inputs: int = 2000
+    inputs: int = 0  # 0: 2000 (the paper's), 200 on small data
     sequential: bool = False  # also run the one-label-at-a-time Neural Cleanse and record the speed-up
     datasets: str = "paper"  # "paper": CIFAR-10, SVHN and demo models (SecurityNet §4.3); "all": every model
 
@@ -107,6 +110,7 @@ def test_detection(target_model, test_set, image_data, catalog_entry, dataset_fa
     budget = securitynet.settings.budget(Budget)
     images, num_classes = test_set.images, catalog_entry.annotations["num_classes"]
     shape, n_train = tuple(images.shape[1:]), len(image_data.train_labels)
+    budget = dataclasses.replace(budget, inputs=detector_inputs(shape, n_train, budget.inputs))
     if detector == "neural-cleanse":
         json_dir = results_path.parent
         budget = dataclasses.replace(budget, nc_epochs=nc_epochs(shape, n_train, budget.nc_epochs))
@@ -117,10 +121,10 @@ def test_detection(target_model, test_set, image_data, catalog_entry, dataset_fa
         metrics["scale"] = scale_name(shape, n_train)
     elif detector == "strip":
         progress(f"strip: {min(budget.inputs, len(images) // 2)} inputs")
-        metrics = run_strip(target_model, images, budget, device, seed)
+        metrics = run_strip(target_model, images, budget, device, seed) | {"scale": scale_name(shape, n_train)}
     else:
         progress(f"neo: {min(budget.inputs, len(images))} inputs")
-        metrics = run_neo(target_model, images, budget, device, seed)
+        metrics = run_neo(target_model, images, budget, device, seed) | {"scale": scale_name(shape, n_train)}
     record(detector=detector, dataset_family=dataset_family, purpose=catalog_entry.purpose,
            verdict="backdoored" if metrics["flagged"] else "clean", **metrics)
     assert metrics["runtime_s"] > 0

@@ -33,7 +33,7 @@ from pytest_securitynet.attacks.backdoor import (
     train_classifier,
     trigger_images_uint8,
 )
-from pytest_securitynet.harness.budget_rules import nc_epochs
+from pytest_securitynet.harness.budget_rules import detector_inputs, nc_epochs
 from pytest_securitynet.zoo.architectures import Normalized, build
 from pytest_securitynet.zoo.datasets import ImageData, load_dataset
 
@@ -252,8 +252,9 @@ def test_default_selection(harness, bench):
     assert bench.in_default_selection(entries["demo-digits-cnn"], "digits")
     assert bench.PAPER_FAMILIES == ("cifar10", "svhn")
     assert [bench.neo_block_size(h) for h in (8, 16, 32, 224)] == [2, 2, 4, 28]
-    assert bench.Budget() == bench.Budget(nc_epochs=0, nc_samples=1000, inputs=2000, sequential=False,
+    assert bench.Budget() == bench.Budget(nc_epochs=0, nc_samples=1000, inputs=0, sequential=False,
                                              datasets="paper")
+    assert (detector_inputs((1, 8, 8), 898), detector_inputs((3, 32, 32), 50_000)) == (200, 2000)
     assert (nc_epochs((1, 8, 8), 898), nc_epochs((3, 32, 32), 50_000), nc_epochs((1, 8, 8), 898, 7)) == (20, 50, 7)
 
 

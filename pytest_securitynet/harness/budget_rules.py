@@ -5,15 +5,16 @@ were chosen for CIFAR-sized and larger inputs. On small images with a small trai
 embedded 8x8 digits) a ResNet-18 costs minutes of CPU per surrogate and learns nothing a small
 CNN does not. The rule, applied wherever a benchmark's budget field is left at 0 or "auto":
 
-| the model's data | surrogate | batch | surrogate epochs | Neural Cleanse epochs |
-|---|---|---|---|---|
-| side <= 16 px and training split <= 20,000 images | small CNN (16/32/64 channels) | 32 | 20 | 20 |
-| anything else (CIFAR, SVHN, MedMNIST, ImageNet ...) | ResNet-18 (the paper's) | `steal`'s default | 30 | 50 |
+| the model's data | surrogate | batch | surrogate epochs | Neural Cleanse epochs | STRIP / NEO inputs |
+|---|---|---|---|---|---|
+| side <= 16 px and training split <= 20,000 images | small CNN (16/32/64 channels) | 32 | 20 | 20 | 200 |
+| anything else (CIFAR, SVHN, MedMNIST, ImageNet ...) | ResNet-18 (the paper's) | `steal`'s default | 30 | 50 | 2,000 |
 
 Small data keeps the paper's learning rate (0.01, not rescaled to the batch) and gets a batch of
 32 so an epoch of a few hundred queries still takes a dozen SGD steps; the 8x8 mask of Neural
-Cleanse has 16x fewer pixels than CIFAR's and settles in fewer epochs. Every row records the
-values used and `scale` ("small" or "paper").
+Cleanse has 16x fewer pixels than CIFAR's and settles in fewer epochs; STRIP and NEO score 200
+inputs, about the fifth of a small test split that the paper's 2,000 are of CIFAR-10's 10,000.
+Every row records the values used and `scale` ("small" or "paper").
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ SMALL_TRAIN = 20_000
 """Training splits of at most this many images count as small."""
 PAPER_EPOCHS, SMALL_EPOCHS = 30, 20
 PAPER_NC_EPOCHS, SMALL_NC_EPOCHS = 50, 20
+PAPER_INPUTS, SMALL_INPUTS = 2000, 200
 SMALL_BATCH = 32
 
 
@@ -103,3 +105,8 @@ def surrogate_plan(input_shape: tuple[int, ...], n_train: int, *, surrogate: str
 def nc_epochs(input_shape: tuple[int, ...], n_train: int, requested: int = 0) -> int:
     """Neural Cleanse epochs: `requested`, else the rule above."""
     return requested or (SMALL_NC_EPOCHS if is_small(input_shape, n_train) else PAPER_NC_EPOCHS)
+
+
+def detector_inputs(input_shape: tuple[int, ...], n_train: int, requested: int = 0) -> int:
+    """Inputs STRIP and NEO score: `requested`, else the rule above."""
+    return requested or (SMALL_INPUTS if is_small(input_shape, n_train) else PAPER_INPUTS)
