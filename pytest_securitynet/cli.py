@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, catalog_paths, load_catalog
+from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, Catalog, catalog_paths, load_catalog
+from pytest_securitynet.catalog.policy import check_builders
 from pytest_securitynet.bench import add_bench_parser
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.harness.settings import settings_from
@@ -107,15 +108,22 @@ def _catalog_paths(args: argparse.Namespace) -> list[Path]:
     return catalog_paths(settings_from({"catalog": args.catalog}).catalogs)
 
 
-def _catalog(args: argparse.Namespace):
+def _catalog(args: argparse.Namespace) -> Catalog:
     """The catalog through the plugin's validated-catalog cache (a second parse of 500 entries takes seconds)."""
     settings = settings_from({"catalog": args.catalog})
-    return load_catalog(catalog_paths(settings.catalogs), settings.cache_dir)
+    return load_catalog(catalog_paths(settings.catalogs), settings.cache_dir,
+                        allow_code_builders=args.allow_code_builders)
 
 
 def _add_catalog_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--catalog", action="append", default=[], metavar="PATH",
                         help="extra catalog file or directory (repeatable)")
+    parser.add_argument("--allow-code-builders", action="store_true",
+                        help="accept entries whose builder is a module:function: code the catalog file runs")
+
+
+def _load(args: argparse.Namespace) -> Catalog:
+    return load_catalog(_catalog_paths(args), allow_code_builders=args.allow_code_builders)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -179,7 +187,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    catalog = load_catalog(_catalog_paths(args))
+    catalog = _load(args)
+    check_builders(catalog, args.allow_code_builders, torchvision=True)
     print(f"ok: {len(catalog.models)} models, {len(catalog.datasets)} datasets")
     return 0
 
@@ -202,7 +211,7 @@ def _annotate(args: argparse.Namespace) -> int:
 
     from pytest_securitynet.catalog.annotate import COMPUTED_CSV, annotate, read_computed, write_computed
 
-    catalog = load_catalog(_catalog_paths(args))
+    catalog = _load(args)
     entries = [e for e in catalog.models.values() if not args.patterns or any(fnmatchcase(e.id, p) for p in args.patterns)]
     out = args.out or COMPUTED_CSV
     rows, skipped = annotate(entries, count_flops=not args.no_flops, progress=lambda line: print(line, file=sys.stderr))
@@ -233,7 +242,7 @@ def _prefetch(args: argparse.Namespace) -> int:
     from pytest_securitynet.zoo.store import FileStore
 
     settings = settings_from({"catalog": args.catalog, "cache": args.cache, "offline": args.offline})
-    catalog = load_catalog(catalog_paths(settings.catalogs))
+    catalog = load_catalog(catalog_paths(settings.catalogs), allow_code_builders=args.allow_code_builders)
     store = FileStore(cache_dir=settings.cache_dir, mirrors=list(settings.mirrors), offline=settings.offline)
     needs, unavailable = plan(select(catalog, args.patterns), catalog, store)
     for model_id, reason in unavailable.items():

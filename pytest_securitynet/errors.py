@@ -21,3 +21,11 @@ class ChecksumError(SecurityNetError):
 
 class UnsafeCheckpointError(SecurityNetError):
     """A checkpoint needs arbitrary code to unpickle; it was refused and nothing ran."""
+
+
+class UnreadableFileError(SecurityNetError):
+    """A weights or cache file exists but cannot be read (truncated, damaged, not what it claims)."""
+
+
+class CacheError(SecurityNetError):
+    """The cache directory cannot be used (its parent is a file) or written where a write is needed."""

@@ -129,3 +129,36 @@ def test_bad_settings_are_usage_errors_before_any_test(pytester, tmp_path, monke
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{message}*"])
     assert not Path(out).exists()
+
+
+class _Node:
+    def __init__(self, worker_id):
+        self.gateway = type("Gateway", (), {"id": worker_id})()
+        self.workerinput = {}
+
+
+def test_workers_per_gpu_pins_k_workers_to_each_inherited_gpu():
+    """--gpus 2 --workers-per-gpu 3 with CUDA_VISIBLE_DEVICES=3,5: six workers, three on each GPU,
+    spread over both first; a crashed worker's replacement takes its slot."""
+    from pytest_securitynet.plugin import gpus
+
+    hooks = gpus.XdistHooks(gpus.GpuPool(2, ["3", "5"], per_gpu=3), [], True)
+    nodes = [_Node(f"gw{i}") for i in range(6)]
+    for node in nodes:
+        hooks.pytest_configure_node(node)
+    assert [n.workerinput[gpus.GPU_ID_KEY] for n in nodes] == ["3", "5", "3", "5", "3", "5"]
+    assert [n.workerinput[gpus.GPU_KEY] for n in nodes] == [0, 1, 0, 1, 0, 1]
+    hooks.pytest_testnodedown(nodes[3], error="crashed")
+    replacement = _Node("gw6")
+    hooks.pytest_configure_node(replacement)
+    assert replacement.workerinput[gpus.GPU_ID_KEY] == "5"
+    with pytest.raises(SettingsError, match="--workers-per-gpu 0"):
+        settings_from({"gpus": 2, "workers_per_gpu": 0}, {}, {})
+
+
+def test_workers_per_gpu_starts_n_times_k_xdist_workers(pytester, tmp_path):
+    pytester.makepyfile(test_one="def test_worker(worker_id):\n    assert worker_id.startswith('gw')\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--gpus", "1", "--workers-per-gpu", "2",
+                                           "--securitynet-json", str(tmp_path / "r.json"), "-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*2 workers*"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any, Iterable
 
 import jsonschema
 
-from pytest_securitynet.catalog import schema
+from pytest_securitynet.catalog import policy, schema
 from pytest_securitynet.errors import CatalogError
 
 def _builtin_catalog() -> Path:
@@ -103,35 +105,50 @@ def catalog_paths(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
     return [BUILTIN_CATALOG, *(Path(p).expanduser() for p in extra)]
 
 
-def load_catalog(paths: Iterable[str | os.PathLike] | None = None, cache_dir: Path | None = None) -> Catalog:
+def load_catalog(paths: Iterable[str | os.PathLike] | None = None, cache_dir: Path | None = None,
+                 allow_code_builders: bool = False) -> Catalog:
     """Load and validate every `.toml` file under `paths` (default: built-in plus user catalogs).
 
-    With `cache_dir`, the validated entries are kept there as JSON, keyed by each file's path, size
-    and modification time, so that collection does not parse and validate 500 entries every run.
+    File names must stay inside the cache and builders must be registered ones unless
+    `allow_code_builders` (see catalog/policy.py); this is checked on every load, cached or not.
+    With `cache_dir`, the validated entries are kept there as JSON, one file per selection of
+    catalog paths, valid while each file's path, size and modification time stay the same, so
+    that collection does not parse and validate 500 entries every run.
     """
-    files = [file for path in (catalog_paths() if paths is None else [Path(p) for p in paths])
-             for file in _toml_files(path)]
-    cached = _cache_file(files, cache_dir) if cache_dir is not None else None
+    roots = catalog_paths() if paths is None else [Path(p) for p in paths]
+    files = [file for path in roots for file in _toml_files(path)]
+    catalog = None
+    cached = _cache_file(roots, cache_dir) if cache_dir is not None else None
+    key = _cache_key(files) if cached is not None else ""
     if cached is not None and cached.is_file():
         try:
-            return _from_cache(json.loads(cached.read_text(encoding="utf-8")))
-        except (ValueError, KeyError, TypeError, OSError):
-            pass  # a stale or torn cache file is rebuilt below
-    catalog = Catalog()
-    for file in files:
-        _load_file(file, catalog)
-    _check_references(catalog)
-    if cached is not None:
-        _write_cache(cached, catalog)
+            doc = json.loads(cached.read_text(encoding="utf-8"))
+            catalog = _from_cache(doc) if doc.get("key") == key else None
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):
+            catalog = None  # a stale or torn cache file is rebuilt below
+    if catalog is None:
+        catalog = Catalog()
+        for file in files:
+            _load_file(file, catalog)
+        _check_references(catalog)
+        if cached is not None:
+            _write_cache(cached, key, catalog)
+    policy.check_catalog(catalog, allow_code_builders)
     return catalog
 
 
-def _cache_file(files: list[Path], cache_dir: Path) -> Path:
+def _cache_file(roots: list[Path], cache_dir: Path) -> Path:
+    """One cache file per selection of catalog paths: an edited catalog replaces it, never adds one."""
+    selection = "\0".join(str(Path(root).expanduser().resolve()) for root in roots)
+    return Path(cache_dir) / "catalog" / f"selection-{hashlib.sha256(selection.encode()).hexdigest()[:32]}.json"
+
+
+def _cache_key(files: list[Path]) -> str:
     key = hashlib.sha256(Path(schema.__file__).read_bytes() + Path(__file__).read_bytes())
     for file in files:
         stat = file.stat()
         key.update(f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return Path(cache_dir) / "catalog" / f"{key.hexdigest()[:32]}.json"
+    return key.hexdigest()
 
 
 def _from_cache(doc: dict) -> Catalog:
@@ -144,8 +161,9 @@ def _from_cache(doc: dict) -> Catalog:
     return catalog
 
 
-def _write_cache(target: Path, catalog: Catalog) -> None:
-    doc = {"datasets": [{"id": d.id, "raw": d.raw, "origin": d.origin} for d in catalog.datasets.values()],
+def _write_cache(target: Path, key: str, catalog: Catalog) -> None:
+    doc = {"key": key,
+           "datasets": [{"id": d.id, "raw": d.raw, "origin": d.origin} for d in catalog.datasets.values()],
            "models": [{"raw": m.raw, "origin": m.origin} for m in catalog.models.values()]}
     try:
         text = json.dumps(doc)
@@ -154,7 +172,21 @@ def _write_cache(target: Path, catalog: Catalog) -> None:
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, target)  # readers see the old file or the whole new one
     except (OSError, TypeError, ValueError):
-        pass  # a read-only cache, or TOML values JSON cannot hold (dates), only cost speed
+        return  # a read-only cache, or TOML values JSON cannot hold (dates), only cost speed
+    _remove_stale(target.parent)
+
+
+def _remove_stale(folder: Path) -> None:
+    """Remove cache files earlier versions kept per edit (named by a bare hash), and temporary files
+    of writers killed over an hour ago. A reader holding one open still reads it whole."""
+    cutoff = time.time() - 3600
+    for path in folder.iterdir():
+        legacy = path.suffix == ".json" and re.fullmatch(r"[0-9a-f]{32}", path.stem) is not None
+        try:
+            if legacy or (path.suffix == ".tmp" and path.stat().st_mtime < cutoff):
+                path.unlink(missing_ok=True)
+        except OSError:
+            continue
 
 
 def _toml_files(path: Path) -> list[Path]:
@@ -168,11 +200,18 @@ def _toml_files(path: Path) -> list[Path]:
 def _load_file(file: Path, catalog: Catalog) -> None:
     try:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"{file}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                           f"save catalog files as UTF-8") from None
+    except OSError as exc:
+        raise CatalogError(f"{file}: cannot read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise CatalogError(f"{file}: not valid TOML: {exc}") from exc
     unknown = set(data) - {"datasets", "models"}
     if unknown:
         raise CatalogError(f"{file}: unknown top-level table(s) {sorted(unknown)}; use [datasets.ID] or [[models]]")
+    if not isinstance(data.get("datasets", {}), dict) or not isinstance(data.get("models", []), list):
+        raise CatalogError(f"{file}: datasets must be tables [datasets.ID] and models an array [[models]]")
     for dataset_id, raw in data.get("datasets", {}).items():
         _validate(raw, schema.DATASET, file, f"dataset {dataset_id!r}")
         _validate(dataset_id, schema._ID, file, f"dataset {dataset_id!r}")

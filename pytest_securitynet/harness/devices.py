@@ -8,15 +8,23 @@ from typing import Mapping
 import torch
 
 
-def default_device(requested: str | None, gpu_index: int | None) -> torch.device:
-    """`requested` if given; else this worker's GPU, the first GPU, or the CPU."""
+def planned_device(requested: str | None, gpu_index: int | None, cuda_available: bool) -> torch.device:
+    """`requested` if given; else GPU `gpu_index` (the first GPU without one) when CUDA is there, else the CPU.
+
+    Pure, so the xdist controller can say which device a worker uses without touching a GPU."""
     if requested:
         return torch.device(requested)
-    if torch.cuda.is_available():
-        index = gpu_index if gpu_index is not None else 0
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
+    if cuda_available:
+        return torch.device("cuda", gpu_index if gpu_index is not None else 0)
     return torch.device("cpu")
+
+
+def default_device(requested: str | None, gpu_index: int | None) -> torch.device:
+    """This process's device (see `planned_device`); a GPU chosen here becomes the current one."""
+    device = planned_device(requested, gpu_index, torch.cuda.is_available())
+    if not requested and device.type == "cuda":
+        torch.cuda.set_device(device.index)
+    return device
 
 
 def inherited_gpus(environ: Mapping[str, str] = os.environ, count: int | None = None) -> list[str]:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pytest_securitynet.catalog.entries import Catalog, DatasetEntry, ModelEntry, load_catalog, catalog_paths
+from pytest_securitynet.catalog.policy import check_builders
 from pytest_securitynet.harness.data import LabeledSet, SetSizes, make_sets
 from pytest_securitynet.zoo.datasets import ImageData, load_dataset
 from pytest_securitynet.errors import CatalogError
@@ -45,7 +46,9 @@ class Harness:
         self._device: torch.device | None = None
         self.files = FileStore(cache_dir=Path(settings.cache_dir or default_cache_dir()),
                                mirrors=list(settings.mirrors), offline=settings.offline)
-        self.catalog: Catalog = load_catalog(catalog_paths(settings.catalogs), self.files.cache_dir)
+        self.catalog: Catalog = load_catalog(catalog_paths(settings.catalogs), self.files.cache_dir,
+                                             settings.allow_code_builders)
+        check_builders(self.catalog, settings.allow_code_builders)
         self._check_overrides()
         self._current: _Loaded | None = None
         self._datasets: dict[str, ImageData] = {}

@@ -65,7 +65,9 @@ class Settings:
     batch_size: int = 256
     device: str | None = None
     gpus: int = 0
+    workers_per_gpu: int = 1
     budgets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    allow_code_builders: bool = False  # catalog builders given as module:function may run (catalog/policy.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "catalogs", tuple(str(c) for c in self.catalogs))
@@ -78,6 +80,7 @@ class Settings:
             _check_positive("--securitynet-limit", self.limit)
         if self.gpus < 0:
             raise SettingsError(f"--gpus {self.gpus}: give a number of GPUs >= 0")
+        _check_positive("--workers-per-gpu", self.workers_per_gpu)
         if self.device is not None:
             check_device(self.device)
 
@@ -157,7 +160,9 @@ def settings_from(options: Mapping[str, Any] | None = None, ini: Mapping[str, An
         batch_size=_int("--securitynet-batch-size", given("batch_size"), 256),
         device=given("device"),
         gpus=_int("--gpus", given("gpus"), 0),
+        workers_per_gpu=_int("--workers-per-gpu", given("workers_per_gpu"), 1),
         budgets=budgets,
+        allow_code_builders=bool(given("allow_code_builders")) or _ini_bool(ini.get("allow_code_builders")),
     )
 
 
@@ -233,6 +238,11 @@ def _env_list(env: Mapping[str, str], name: str) -> list[str]:
 
 def _env_paths(env: Mapping[str, str], name: str) -> list[str]:
     return [p for p in env.get(name, "").split(os.pathsep) if p.strip()]
+
+
+def _ini_bool(value: Any) -> bool:
+    """An ini flag: pytest gives a bool for `type="bool"`; other sources may give text."""
+    return value if isinstance(value, bool) else str(value or "").strip().lower() in TRUE
 
 
 def _env_bool(env: Mapping[str, str], name: str) -> bool:

@@ -1,9 +1,14 @@
 """`--gpus N`: one xdist worker per GPU, each pinned to its own device, one model per worker.
 
+`--workers-per-gpu K` starts K workers on each GPU (N*K in all): small CIFAR models do not fill
+a large GPU, and K models side by side raise models per hour.
+
 The controller hands GPU indices out from a pool when a worker starts and takes them back when it
 goes down, so a crashed worker's replacement (with a new id) gets a free GPU. The GPUs are the
 ones this process inherited: index i is the i-th entry of CUDA_VISIBLE_DEVICES (as Slurm or the
 user set it), which is torch's `cuda:i` in every worker; the variable itself is never changed.
+With `--dist loadgroup` (which `--gpus` implies) the controller schedules with `ModelScheduling`
+(plugin/scheduler.py).
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ import warnings
 
 import pytest
 
-from pytest_securitynet.harness.devices import inherited_gpus
+from pytest_securitynet.harness.devices import inherited_gpus, planned_device
+from pytest_securitynet.plugin.items import xdist_group
+from pytest_securitynet.plugin.runstate import RunState, harness
+from pytest_securitynet.plugin.scheduler import ModelScheduling, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,9 @@ def configure_workers(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return  # a worker sees the user's --gpus too, but must not start workers of its own
     gpus = config.getoption("securitynet_gpus")
+    per_gpu = config.getoption("securitynet_workers_per_gpu") or 1
+    if gpus and per_gpu > 1:
+        gpus = gpus * per_gpu
     has_xdist = config.pluginmanager.hasplugin("xdist")
     if not has_xdist:
         if gpus:
@@ -53,7 +64,7 @@ def configure_workers(config: pytest.Config) -> None:
 class GpuPool:
     """Free GPU indices into the inherited devices; each xdist worker takes one when it starts."""
 
-    def __init__(self, requested: int, devices: list[str] | None = None):
+    def __init__(self, requested: int, devices: list[str] | None = None, per_gpu: int = 1):
         devices = inherited_gpus() if devices is None else devices
         available = len(devices)
         if requested and available < requested:
@@ -62,8 +73,10 @@ class GpuPool:
             else:
                 message = f"--gpus {requested}: no GPU visible; every worker runs on the CPU"
             warnings.warn(message, stacklevel=2)
+        self.visible = available
         self.devices = devices[:min(requested, available)]
-        self.free = list(range(len(self.devices)))
+        # Slot j of K on every GPU before slot j+1 of any: workers spread over the GPUs first.
+        self.free = [index for _ in range(per_gpu) for index in range(len(self.devices))]
         self.held: dict[str, int] = {}
 
     def device(self, index: int | None) -> str | None:
@@ -78,23 +91,38 @@ class GpuPool:
 
     def give_back(self, worker_id: str) -> None:
         if worker_id in self.held:
-            self.free.append(self.held.pop(worker_id))
-            self.free.sort()
+            self.free.insert(0, self.held.pop(worker_id))  # the replacement goes where the crash was
 
 
 class XdistHooks:
     """Controller-side xdist hooks (registered only when xdist is active)."""
 
-    def __init__(self, pool: GpuPool, done: list[str], loadgroup: bool):
+    def __init__(self, pool: GpuPool, done: list[str], loadgroup: bool, state: RunState | None = None):
         self.pool = pool
         self.done = done
         self.loadgroup = loadgroup
+        self.state = state  # where the controller records each worker's device, for crash rows
+
+    @pytest.hookimpl(optionalhook=True, tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log) -> ModelScheduling | None:
+        """`--dist loadgroup` (and `--gpus`): keep each model's tests on one worker, on any pytest."""
+        if config.getvalue("dist") != "loadgroup":
+            return None
+        models = harness(config).catalog.models
+
+        def report(worker: str, message: str) -> None:  # shown as a collection error, as xdist does
+            config.hook.pytest_collectreport(report=pytest.CollectReport(worker, "failed", message, []))
+
+        return ModelScheduling(worker_count(config.getvalue("tx")), lambda nodeid: xdist_group(nodeid, models), report)
 
     @pytest.hookimpl
     def pytest_configure_node(self, node) -> None:
         index = self.pool.take(node.gateway.id)
         node.workerinput[GPU_KEY] = index  # the worker's torch device is cuda:<index>
         node.workerinput[GPU_ID_KEY] = self.pool.device(index)
+        if self.state is not None:  # recorded here, so the row of a test whose worker dies says where it ran
+            self.state.worker_devices[node.gateway.id] = str(
+                planned_device(self.state.settings.device, index, self.pool.visible > 0))
         node.workerinput[DONE_KEY] = self.done
         # A worker decides on group suffixes from its own command line, which lacks a --dist
         # chosen here; without them the scheduler would not keep one model on one worker.

@@ -10,7 +10,7 @@ import pytest
 from pytest_securitynet.plugin import estimate, fixtures, gpus, hookspec, profiling, reporter, selection, specs, timeouts
 from pytest_securitynet.plugin import regression
 from pytest_securitynet.errors import SecurityNetError
-from pytest_securitynet.plugin.items import benchmark_name, entry_of, item_row_key, setting_from_id
+from pytest_securitynet.plugin.items import benchmark_name, entry_of, item_row_key, model_in_nodeid, setting_from_id
 from pytest_securitynet.plugin.overview import XdistStartLine, start_line
 from pytest_securitynet.plugin.progress import ProgressPlugin
 from pytest_securitynet.results.rows import (PASSED, ResultsWriter, load_results, plain, results_exist, row_key,
@@ -34,6 +34,8 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     group = parser.getgroup("securitynet", "SecurityNet benchmarks")
     group.addoption("--gpus", dest="securitynet_gpus", type=int, default=None, metavar="N",
                     help="start N xdist workers, one pinned to each GPU (unless -n is given). Default: 0 (no workers).")
+    group.addoption("--workers-per-gpu", dest="securitynet_workers_per_gpu", type=int, default=None, metavar="K",
+                    help="with --gpus N: K workers pinned to each GPU, N*K in all. Default: 1.")
     group.addoption("--securitynet-catalog", action="append", default=[], metavar="PATH",
                     help="extra catalog file or directory (repeatable; also SECURITYNET_CATALOG). Default: built-in only.")
     group.addoption("--securitynet-dataset", action="append", default=[], metavar="ID=OTHER",
@@ -69,9 +71,14 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     group.addoption("--securitynet-report", default=None, metavar="DIR",
                     help="write `securitynet report` of the results into DIR when the run ends "
                          "(also ini securitynet_report). Default: off.")
+    group.addoption("--securitynet-allow-code-builders", action="store_true",
+                    help="let catalog entries name a module:function builder, i.e. run code from the catalog "
+                         "file (also ini securitynet_allow_code_builders). Default: registered builders only.")
     regression.add_options(group)
     parser.addini("securitynet_dataset", "dataset overrides ID=OTHER, one per line", type="linelist", default=[])
     parser.addini("securitynet_budget", "budget overrides NAME.FIELD=VALUE, one per line", type="linelist", default=[])
+    parser.addini("securitynet_allow_code_builders", "let catalog entries name module:function builders (code)",
+                  type="bool", default=False)
     parser.addini("securitynet_timeout", "time limit of each benchmark test in seconds (0: none)", default="")
     parser.addini("securitynet_report", "folder for the report written when the run ends", default="")
 
@@ -84,10 +91,13 @@ def pytest_cmdline_main(config: pytest.Config):
 
 def settings_of(config: pytest.Config) -> Settings:
     """The run's settings from options, ini values and environment (a usage error when one is bad)."""
-    names = ("catalog", "dataset", "budget", "cache", "offline", "seed", "members", "limit", "batch_size", "device")
+    names = ("catalog", "dataset", "budget", "cache", "offline", "seed", "members", "limit", "batch_size", "device",
+             "allow_code_builders")
     options = {name: config.getoption(f"securitynet_{name}") for name in names}
     options["gpus"] = config.getoption("securitynet_gpus")
-    ini = {"dataset": config.getini("securitynet_dataset"), "budget": config.getini("securitynet_budget")}
+    options["workers_per_gpu"] = config.getoption("securitynet_workers_per_gpu")
+    ini = {"dataset": config.getini("securitynet_dataset"), "budget": config.getini("securitynet_budget"),
+           "allow_code_builders": config.getini("securitynet_allow_code_builders")}
     try:
         return settings_from(options, ini)
     except SecurityNetError as exc:
@@ -125,28 +135,27 @@ def pytest_configure(config: pytest.Config) -> None:
         state.writer = ResultsWriter(json_path, plain(run), previous)
         config.pluginmanager.register(reporter.ResultsReporter(state), "securitynet-results")
     if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
-        pool = gpus.GpuPool(settings.gpus)
-        config.pluginmanager.register(gpus.XdistHooks(pool, sorted(state.done), config.option.dist == "loadgroup"))
-        device = settings.device or (f"GPUs {', '.join(map(str, pool.devices))}, one per worker" if pool.devices
-                                     else "cpu")
+        pool = gpus.GpuPool(settings.gpus, per_gpu=settings.workers_per_gpu)
+        config.pluginmanager.register(gpus.XdistHooks(pool, sorted(state.done), config.option.dist == "loadgroup", state))
+        device = settings.device or (f"GPUs {', '.join(map(str, pool.devices))}" if pool.devices else "cpu")
         config.pluginmanager.register(XdistStartLine(config, lambda ids: _xdist_start_line(config, ids, device)))
 
 
 def _xdist_start_line(config: pytest.Config, ids: list[str], device: str) -> str | None:
-    """The start line from node ids: the model is the longest catalog id inside a test's brackets."""
+    """The start line from node ids (the controller has no items)."""
     state = config.stash[STATE]
     models = harness(config).catalog.models
     keys, found, benchmarks = [], [], set()
     for nodeid in ids:
+        model = model_in_nodeid(nodeid, models)
+        if model is None:
+            continue
         path, _, rest = nodeid.partition("::")
         function, _, params = rest.partition("[")
-        entry = max((e for i, e in models.items() if i in params), key=lambda e: len(e.id), default=None)
-        if entry is None:
-            continue
-        benchmark = f"{Path(path).stem.removeprefix('test_')}.{function.removeprefix('test_')}"
+        benchmark = f"{Path(path).stem.removeprefix('test_')}.{function.rpartition('::')[2].removeprefix('test_')}"
         benchmarks.add(benchmark)
-        found.append(entry.id)
-        keys.append(f"{entry.id}::{benchmark}::{setting_from_id(params.split('@')[0].rstrip(']'), entry.id)}")
+        found.append(model)
+        keys.append(f"{model}::{benchmark}::{setting_from_id(params.rpartition(']')[0], model)}")
     if not keys:
         return None
     workers = config.option.numprocesses

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Container
+
 import pytest
 
 from pytest_securitynet.catalog.entries import ModelEntry
@@ -34,3 +36,33 @@ def setting_from_id(param_id: str, model_id: str) -> str:
 
 def item_row_key(item: pytest.Item, entry: ModelEntry) -> str:
     return row_key({"model": entry.id, "benchmark": benchmark_name(item), "setting": setting_of(item, entry)})
+
+
+def model_in_nodeid(nodeid: str, model_ids: Container[str]) -> str | None:
+    """The catalog model in a node id such as `b/test_x.py::test_y[<model>-<setting>]` (maybe `@<group>`).
+
+    For the xdist controller, which sees node ids only. The parameter ids are joined by `-`, and a
+    model id may hold `-` itself, so the longest run of parts that is a catalog id wins.
+    """
+    _, bracket, rest = nodeid.partition("[")
+    if not bracket:
+        return None
+    params, _, suffix = rest.rpartition("]")
+    if suffix.startswith("@") and suffix[1:] in model_ids:
+        return suffix[1:]
+    parts = params.split("-")
+    for length in range(len(parts), 0, -1):
+        for start in range(len(parts) - length + 1):
+            candidate = "-".join(parts[start:start + length])
+            if candidate in model_ids:
+                return candidate
+    return None
+
+
+def xdist_group(nodeid: str, model_ids: Container[str]) -> str:
+    """The unit a test is scheduled in: its catalog model, else its `@group` suffix, else the test itself."""
+    model = model_in_nodeid(nodeid, model_ids)
+    if model is not None:
+        return model
+    _, at, group = nodeid.rpartition("@")
+    return group if at and "]" not in group else nodeid

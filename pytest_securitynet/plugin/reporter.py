@@ -11,7 +11,9 @@ import pytest
 from pytest_securitynet.catalog.entries import ModelEntry
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.plugin import timeouts
-from pytest_securitynet.plugin.items import METRICS, benchmark_name, entry_of, setting_from_id, setting_of
+from pytest_securitynet.plugin.items import (
+    METRICS, benchmark_name, entry_of, model_in_nodeid, setting_from_id, setting_of,
+)
 from pytest_securitynet.plugin.progress import CPU_SECONDS
 from pytest_securitynet.results.rows import now, plain
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness, state_harness
@@ -75,7 +77,7 @@ class ResultsReporter:
             state.setup_seconds[report.nodeid] = report.duration
             return
         if payload is None and report.when not in ("setup", "call", "teardown"):
-            payload = _crashed_payload(report.nodeid, state)  # xdist's report for a worker that died
+            payload = _crashed_payload(report, state)  # xdist's report for a worker that died
         if payload is None:
             return
         row = dict(payload)
@@ -85,7 +87,7 @@ class ResultsReporter:
         if report.skipped and isinstance(report.longrepr, tuple):
             row["message"] = report.longrepr[2]
         elif report.failed:
-            row["message"] = "\n".join(filter(None, [_short(report.longreprtext), row.pop("hint", None)]))
+            row["message"] = "\n".join(filter(None, [_short(report), row.pop("hint", None)]))
         entry = state_harness(state).catalog.models.get(row["model"])
         info = _model_info(entry) if entry else None
         if info is not None and row.get("sizes"):
@@ -132,25 +134,34 @@ def _build_report(json_path: Path, out_dir: Path) -> str:
     return f"report: {report.index} ({len(report.sections)} sections: {', '.join(report.sections)})"
 
 
-def _crashed_payload(nodeid: str, state: RunState) -> dict[str, Any] | None:
-    """Rebuild a row's key from a node id like `benchmarks/test_x.py::test_y[model-setting]@model`."""
-    path, _, rest = nodeid.partition("::")
-    name, _, group = rest.partition("@")
-    function, _, params = name.partition("[")
-    models = state_harness(state).catalog.models
-    # The xdist group names the model; without --dist loadgroup, the longest id in the params does.
-    entry = models.get(group) or max((e for i, e in models.items() if i in params), key=lambda e: len(e.id), default=None)
-    if entry is None:
+def _crashed_payload(report: pytest.TestReport, state: RunState) -> dict[str, Any] | None:
+    """The row of a test whose xdist worker died, rebuilt from its node id (`...::test_y[model-setting]`)."""
+    h = state_harness(state)
+    model = model_in_nodeid(report.nodeid, h.catalog.models)
+    if model is None:
         return None
-    setting = setting_from_id(params.rstrip("]"), entry.id)
-    benchmark = f"{Path(path).stem.removeprefix('test_')}.{function.removeprefix('test_')}"
-    return {"model": entry.id, "benchmark": benchmark, "setting": setting, "params": {}, "metrics": {},
-            "dataset": entry.dataset, "nodeid": nodeid, "finished_at": now()}
+    entry = h.catalog.models[model]
+    path, _, rest = report.nodeid.partition("::")
+    name, _, params = rest.partition("[")
+    function = name.rpartition("::")[2]
+    gateway = getattr(getattr(report, "node", None), "gateway", None)  # xdist sets report.node
+    worker = gateway.id if gateway is not None else None
+    return {"model": entry.id, "benchmark": f"{Path(path).stem.removeprefix('test_')}.{function.removeprefix('test_')}",
+            "setting": setting_from_id(params.rpartition("]")[0], entry.id), "params": {}, "metrics": {},
+            "dataset": entry.dataset, "dataset_source": h.dataset_for(entry).id,
+            "device": state.worker_devices.get(worker), "seed": state.settings.seed, "worker": worker,
+            "nodeid": report.nodeid, "finished_at": now()}
 
 
-def _short(text: str, limit: int = 2000) -> str:
-    lines = [line for line in text.strip().splitlines() if line.startswith("E ")] or text.strip().splitlines()[-3:]
-    return "\n".join(line.removeprefix("E ").strip() for line in lines)[:limit]
+def _short(report: pytest.TestReport, limit: int = 2000) -> str:
+    """The error itself: the last exception of a chain (not the one it was raised while handling)."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None and crash.message:
+        return crash.message[:limit]
+    if isinstance(report.longrepr, str):  # e.g. xdist's report for a worker that died
+        return report.longrepr.strip()[:limit]
+    lines = report.longreprtext.strip().splitlines()
+    return "\n".join(lines[-3:])[:limit]
 
 
 def _model_info(entry: ModelEntry) -> dict[str, Any]:

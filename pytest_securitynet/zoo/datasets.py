@@ -1,15 +1,23 @@
 """Dataset loading: every catalogued dataset becomes uint8 image tensors [N, C, H, W] plus labels.
 
 The resolver says which raw files a dataset needs and which decoder reads them; the store finds
-them. Decoded tensors are cached (`<cache>/datasets/<id>.pt`), so a dataset is decoded once per machine.
+them. Decoded tensors are cached (`<cache>/datasets/<id>-<key>.pt`), so a dataset is decoded once per
+machine. The key covers everything the pixels depend on: the raw files' checksums, the entry's
+decoding settings and `DECODER_VERSION`, so a changed source is decoded again rather than served from
+an old cache file. A damaged cache file is decoded again with a warning; reading a cached dataset
+takes no lock and writes nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
+import re
 import tarfile
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -18,12 +26,17 @@ import numpy as np
 import torch
 
 from pytest_securitynet.catalog.entries import DatasetEntry
-from pytest_securitynet.errors import CatalogError
+from pytest_securitynet.errors import CatalogError, UnreadableFileError, UnsafeCheckpointError
+from pytest_securitynet.zoo.checkpoints import safe_load
 from pytest_securitynet.zoo.datasets_extra import decode_image_folder, decode_medmnist
 from pytest_securitynet.zoo.resolver import fetch, resolve_dataset
 from pytest_securitynet.zoo.store import FileStore, atomic_path, link_into, unpack_archive
 
 log = logging.getLogger(__name__)
+
+DECODER_VERSION = 1  # raise when a decoder's output changes: every cached dataset is decoded again
+_SPLITS = ("train_images", "train_labels", "test_images", "test_labels")
+_NOT_DECODED = ("description", "topic_category", "variant_of")  # entry fields the pixels do not depend on
 
 
 @dataclass
@@ -45,26 +58,71 @@ class ImageData:
 
 
 def load_dataset(entry: DatasetEntry, store: FileStore) -> ImageData:
-    """Load `entry` from the decoded-tensor cache, decoding it from its source on first use."""
+    """Load `entry` from the decoded-tensor cache, decoding it from its source on first use (or when
+    the cached file is damaged: then with a warning)."""
     cached = decoded_path(entry, store)
-    with store.lock("datasets", entry.id):
-        if cached.exists():
-            tensors = torch.load(cached, map_location="cpu", weights_only=True)
-        else:
-            plan = resolve_dataset(entry)
-            files = fetch(plan, store)
-            log.info("decoding dataset %s (once; cached at %s)", entry.id, cached)
-            tensors = _DECODERS[plan.loader](entry, files)
-            with atomic_path(cached) as tmp:
-                torch.save(tensors, tmp)
-    data = ImageData(entry.id, *(tensors[k] for k in ("train_images", "train_labels", "test_images", "test_labels")))
+    tensors, _ = _read_decoded(cached, entry)
+    if tensors is None:
+        with store.lock("datasets", entry.id):
+            tensors, damaged = _read_decoded(cached, entry)  # written by another process meanwhile?
+            if tensors is None:
+                if damaged is not None:
+                    warnings.warn(f"{damaged} Decoding dataset {entry.id!r} again from its source.",
+                                  UserWarning, stacklevel=2)
+                tensors = _decode_into(cached, entry, store)
+    data = ImageData(entry.id, *(tensors[k] for k in _SPLITS))
     _check_shape(entry, data)
     return data
 
 
 def decoded_path(entry: DatasetEntry, store: FileStore) -> Path:
     """Where a dataset's decoded tensors are cached; once there, its raw files are not needed."""
-    return store.cache_dir / "datasets" / f"{entry.id}.pt"
+    return store.cache_dir / "datasets" / f"{entry.id}-{decoded_key(entry)}.pt"
+
+
+def decoded_key(entry: DatasetEntry) -> str:
+    """A digest of what the decoded pixels depend on: the decoder and its version, the raw files
+    (names, checksums, URLs) and the entry's decoding settings."""
+    plan = resolve_dataset(entry)
+    files = [{"name": n.name, "sha256": n.sha256, "urls": list(n.urls), "folder": n.folder,
+              "digest": [n.digest.algorithm, n.digest.hexdigest] if n.digest else None,
+              "archive": [n.archive.name, n.archive.sha256] if n.archive else None} for n in plan.needs]
+    settings = {k: v for k, v in entry.raw.items() if k not in _NOT_DECODED}
+    doc = {"version": DECODER_VERSION, "loader": plan.loader, "files": files, "settings": settings}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_decoded(path: Path, entry: DatasetEntry) -> tuple[dict[str, torch.Tensor] | None, Exception | None]:
+    """The cached tensors (None when absent or damaged) and, when damaged, the error saying so."""
+    if not path.is_file():
+        return None, None
+    what = f"decoded tensors of dataset {entry.id}"
+    try:
+        tensors = safe_load(path, what, advice="")
+    except (UnreadableFileError, UnsafeCheckpointError) as exc:
+        return None, exc
+    if not isinstance(tensors, dict) or not all(isinstance(tensors.get(k), torch.Tensor) for k in _SPLITS):
+        return None, UnreadableFileError(f"cannot read {path} ({what}): it does not hold the tensors {', '.join(_SPLITS)}.")
+    return tensors, None
+
+
+def _decode_into(cached: Path, entry: DatasetEntry, store: FileStore) -> dict[str, torch.Tensor]:
+    """Decode `entry` from its raw files and save the tensors at `cached`, dropping older decodings."""
+    plan = resolve_dataset(entry)
+    files = fetch(plan, store)
+    log.info("decoding dataset %s (once; cached at %s)", entry.id, cached)
+    tensors = _DECODERS[plan.loader](entry, files)
+    target = store.path("datasets", cached.name)
+    try:
+        with atomic_path(target) as tmp:
+            torch.save(tensors, tmp)
+    except OSError as exc:
+        raise store.unwritable(target, exc) from None
+    stale = re.compile(rf"{re.escape(entry.id)}(-[0-9a-f]{{16}})?\.pt")
+    for old in cached.parent.glob(f"{entry.id}*.pt"):
+        if old != cached and stale.fullmatch(old.name):
+            old.unlink(missing_ok=True)
+    return tensors
 
 
 def _check_shape(entry: DatasetEntry, data: ImageData) -> None:

@@ -1,10 +1,18 @@
-"""The demo catalog's models: trained by the harness on first use and cached by their settings."""
+"""The demo catalog's models: trained by the harness on first use and cached by their settings.
+
+The cache file's name carries a digest of the entry's recipe and of its dataset's decoding key, so a
+changed recipe or dataset trains again. A damaged cache file is trained again with a warning;
+reading a cached model takes no lock and writes nothing.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import re
+import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -12,35 +20,61 @@ from torch.nn import functional as F
 
 from pytest_securitynet.zoo.architectures import Normalized, RBFNet, build
 from pytest_securitynet.catalog.entries import Catalog, ModelEntry
-from pytest_securitynet.zoo.datasets import load_dataset
+from pytest_securitynet.errors import UnreadableFileError, UnsafeCheckpointError
+from pytest_securitynet.zoo.checkpoints import first_line, safe_load
+from pytest_securitynet.zoo.datasets import decoded_key, load_dataset
 from pytest_securitynet.zoo.store import FileStore, atomic_path
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = 2
-"""Part of the cache key: 2 seeds the initial weights too (models cached by version 1 are retrained)."""
-
 
 def demo_network(entry: ModelEntry, catalog: Catalog, store: FileStore) -> nn.Module:
     """The trained network of a `source = "demo"` entry (without its preprocessing wrapper)."""
+    dataset = catalog.dataset(entry.dataset)
     recipe = {k: entry.raw.get(k) for k in ("builder", "builder_args", "train", "preprocess", "dataset")}
-    recipe["recipe_version"] = RECIPE_VERSION
+    recipe["data"] = decoded_key(dataset)
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-    cached = store.path("weights", "demo", f"{entry.id}-{digest}.pt")
-    with store.lock("weights", "demo", entry.id), torch.random.fork_rng(devices=[]):
-        # Seeded from the recipe (initial weights included) and without touching the caller's RNG:
-        # the same recipe trains the same model in any process.
-        torch.manual_seed(entry.raw.get("train", {}).get("seed", 0))
-        net = build(entry.raw["builder"], **entry.raw.get("builder_args", {}))
-        if cached.exists():
-            net.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
+    cached = store.cache_dir / "weights" / "demo" / f"{entry.id}-{digest}.pt"
+    net = build(entry.raw["builder"], **entry.raw.get("builder_args", {}))
+    if _load_cached(net, cached, entry)[0]:
+        return net
+    with store.lock("weights", "demo", entry.id):
+        loaded, damaged = _load_cached(net, cached, entry)  # trained by another process meanwhile?
+        if loaded:
             return net
+        if damaged is not None:
+            warnings.warn(f"{damaged} Training demo model {entry.id!r} again.", UserWarning, stacklevel=2)
+        torch.manual_seed(entry.raw["train"].get("seed", 0))  # the initial weights too: one model per recipe
+        net = build(entry.raw["builder"], **entry.raw.get("builder_args", {}))
         log.info("training demo model %s (once; cached at %s)", entry.id, cached)
-        data = load_dataset(catalog.dataset(entry.dataset), store)
+        data = load_dataset(dataset, store)
         train_demo(net, entry, data.train_images, data.train_labels)
-        with atomic_path(cached) as tmp:
-            torch.save(net.state_dict(), tmp)
+        target = store.path("weights", "demo", cached.name)
+        try:
+            with atomic_path(target) as tmp:
+                torch.save(net.state_dict(), tmp)
+        except OSError as exc:
+            raise store.unwritable(target, exc) from None
+        stale = re.compile(rf"{re.escape(entry.id)}-[0-9a-f]{{12}}\.pt")
+        for old in cached.parent.glob(f"{entry.id}-*.pt"):
+            if old != cached and stale.fullmatch(old.name):
+                old.unlink(missing_ok=True)
     return net
+
+
+def _load_cached(net: nn.Module, path: Path, entry: ModelEntry) -> tuple[bool, Exception | None]:
+    """Load the cached weights into `net`: (True, None), (False, None) when absent, or (False, the
+    error) when the file is damaged."""
+    if not path.is_file():
+        return False, None
+    what = f"trained weights of demo model {entry.id}"
+    try:
+        net.load_state_dict(safe_load(path, what, advice=""))
+    except (UnreadableFileError, UnsafeCheckpointError) as exc:
+        return False, exc
+    except (RuntimeError, TypeError, AttributeError) as exc:  # not a state dict of this network
+        return False, UnreadableFileError(f"cannot use {path} ({what}): {first_line(exc)}.")
+    return True, None
 
 
 def train_demo(net: nn.Module, entry: ModelEntry, images: torch.Tensor, labels: torch.Tensor) -> None:

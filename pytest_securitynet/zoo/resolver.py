@@ -9,6 +9,7 @@ No file is touched here.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +86,8 @@ def _from_demo(entry: ModelEntry) -> Plan:
 
 def _from_pytorchcv(entry: ModelEntry) -> Plan:
     """pytorchcv's own release file, a zip holding `<name>-<error>-<sha1[:8]>.pth`, checked by its sha1."""
-    from pytorchcv.models.common import model_store
-
     name = entry.source.removeprefix("pytorchcv:")
-    error, sha1, tag = model_store.get_model_name_suffix_data(name)
+    error, sha1, tag = _pytorchcv_release(name)
     filename = f"{name}-{error}-{sha1[:8]}.pth"
     sha256 = entry.raw.get("sha256")
     need = Need(filename, _weights(entry), "weights/pytorchcv",
@@ -96,6 +95,15 @@ def _from_pytorchcv(entry: ModelEntry) -> Plan:
                 sha256=sha256, digest=None if sha256 else Digest("sha1", sha1),
                 archive=Archive(f"{filename}.zip"))
     return Plan(entry.id, "pytorchcv", (need,))
+
+
+@functools.lru_cache(maxsize=None)
+def _pytorchcv_release(name: str) -> tuple[str, str, str]:
+    """pytorchcv's (error, sha1, release tag) of a model; its table is parsed on every call, so keep it."""
+    from pytorchcv.models.common import model_store
+
+    error, sha1, tag = model_store.get_model_name_suffix_data(name)
+    return error, sha1, tag
 
 
 def _from_torchvision(entry: ModelEntry) -> Plan:

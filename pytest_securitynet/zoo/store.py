@@ -6,11 +6,17 @@ directory by file name, an archive holding the file (in the cache or a mirror, t
 the cache), the URL. Every copy is checked against its checksum before use; a corrupt copy is
 reported and the next one tried. Downloads and unpacking go to temporary paths in the cache and are
 renamed into place, so a killed download never leaves a bad file.
+
+Reading needs no write access: files already in the cache (or a mirror) and verified are used
+without lock files, so a read-only shared cache works; locks are taken only to write. Every network
+call has a timeout, and a host that could not be reached is remembered for the rest of the process,
+so later downloads from it fail at once with the same reason instead of waiting on the network again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -23,14 +29,15 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from filelock import FileLock
 
-from pytest_securitynet.errors import CatalogError, ChecksumError, MissingFileError
+from pytest_securitynet.errors import CacheError, CatalogError, ChecksumError, MissingFileError
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_TIMEOUT_S = 30
+DOWNLOAD_TIMEOUT_S = 30  # per connect and per read: a silent server ends a download, never hangs it
 _CHUNK = 1 << 20
 
 
@@ -140,21 +147,53 @@ def verify_file(path: Path, sha256: str | None, origin: str) -> None:
 
 @dataclass
 class FileStore:
-    """Where files come from: a cache directory, mirror directories, and whether to download."""
+    """Where files come from: a cache directory, mirror directories, and whether to download.
+
+    A store also remembers, for its process, the hosts it could not reach and the URLs that failed,
+    so each is tried once.
+    """
 
     cache_dir: Path = field(default_factory=default_cache_dir)
     mirrors: list[Path] = field(default_factory=list)
     offline: bool = False
+    _unreachable: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _failed_urls: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.cache_dir = Path(self.cache_dir)
+        blocker = next((p for p in (self.cache_dir, *self.cache_dir.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise CacheError(f"the cache directory {self.cache_dir} cannot be used: {blocker} is a file, not a "
+                             f"directory. Point SECURITYNET_CACHE (or --securitynet-cache) at a directory.")
 
     def path(self, *parts: str) -> Path:
-        """A path inside the cache, with its parent directory created."""
+        """A path inside the cache, with its parent directory created (`CacheError` if it cannot be)."""
         target = self.cache_dir.joinpath(*parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self.unwritable(target.parent, exc) from None
         return target
 
     def lock(self, *parts: str) -> FileLock:
-        """An inter-process lock, so parallel workers fill one cache entry once."""
-        return FileLock(str(self.path("locks", *parts)) + ".lock")
+        """An inter-process lock, so parallel workers fill one cache entry once. Only writers lock:
+        the lock file is created here, and a cache that cannot hold it raises `CacheError` at once
+        (a lock library would otherwise wait forever on a read-only directory)."""
+        lock_path = self.path("locks", *parts[:-1], parts[-1] + ".lock")
+        try:
+            os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666))
+        except OSError as exc:
+            raise self.unwritable(lock_path, exc) from None
+        return FileLock(str(lock_path))
+
+    def unwritable(self, path: Path, exc: OSError) -> CacheError:
+        """The error for a write the cache refused: where, why, and what to do."""
+        return CacheError(
+            f"cannot write {path} in the cache {self.cache_dir} ({exc.strerror or exc}). Files already in a "
+            f"read-only cache are read without writing; to add files, point SECURITYNET_CACHE (or "
+            f"--securitynet-cache) at a writable directory, or fill this one where it is writable "
+            f"(`securitynet catalog prefetch`) and keep using it, or list it in SECURITYNET_MIRROR."
+        )
 
     def cache_path(self, need: Need) -> Path:
         """Where `need` lives in the cache (or its fixed path); nothing is created."""
@@ -181,7 +220,12 @@ class FileStore:
                 return _used(path, bad)
             except ChecksumError as exc:
                 bad.append(exc)
-        if need.at is None and (self._archives(need) or (need.urls and not self.offline)):
+        archives = self._archives(need)
+        if need.at is None and (archives or (need.urls and not self.offline)):
+            known = [self._known_failure(url) for url in need.urls]
+            if not archives and all(known):  # every URL failed before: no lock, no network
+                raise self._unavailable(need, bad) if bad else MissingFileError(
+                    self.missing_message(need, reason="; ".join(known)))
             return self._fill(need, bad)
         raise self._unavailable(need, bad)
 
@@ -190,7 +234,7 @@ class FileStore:
         return self.get(Need(filename, subdir=subdir, urls=(url,) if url else (), sha256=sha256))
 
     def missing_message(self, need: Need, reason: str | None = None) -> str:
-        """What is missing, why, where to get it and where to put it."""
+        """What is missing, why, where to get it and where to put it, in one line."""
         purpose = f" ({need.purpose})" if need.purpose else ""
         if need.at is not None:
             return f"missing file {need.at}{purpose}: the local file does not exist ({need.hint})"
@@ -207,8 +251,14 @@ class FileStore:
         else:
             where = need.hint or "(no public URL is known)"
         kind = "folder" if need.folder else "file"
+        elsewhere = ("" if not need.urls else
+                     " Without network access: run `securitynet catalog prefetch` for these models on a connected "
+                     "machine and copy its cache here or list it in SECURITYNET_MIRROR" +
+                     ("" if self.offline else "; --securitynet-offline (SECURITYNET_OFFLINE=1) stops all downloads")
+                     + ".")
         return (f"missing {kind} {need.name!r}{purpose}: {reason}. Get it {where} and either put it at "
-                f"{self.cache_path(need)} or into a directory listed in SECURITYNET_MIRROR (now: {mirrors}).")
+                f"{self.cache_path(need)} or into a directory listed in SECURITYNET_MIRROR (now: {mirrors})."
+                f"{elsewhere}")
 
     # -- lookup order ------------------------------------------------------------------------------
 
@@ -255,15 +305,20 @@ class FileStore:
                 downloaded.unlink(missing_ok=True)
 
     def _download(self, need: Need) -> Path:
-        """Download `need` (or its archive) into the cache from the first URL that answers."""
+        """Download `need` (or its archive) into the cache from the first URL that answers; a URL whose
+        host (or itself) failed earlier in this process is not tried again."""
         name, subdir = (need.archive.name, need.archive.subdir) if need.archive else (need.name, need.subdir)
         dest = self.path(subdir, name)
         failures = []
         for url in need.urls:
+            known = self._known_failure(url)
+            if known:
+                failures.append(known)
+                continue
             try:
-                _download(url, dest)
-            except (urllib.error.URLError, TimeoutError, OSError) as exc:
-                failures.append(f"could not download {name} from {url}: {exc}")
+                self._fetch_url(url, dest)
+            except MissingFileError as exc:
+                failures.append(str(exc))
                 continue
             try:
                 if need.archive is None:
@@ -274,8 +329,32 @@ class FileStore:
                 dest.unlink(missing_ok=True)
                 raise
             return dest
-        reason = "; ".join(failures)
-        raise MissingFileError(f"{reason}.\n" + self.missing_message(need, reason="the download failed"))
+        raise MissingFileError(self.missing_message(need, reason="; ".join(failures)))
+
+    def _fetch_url(self, url: str, dest: Path) -> None:
+        """One download; a failure is remembered by host when the host did not answer, else by URL."""
+        host = urlparse(url).netloc
+        try:
+            _download(url, dest, self)
+            return
+        except urllib.error.HTTPError as exc:  # the server answered: this file, not the host, failed
+            reason, unreachable = f"HTTP {exc.code} {exc.reason}", False
+        except (urllib.error.URLError, OSError) as exc:  # refused, timed out, no route, no name
+            cause = getattr(exc, "reason", exc)
+            reason, unreachable = _describe(cause), bool(host) and isinstance(cause, OSError)
+        except (http.client.HTTPException, ValueError) as exc:  # a broken answer, an unknown scheme
+            reason, unreachable = _describe(exc), False
+        detail = f"could not download {dest.name} from {url}: {reason}"
+        if unreachable:
+            self._unreachable[host] = (f"not downloaded: {host} could not be reached earlier in this run "
+                                       f"({reason}), so it is not tried again")
+        else:
+            self._failed_urls[url] = detail
+        raise MissingFileError(detail)
+
+    def _known_failure(self, url: str) -> str | None:
+        """Why `url` will not download, if this process already failed on it or on its host."""
+        return self._failed_urls.get(url) or self._unreachable.get(urlparse(url).netloc)
 
     def _unpack(self, need: Need, archive: Path, origin: str) -> Path:
         """Unpack `need` out of a (verified) archive into the cache, renamed into place when complete."""
@@ -320,26 +399,47 @@ def unpack_archive(archive: Path, dest: Path) -> None:
         raise MissingFileError(f"{archive} is neither a zip nor a tar archive: {exc}") from exc
 
 
-def _download(url: str, dest: Path) -> None:
+def _download(url: str, dest: Path, store: FileStore) -> None:
+    """Fetch `url` into a temporary file beside `dest`, renamed onto it when complete. Network errors
+    propagate as raised; a write the cache refuses is a `CacheError`."""
     log.info("downloading %s -> %s", url, dest)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    except OSError as exc:
+        raise store.unwritable(dest.parent, exc) from None
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
-            _copy_with_progress(resp, out, dest.name)
-        os.replace(tmp, dest)
+        with os.fdopen(fd, "wb") as out:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+                _copy_with_progress(resp, out, dest.name, lambda exc: store.unwritable(tmp, exc))
+            try:
+                out.flush()
+                os.replace(tmp, dest)
+            except OSError as exc:
+                raise store.unwritable(dest, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _copy_with_progress(resp, out, label: str) -> None:
+def _copy_with_progress(resp, out, label: str, unwritable) -> None:
     from tqdm import tqdm
 
     total = int(resp.headers.get("Content-Length") or 0) or None
     with tqdm(total=total, unit="B", unit_scale=True, desc=label, leave=False) as bar:
         while chunk := resp.read(_CHUNK):
-            out.write(chunk)
+            try:
+                out.write(chunk)
+            except OSError as exc:  # a full disk: the cache's fault, not the network's
+                raise unwritable(exc) from None
             bar.update(len(chunk))
+
+
+def _describe(reason: object) -> str:
+    """A network error in a few words: `[Errno 111] Connection refused`, `timed out`."""
+    if isinstance(reason, OSError) and reason.strerror:
+        return f"[Errno {reason.errno}] {reason.strerror}" if reason.errno is not None else reason.strerror
+    text = str(reason).strip()
+    return text.splitlines()[0] if text else type(reason).__name__
 
 
 @contextmanager

@@ -6,7 +6,6 @@ The resolver says which files an entry needs and which loader reads them; the st
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 
 import torch
@@ -14,7 +13,8 @@ from torch import nn
 
 from pytest_securitynet.zoo.architectures import Normalized, build
 from pytest_securitynet.catalog.entries import Catalog, ModelEntry
-from pytest_securitynet.errors import CatalogError, UnsafeCheckpointError
+from pytest_securitynet.errors import CatalogError
+from pytest_securitynet.zoo.checkpoints import load_strict, reader_errors, safe_load, unreadable
 from pytest_securitynet.zoo.resolver import fetch, resolve_model
 from pytest_securitynet.zoo.store import FileStore
 
@@ -28,17 +28,6 @@ def load_model(entry: ModelEntry, catalog: Catalog, store: FileStore) -> nn.Modu
     pre = entry.preprocess
     model = Normalized(net, pre["mean"], pre["std"], input_size=tuple(pre["input_size"][1:]))
     return model.eval().requires_grad_(False)
-
-
-def safe_load(path: Path) -> object:
-    """`torch.load(weights_only=True)`: tensors and plain containers only; code-running pickles are refused."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(
-            f"refused to load {path}: it is not a plain weights file and would need to run code to unpickle "
-            f"({str(exc).splitlines()[0]}). Nothing from it was executed. Re-save it as a state_dict."
-        ) from exc
 
 
 def state_dict_from(checkpoint: object, entry: ModelEntry) -> dict[str, torch.Tensor]:
@@ -61,8 +50,11 @@ def state_dict_from(checkpoint: object, entry: ModelEntry) -> dict[str, torch.Te
 
 def _from_builder(entry: ModelEntry, files: list[Path], catalog: Catalog, store: FileStore) -> nn.Module:
     """`url` and `file:` sources: the entry's named builder, then its checkpoint loaded strictly."""
-    net = build(entry.raw["builder"], **entry.raw.get("builder_args", {}))
-    net.load_state_dict(state_dict_from(safe_load(files[0]), entry), strict=True)
+    builder, args = entry.raw["builder"], entry.raw.get("builder_args", {})
+    net = build(builder, **args)
+    state = state_dict_from(safe_load(files[0], _weights(entry)), entry)
+    described = f"{builder!r}" + (f" ({', '.join(f'{k}={v!r}' for k, v in args.items())})" if args else "")
+    load_strict(net, state, entry_id=entry.id, builder=described, path=files[0])
     return net
 
 
@@ -75,16 +67,20 @@ def _from_demo(entry: ModelEntry, files: list[Path], catalog: Catalog, store: Fi
 def _from_pytorchcv(entry: ModelEntry, files: list[Path], catalog: Catalog, store: FileStore) -> nn.Module:
     from pytorchcv.model_provider import get_model
 
-    net = get_model(entry.source.removeprefix("pytorchcv:"), pretrained=False)
-    net.load_state_dict(safe_load(files[0]), strict=True)
+    name = entry.source.removeprefix("pytorchcv:")
+    net = get_model(name, pretrained=False)
+    state = state_dict_from(safe_load(files[0], _weights(entry)), entry)
+    load_strict(net, state, entry_id=entry.id, builder=f"pytorchcv:{name}", path=files[0])
     return net
 
 
 def _from_torchvision(entry: ModelEntry, files: list[Path], catalog: Catalog, store: FileStore) -> nn.Module:
     import torchvision
 
-    net = torchvision.models.get_model(entry.source.split(":")[1], weights=None)
-    net.load_state_dict(safe_load(files[0]), strict=True)
+    name = entry.source.split(":")[1]
+    net = torchvision.models.get_model(name, weights=None)
+    state = state_dict_from(safe_load(files[0], _weights(entry)), entry)
+    load_strict(net, state, entry_id=entry.id, builder=f"torchvision:{name}", path=files[0])
     return net
 
 
@@ -93,8 +89,21 @@ def _from_timm(entry: ModelEntry, files: list[Path], catalog: Catalog, store: Fi
 
     # timm reads the file itself (safetensors, or torch.load with weights_only) and applies its own
     # per-model checkpoint filters, as for its hub downloads.
-    return timm.create_model(entry.source.removeprefix("timm:"), pretrained=True,
-                             pretrained_cfg_overlay={"file": str(files[0])})
+    try:
+        return timm.create_model(entry.source.removeprefix("timm:"), pretrained=True,
+                                 pretrained_cfg_overlay={"file": str(files[0])})
+    except RuntimeError as exc:
+        if "state_dict" in str(exc):  # torch's load_state_dict: the first lines name the keys
+            keys = " ".join(line.strip() for line in str(exc).splitlines()[1:3])[:400]
+            raise CatalogError(f"model {entry.id!r}: {files[0]} does not fit timm model "
+                               f"{entry.source.removeprefix('timm:')}: {keys}") from None
+        raise unreadable(files[0], exc, _weights(entry)) from None
+    except reader_errors() as exc:
+        raise unreadable(files[0], exc, _weights(entry)) from None
+
+
+def _weights(entry: ModelEntry) -> str:
+    return f"weights of {entry.id}"
 
 
 _LOADERS = {
