@@ -3,13 +3,18 @@
 Three detectors run on each model, one row each (setting `neural-cleanse`, `strip`, `neo`):
 
 - Neural Cleanse (Wang et al., S&P 2019): all labels reverse-engineered together in one batched
-  problem, 50 epochs over 1,000 clean test images; the model is flagged when a label's MAD anomaly
+  problem, 50 epochs over 1,000 clean test images (20 epochs on small data: at most 16 px and
+  20,000 training images, e.g. the demo digits, see `pytest_securitynet.harness.budget_rules`; rows
+  record the epochs used and `scale`); the model is flagged when a label's MAD anomaly
   index exceeds 2 on the small side. The reversed mask and pattern of the flagged (else the
   smallest) label are saved as a PNG beside the results JSON.
 - STRIP (Gao et al., ACSAC 2019): 2,000 test inputs, 10 overlays, boundary at 1% false rejections
   of held-out clean test inputs; the score is the fraction of clean inputs flagged.
 - NEO (Udeshi et al., 2022): dominant colour of 3 k-means clusters, 200 random blocks of
   4x4 per 32x32 (at least 2x2), confirmed when pasting flips more than 80%; 2,000 test inputs.
+
+STRIP and NEO score 200 inputs instead of 2,000 on small data (the same rule, about a fifth of a
+small test split as 2,000 are of CIFAR-10's 10,000).
 
 The models are presumed clean, so every flag is a false positive; `false_positive_rates`
 (`results/tables.py`, also used by the report) turns a results file into Table 1 (per dataset
@@ -23,6 +28,7 @@ See docs/backdoor-detection.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -41,6 +47,7 @@ from pytest_securitynet.attacks.backdoor import (
     strip,
 )
 from pytest_securitynet.attacks.backdoor_neural_cleanse import ANOMALY_THRESHOLD
+from pytest_securitynet.harness.budget_rules import detector_inputs, nc_epochs, scale_name
 from pytest_securitynet.harness.settings import budget
 from pytest_securitynet.results.spec import BenchmarkSpec, Metric
 from pytest_securitynet.results.tables import false_positive_rates
@@ -70,9 +77,9 @@ SPEC = BenchmarkSpec(
 class Budget:
     """Paper defaults; `--securitynet-budget backdoor.nc_epochs=10` etc. shrink them for CPU runs."""
 
-    nc_epochs: int = 50
+    nc_epochs: int = 0  # 0: 50 (the paper's), 20 on small data (pytest_securitynet.harness.budget_rules)
     nc_samples: int = 1000
-    inputs: int = 2000
+    inputs: int = 0  # 0: 2000 (the paper's), 200 on small data
     sequential: bool = False  # also run the one-label-at-a-time Neural Cleanse and record the speed-up
     datasets: str = "paper"  # "paper": CIFAR-10, SVHN and demo models (SecurityNet §4.3); "all": every model
 
@@ -97,19 +104,27 @@ def dataset_family(request, catalog_entry, securitynet) -> str:
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
-def test_detection(target_model, test_set, catalog_entry, dataset_family, securitynet, device, seed, record, request,
-                   results_path, detector):
+def test_detection(target_model, test_set, image_data, catalog_entry, dataset_family, securitynet, device, seed,
+                   record, request, results_path, progress, detector):
     """One detector on one presumed-clean model: verdict, score and runtime (a row of Table 1)."""
     budget = securitynet.settings.budget(Budget)
     images, num_classes = test_set.images, catalog_entry.annotations["num_classes"]
+    shape, n_train = tuple(images.shape[1:]), len(image_data.train_labels)
+    budget = dataclasses.replace(budget, inputs=detector_inputs(shape, n_train, budget.inputs))
     if detector == "neural-cleanse":
         json_dir = results_path.parent
+        budget = dataclasses.replace(budget, nc_epochs=nc_epochs(shape, n_train, budget.nc_epochs))
+        progress(f"neural cleanse: {num_classes} labels, {budget.nc_epochs} epochs on "
+                 f"{min(budget.nc_samples, len(images))} images")
         metrics = run_neural_cleanse(target_model, images, num_classes, budget, device, seed,
                                      request.getfixturevalue("artifacts_dir"), json_dir)
+        metrics["scale"] = scale_name(shape, n_train)
     elif detector == "strip":
-        metrics = run_strip(target_model, images, budget, device, seed)
+        progress(f"strip: {min(budget.inputs, len(images) // 2)} inputs")
+        metrics = run_strip(target_model, images, budget, device, seed) | {"scale": scale_name(shape, n_train)}
     else:
-        metrics = run_neo(target_model, images, budget, device, seed)
+        progress(f"neo: {min(budget.inputs, len(images))} inputs")
+        metrics = run_neo(target_model, images, budget, device, seed) | {"scale": scale_name(shape, n_train)}
     record(detector=detector, dataset_family=dataset_family, purpose=catalog_entry.purpose,
            verdict="backdoored" if metrics["flagged"] else "clean", **metrics)
     assert metrics["runtime_s"] > 0

@@ -9,7 +9,10 @@ e.g. setting `fgsm-transfer-eps0.03`; `-k "fgsm and eps0.1"` picks a slice.
 The transfer source is trained on the true labels of the attacker's `auxiliary` set (a seeded 50%
 of the training split) with the stealing trainer, so it never queries the target; it depends only
 on the data and recipe, is trained once per worker (`SURROGATES`) and serves every eps and every
-model evaluated on that data.
+model evaluated on that data. Its architecture and epochs follow the stealing rule
+(`pytest_securitynet.harness.budget_rules`): the paper's ResNet-18 and 30 epochs, a small CNN for 20
+epochs on small data (<= 16 px, <= 20,000 training images, e.g. the demo digits); the `evasion`
+budget overrides them (`--securitynet-budget evasion.source_epochs=1` for a quick CPU look).
 """
 
 from __future__ import annotations
@@ -25,11 +28,19 @@ from pytest_securitynet.attacks.evasion import run_evasion
 from pytest_securitynet.attacks.stealing import evaluate_surrogate
 from pytest_securitynet.attacks.surrogate_cache import SurrogateCache, SurrogateRecipe
 from pytest_securitynet.results.spec import BenchmarkSpec, Metric
+from pytest_securitynet.harness.budget_rules import SurrogatePlan, surrogate_plan
+from pytest_securitynet.harness.settings import budget
 
 EPS = (0.01, 0.03, 0.1)
-SURROGATE = "resnet18"
-SURROGATE_EPOCHS = 30
-"""The stealing default (SecurityNet §3.1: SGD, lr 0.01, 30 epochs); rows record what was used."""
+
+
+@budget("evasion")
+@dataclass(frozen=True)
+class Budget:
+    """The transfer source; derived per model when left at 0 / "auto" (module docstring). Rows record it."""
+
+    source_epochs: int = 0  # 0: 30 (the stealing default, SecurityNet §3.1), 20 on small data
+    source: str = "auto"  # auto: ResNet-18 (Appendix C), a small CNN on small data
 
 
 @dataclass(frozen=True)
@@ -63,31 +74,39 @@ def auxiliary_key(auxiliary) -> tuple:
     return (auxiliary.dataset_id, auxiliary.split, digest, "true-labels")
 
 
-def transfer_source(auxiliary, num_classes: int, topic: str, device: torch.device, seed: int):
-    """The auxiliary ResNet-18 (Appendix C) trained on `auxiliary`'s true labels, cached per data."""
-    recipe = SurrogateRecipe(architecture=SURROGATE, epochs=SURROGATE_EPOCHS, label_only=True,
-                             hflip="digit" not in topic, seed=seed)
+def transfer_source(auxiliary, num_classes: int, topic: str, plan: SurrogatePlan, device: torch.device, seed: int,
+                    progress=None):
+    """The auxiliary surrogate (Appendix C: ResNet-18) trained on `auxiliary`'s true labels, cached per data."""
+    recipe = SurrogateRecipe(**plan.recipe_kwargs(), label_only=True, hflip="digit" not in topic, seed=seed)
     return SURROGATES.get_or_train(auxiliary_key(auxiliary), recipe, auxiliary.images, auxiliary.labels,
-                                   num_classes=num_classes, device=device)
+                                   num_classes=num_classes, device=device, progress=progress)
 
 
 @pytest.mark.parametrize("eps", [pytest.param(e, id=f"eps{e}") for e in EPS])
 @pytest.mark.parametrize("attack", list(SETTINGS))
-def test_accuracy_drop(target_model, test_set, auxiliary, catalog_entry, securitynet, device, seed, record,
-                       attack, eps):
+def test_accuracy_drop(target_model, test_set, auxiliary, image_data, catalog_entry, securitynet, device, seed,
+                       record, progress, attack, eps):
     setting = SETTINGS[attack]
     source, extra, phases = None, {"source": "target"}, {}
     if setting.transfer:
         start = time.perf_counter()
+        budget = securitynet.settings.budget(Budget)
+        plan = surrogate_plan(tuple(test_set.images.shape[1:]), len(image_data.train_labels),
+                              surrogate=budget.source, epochs=budget.source_epochs)
+        progress(f"transfer source: a {plan.surrogate} on {len(auxiliary)} labelled images (once per data set)",
+                 total=plan.epochs, unit="epoch")
         source, stats, cached = transfer_source(auxiliary, catalog_entry.annotations["num_classes"],
-                                                catalog_entry.annotations.get("topic_category", ""), device, seed)
+                                                catalog_entry.annotations.get("topic_category", ""), plan, device,
+                                                seed, progress=progress.step)
         phases["training"] = 0.0 if cached else stats.train_time_s
         quality = evaluate_surrogate(source, target_model, test_set.images, test_set.labels, device=device)
         phases["setup"] = time.perf_counter() - start - phases["training"]
-        extra = {"source": f"{SURROGATE}-surrogate", "source_labels": "true", "source_epochs": stats.epochs,
+        extra = {"source": f"{plan.surrogate}-surrogate", "source_labels": "true", "source_epochs": stats.epochs,
                  "source_train_size": stats.n_samples, "source_train_time_s": stats.train_time_s,
                  "source_cached": cached, "source_clean_accuracy": quality["attack_accuracy"],
-                 "source_agreement": quality["agreement"], "source_train_tflop_per_s": stats.tflop_per_s}
+                 "source_agreement": quality["agreement"], "source_train_tflop_per_s": stats.tflop_per_s,
+                 "scale": plan.scale}
+    progress(f"{attack} at eps {eps} on {len(test_set)} images")
     start = time.perf_counter()
     # batch_size=None: the attack sizes its own batches (large on a GPU), independent of inference.
     outcome = run_evasion(target_model, test_set.images, test_set.labels, [eps], attack=setting.attack,

@@ -6,6 +6,13 @@ returned posteriors (soft labels). Paper defaults: ResNet-18 surrogate, 30 epoch
 one thing each: the query budget, out-of-distribution queries, a WRN-50-2 surrogate, or an API that
 answers with the top-1 label only. Metrics (Jagielski et al.): attack accuracy and agreement of the
 surrogate on the target's test set, the target's own test accuracy, queries used, training time.
+
+Budget defaults are derived per model (`pytest_securitynet.harness.budget_rules`): images of at most
+16 px with a training split of at most 20,000 (the 8x8 demo digits) get a small CNN surrogate,
+batch 32 at the paper's lr, 20 epochs; everything else, the paper's datasets included, keeps the
+ResNet-18 and 30 epochs. `--securitynet-budget stealing.epochs=N` / `stealing.surrogate=NAME`
+override the rule; rows record the surrogate, epochs and `scale` used. The WRN-50-2 setting is
+marked heavy: on a CPU it skips, saying so, unless the run passes `--securitynet-heavy`.
 See docs/model-stealing.md.
 """
 
@@ -22,16 +29,18 @@ from pytest_securitynet.attacks.stealing import run_model_stealing
 from pytest_securitynet.zoo.datasets import load_dataset
 from pytest_securitynet.errors import MissingFileError, SecurityNetError
 from pytest_securitynet.results.spec import BenchmarkSpec, Metric
+from pytest_securitynet.harness.budget_rules import surrogate_plan
 from pytest_securitynet.harness.settings import budget
-
 
 
 @budget("stealing")
 @dataclass(frozen=True)
 class Budget:
-    """The paper's 30 epochs; `--securitynet-budget stealing.epochs=5` for quick CPU runs (rows record it)."""
+    """Derived per model when left at 0 / "auto" (module docstring); `stealing.epochs=5` for a quick CPU look."""
 
-    epochs: int = 30
+    epochs: int = 0  # 0: 30 (the paper's), 20 on small data
+    surrogate: str = "auto"  # auto: ResNet-18 (the paper's), a small CNN on small data
+
 
 LR, MOMENTUM, WEIGHT_DECAY, SCHEDULE = 0.01, 0.9, 5e-4, "cosine"
 AUXILIARY_FRACTION = 0.5
@@ -42,7 +51,7 @@ OOD_DATASETS = ("cifar10-jpeg", "digits")
 
 @dataclass(frozen=True)
 class Setting:
-    surrogate: str = "resnet18"
+    surrogate: str = "auto"  # the budget's surrogate; a name fixes it
     budget: float = AUXILIARY_FRACTION  # queries, as a fraction of the target's training split
     ood: bool = False  # query with another catalogued dataset instead of the auxiliary set
     label_only: bool = False  # the API answers with the top-1 label only
@@ -53,7 +62,8 @@ SETTINGS = [
     pytest.param(Setting(budget=0.25), id="budget25"),
     pytest.param(Setting(), id="budget50"),  # the paper's default
     pytest.param(Setting(ood=True), id="ood"),
-    pytest.param(Setting(surrogate="wrn50_2"), id="wrn50_2"),
+    pytest.param(Setting(surrogate="wrn50_2"), id="wrn50_2",
+                 marks=pytest.mark.securitynet_heavy(reason="trains a WideResNet-50-2 surrogate (69M parameters)")),
     pytest.param(Setting(label_only=True), id="label-only"),
 ]
 
@@ -71,10 +81,12 @@ SPEC = BenchmarkSpec(
 
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_model_stealing(target, target_model, auxiliary, test_set, image_data, catalog_entry, securitynet,
-                        device, seed, record, setting):
+                        device, seed, record, progress, setting):
     start = time.perf_counter()
-    epochs = securitynet.settings.budget(Budget).epochs
+    budget = securitynet.settings.budget(Budget)
     n_train = len(image_data.train_labels)
+    plan = surrogate_plan(tuple(test_set.images.shape[1:]), n_train, epochs=budget.epochs,
+                          surrogate=budget.surrogate if setting.surrogate == "auto" else setting.surrogate)
     n_queries = round(len(auxiliary) * setting.budget / AUXILIARY_FRACTION)
     api = target.labels_only() if setting.label_only else target
     if setting.ood:
@@ -88,17 +100,18 @@ def test_model_stealing(target, target_model, auxiliary, test_set, image_data, c
     queries_used = target.queries
 
     query_time = time.perf_counter() - start
+    progress(f"training a {plan.surrogate} surrogate on {len(images)} answers", total=plan.epochs, unit="epoch")
     surrogate, result = run_model_stealing(
         answers, images, target_model, test_set.images, test_set.labels, num_classes=target.num_classes,
-        surrogate=setting.surrogate, label_only=setting.label_only, device=device,
-        epochs=epochs, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, schedule=SCHEDULE, seed=seed)
+        label_only=setting.label_only, device=device, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+        schedule=SCHEDULE, seed=seed, progress=progress.step, **plan.steal_kwargs())
     info, attack_time = result.training, time.perf_counter() - start
     scores = {k: getattr(result, k) for k in ("attack_accuracy", "agreement", "target_accuracy")}
 
     record(**scores, queries=queries_used, budget_queries=round(setting.budget * n_train),
            budget_fraction=setting.budget, auxiliary_size=len(auxiliary), n_train=n_train, n_test=len(test_set),
-           query_source=source, surrogate=setting.surrogate, label_only=setting.label_only,
-           epochs=epochs, batch_size=info.batch_size, lr=info.lr, schedule=SCHEDULE,
+           query_source=source, surrogate=plan.surrogate, label_only=setting.label_only, scale=plan.scale,
+           epochs=plan.epochs, batch_size=info.batch_size, lr=info.lr, schedule=SCHEDULE,
            final_train_loss=info.final_train_loss, train_time_s=info.train_time_s,
            steal_time_s=attack_time - query_time, attack_time_s=attack_time, samples_per_s=info.samples_per_s,
            train_tflop=(info.flops or 0.0) / 1e12, train_tflop_per_s=info.tflop_per_s, amp=info.amp,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -107,6 +108,13 @@ def _catalog_paths(args: argparse.Namespace) -> list[Path]:
     return catalog_paths(settings_from({"catalog": args.catalog}).catalogs)
 
 
+def _catalog(args: argparse.Namespace) -> Catalog:
+    """The catalog through the plugin's validated-catalog cache (a second parse of 500 entries takes seconds)."""
+    settings = settings_from({"catalog": args.catalog})
+    return load_catalog(catalog_paths(settings.catalogs), settings.cache_dir,
+                        allow_code_builders=args.allow_code_builders)
+
+
 def _add_catalog_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--catalog", action="append", default=[], metavar="PATH",
                         help="extra catalog file or directory (repeatable)")
@@ -119,9 +127,10 @@ def _load(args: argparse.Namespace) -> Catalog:
 
 
 def _list(args: argparse.Namespace) -> int:
-    catalog = _load(args)
+    catalog = _catalog(args)
+    datasets = _datasets_named(catalog, args.dataset) if args.dataset else None
     for entry in catalog.models.values():
-        if args.dataset and entry.dataset != args.dataset:
+        if datasets is not None and entry.dataset not in datasets:
             continue
         if args.purpose and entry.purpose != args.purpose:
             continue
@@ -138,11 +147,34 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _datasets_named(catalog, name: str) -> set[str]:
+    """Dataset ids `name` stands for: an id, or the database's name that `catalog stats` prints
+    (`CIFAR-10`), either case; an unknown name is an error listing both spellings."""
+    wanted = name.casefold()
+    names: dict[str, set[str]] = {}
+    for dataset_id in catalog.datasets:
+        names.setdefault(dataset_id, set()).add(dataset_id)
+    for entry in catalog.models.values():
+        names.setdefault(str(entry.annotations.get("dataset", entry.dataset)), set()).add(entry.dataset)
+    found = {d for spelling, ids in names.items() if spelling.casefold() == wanted for d in ids}
+    if found:
+        return found
+    shown = ", ".join(sorted(names, key=str.casefold))
+    raise SecurityNetError(f"--dataset {name!r}: no such dataset; give an id or a database name: {shown}")
+
+
 def _show(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    if args.model_id not in catalog.models:
+        close = difflib.get_close_matches(args.model_id, list(catalog.models), n=3) or [
+            i for i in catalog.models if all(part in i for part in args.model_id.split("-"))][:3]
+        raise SecurityNetError(f"unknown model id {args.model_id!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+                               + "; see `securitynet catalog list`")
+    entry = catalog.models[args.model_id]
+    # Imported once the id is known: the annotations module loads torch, seconds an unknown id should not wait.
     from pytest_securitynet.catalog.annotate import read_computed
     from pytest_securitynet.results.regression import load_reported
 
-    entry = _load(args).model(args.model_id)
     shown = entry.raw | {"catalog_file": entry.origin}
     computed = read_computed().get(entry.id)
     if computed:
@@ -193,10 +225,11 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from pytest_securitynet.catalog.stats import format_tables, plot, records
+    from pytest_securitynet.catalog.stats import format_tables, plot, records, scope_line
 
-    catalog = _load(args)
+    catalog = _catalog(args)
     recs = records(catalog, database_only=not args.all)
+    print(scope_line(catalog, len(recs), database_only=not args.all))
     print(format_tables(recs))
     if args.plots:
         for path in plot(recs, args.plots):

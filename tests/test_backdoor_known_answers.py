@@ -33,6 +33,7 @@ from pytest_securitynet.attacks.backdoor import (
     train_classifier,
     trigger_images_uint8,
 )
+from pytest_securitynet.harness.budget_rules import detector_inputs, nc_epochs
 from pytest_securitynet.zoo.architectures import Normalized, build
 from pytest_securitynet.zoo.datasets import ImageData, load_dataset
 
@@ -85,7 +86,7 @@ def _import(name: str, path: Path):
 
 
 @pytest.fixture(scope="module")
-def bench(pytestconfig):
+def bench():
     """The benchmark file as a module, for its helpers and settings."""
     module = _import("securitynet_benchmark_backdoor_detection", BENCHMARK_FILE)
     yield module
@@ -149,7 +150,8 @@ def run_benchmark(pytester, monkeypatch, cache_dir: Path, catalog: Path, *args: 
 
 
 def test_benchmark_flags_badnets_model_and_spares_its_twin(pytester, monkeypatch, cache_dir, models, bench):
-    """Paper settings for Neural Cleanse (50 epochs, all 899 test images as its 1,000-sample budget)."""
+    """The budget's defaults: Neural Cleanse for 20 epochs (the rule for 8x8 inputs; the paper's 50 on
+    CIFAR-sized data), all 899 test images as its 1,000-sample budget."""
     result, rows = run_benchmark(pytester, monkeypatch, cache_dir, models.catalog, ALL_DATASETS,
                                  "-k", f"{POISONED} or {TWIN}", inputs=str(INPUTS))
     result.assert_outcomes(passed=6)
@@ -163,8 +165,8 @@ def test_benchmark_flags_badnets_model_and_spares_its_twin(pytester, monkeypatch
 
     found, quiet = rows[(POISONED, "neural-cleanse")]["metrics"], rows[(TWIN, "neural-cleanse")]["metrics"]
     assert found["flagged"] and found["flagged_labels"][0] == found["suspect_label"] == found["trigger_label"] == TARGET
-    assert found["score"] == found["anomaly_index"] > bench.ANOMALY_THRESHOLD  # measured: 3.45
-    assert (found["epochs"], found["n_samples"], found["mode"]) == (50, 899, "batched")
+    assert found["score"] == found["anomaly_index"] > bench.ANOMALY_THRESHOLD
+    assert (found["epochs"], found["n_samples"], found["mode"], found["scale"]) == (20, 899, "batched", "small")
     assert not quiet["flagged"] and quiet["flagged_labels"] == [] and quiet["anomaly_index"] < 1.5  # measured: 0.75
     for metrics in (found, quiet):
         png = pytester.path / metrics["trigger_png"]
@@ -250,8 +252,10 @@ def test_default_selection(harness, bench):
     assert bench.in_default_selection(entries["demo-digits-cnn"], "digits")
     assert bench.PAPER_FAMILIES == ("cifar10", "svhn")
     assert [bench.neo_block_size(h) for h in (8, 16, 32, 224)] == [2, 2, 4, 28]
-    assert bench.Budget() == bench.Budget(nc_epochs=50, nc_samples=1000, inputs=2000, sequential=False,
+    assert bench.Budget() == bench.Budget(nc_epochs=0, nc_samples=1000, inputs=0, sequential=False,
                                              datasets="paper")
+    assert (detector_inputs((1, 8, 8), 898), detector_inputs((3, 32, 32), 50_000)) == (200, 2000)
+    assert (nc_epochs((1, 8, 8), 898), nc_epochs((3, 32, 32), 50_000), nc_epochs((1, 8, 8), 898, 7)) == (20, 50, 7)
 
 
 def test_sequential_reference_agrees_and_is_timed(pytester, monkeypatch, cache_dir, models):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +20,16 @@ def test_wheel_installs_into_a_fresh_venv_and_loads_the_catalog(tmp_path):
                     "--quiet", "-w", str(wheels)], check=True, cwd=tmp_path)
     (wheel,) = wheels.glob("pytest_securitynet-*.whl")
     venv = tmp_path / "venv"
-    # The venv sees the system's torch and friends; the project itself comes only from the wheel.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    # The venv sees the system's torch and friends through a plain path entry, which (unlike
+    # --system-site-packages) runs none of the system's .pth hooks, such as an editable install
+    # of this checkout: the project itself comes only from the wheel.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
-                   check=True, cwd=tmp_path)
+    venv_site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                    check=True, capture_output=True, text=True).stdout.strip())
+    (venv_site / "system-packages.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                    f"--target={venv_site}", str(wheel)], check=True, cwd=tmp_path)
     probe = ("import pytest_securitynet, pytest_securitynet.catalog.entries as e; "
              "c = e.load_catalog(); "
              "print(pytest_securitynet.__file__); print(e.BUILTIN_CATALOG); print(len(c.models), len(c.datasets))")

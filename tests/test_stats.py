@@ -32,8 +32,11 @@ def test_every_figure_1_panel_equals_the_database(database, panel):
     column = {"year": "year", "model_type": "model_type", "country": "country", "venue": "conference",
               "dataset": "data_name"}[panel.key]
     got = panel_counts(RECORDS, panel)
+    values = database[column].astype(str)
+    if panel.key == "country":  # one value per set of countries, whatever their order in the database
+        values = values.map(lambda v: ", ".join(sorted((p.strip() for p in v.split(",")), key=str.casefold)))
     for table in panel.tables:
-        expected = database[database.table == table][column].astype(str).value_counts().to_dict()
+        expected = values[database.table == table].value_counts().to_dict()
         assert dict(got[table]) == expected, table
 
 

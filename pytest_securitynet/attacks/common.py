@@ -50,7 +50,7 @@ def check_uint8(images: torch.Tensor, name: str) -> None:
                          f"{tuple(images.shape)}")
 
 
-def to_float(images_uint8: torch.Tensor, device: DeviceLike) -> torch.Tensor:
+def to_float(images_uint8: torch.Tensor, device: DeviceLike = "cpu") -> torch.Tensor:
     """uint8 images [N, C, H, W] -> float in [0, 1] on ``device``."""
     return images_uint8.to(device, non_blocking=True).float().div_(255)
 

@@ -163,6 +163,7 @@ def train_surrogate(
     amp: bool | None = None,
     channels_last: bool | None = None,
     compile_model: bool | str = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[nn.Module, TrainStats]:
     """Build and train a surrogate on the target's answers; returns ``(surrogate, TrainStats)``.
 
@@ -186,6 +187,7 @@ def train_surrogate(
       fused SGD step and cuDNN autotuning. ``compile_model`` wraps the surrogate in
       ``torch.compile`` (a string is passed as its ``mode``, e.g. ``"max-autotune-no-cudagraphs"``);
       compilation takes tens of seconds, so it pays off only for long runs.
+    - ``progress``: called as ``progress(epochs_done, epochs)`` after every epoch.
     """
     check_uint8(query_images_uint8, "query_images_uint8")
     n, in_channels, height, _ = query_images_uint8.shape
@@ -203,7 +205,7 @@ def train_surrogate(
         model, query_images_uint8, targets, epochs=epochs, lr=lr, batch_size=batch_size, device=dev,
         seed=seed, momentum=momentum, weight_decay=weight_decay, schedule=schedule, scale_lr=scale_lr,
         augment=input_size >= 32 if augment is None else augment, hflip=hflip, amp=amp,
-        channels_last=channels_last, compile_model=compile_model,
+        channels_last=channels_last, compile_model=compile_model, progress=progress,
     )
 
 
@@ -228,6 +230,7 @@ def steal(
     seed: int = 0,
     amp: bool = True,
     compile_model: bool | str = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """:func:`train_surrogate` with the answer of earlier versions: ``(surrogate, info)``.
 
@@ -241,6 +244,7 @@ def steal(
         input_size=input_size, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
         schedule=schedule, batch_size=batch_size, scale_lr=scale_lr, label_only=label_only, augment=augment,
         hflip=hflip, device=device, seed=seed, amp=None if amp else False, compile_model=compile_model,
+        progress=progress,
     )
     info = {
         "train_time_s": stats.train_time_s, "total_time_s": time.perf_counter() - start, "epochs": stats.epochs,

@@ -8,7 +8,7 @@ one's model instead of training again.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +30,7 @@ class SurrogateRecipe:
     weight_decay: float = 5e-4
     schedule: Schedule = "cosine"
     batch_size: int | None = None
+    scale_lr: bool = True
     label_only: bool = False
     augment: bool | None = None
     hflip: bool = True
@@ -62,6 +63,7 @@ class SurrogateCache:
         *,
         num_classes: int,
         device: torch.device | str,
+        progress: Callable[[int, int], None] | None = None,
     ) -> tuple[nn.Module, TrainStats, bool]:
         """The surrogate for this data and recipe, trained now unless already there; returns
         ``(model, stats of its training, cached)``."""
@@ -71,8 +73,9 @@ class SurrogateCache:
             self._entries[key] = train_surrogate(
                 images_uint8, targets, num_classes=num_classes, surrogate=recipe.architecture,
                 epochs=recipe.epochs, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-                schedule=recipe.schedule, batch_size=recipe.batch_size, label_only=recipe.label_only,
-                augment=recipe.augment, hflip=recipe.hflip, device=device, seed=recipe.seed,
+                schedule=recipe.schedule, batch_size=recipe.batch_size, scale_lr=recipe.scale_lr,
+                label_only=recipe.label_only, augment=recipe.augment, hflip=recipe.hflip, device=device,
+                seed=recipe.seed, progress=progress,
             )
         model, stats = self._entries[key]
         return model, stats, cached

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -135,6 +136,7 @@ def _train_epochs(
     amp_dtype: torch.dtype | None,
     channels_last: bool,
     generator: torch.Generator,
+    progress: Callable[[int, int], None] | None = None,
 ) -> float:
     """Run the SGD epochs; returns the mean training loss of the last epoch (the one host read)."""
     n = x_all.shape[0]
@@ -166,6 +168,8 @@ def _train_epochs(
             loss_sum += loss.detach() * idx.shape[0]
             step += 1
         epoch_loss = loss_sum / n
+        if progress is not None:
+            progress(epoch + 1, epochs)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("training epoch %d/%d: loss %.4f", epoch + 1, epochs, epoch_loss.item())
     return float(epoch_loss.item())
@@ -190,6 +194,7 @@ def train_classifier_fast(
     amp: bool | None = None,
     channels_last: bool | None = None,
     compile_model: bool | str = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[nn.Module, TrainStats]:
     """Train ``model`` (in place, moved to ``device``) on ``images`` and ``targets``; returns it in
     eval mode with its :class:`TrainStats`.
@@ -205,6 +210,7 @@ def train_classifier_fast(
     - ``amp`` (bf16 autocast) and ``channels_last`` default to on for CUDA and off elsewhere;
       CUDA also gets a fused SGD step and cuDNN autotuning. ``compile_model`` wraps the model in
       ``torch.compile`` (a string is its ``mode``); compilation takes tens of seconds.
+    - ``progress``: called as ``progress(epochs_done, epochs)`` after every epoch (no host sync).
     - Deterministic for a given seed and initial weights on the CPU.
     """
     if images.ndim != 4 or images.shape[0] == 0 or epochs < 1:
@@ -237,7 +243,7 @@ def train_classifier_fast(
         final_loss = _train_epochs(
             train_model, optimizer, x_all, t_all, epochs=epochs, batch_size=batch_size, base_lr=base_lr,
             schedule=schedule, pad=max(1, height // 8) if augment else 0, hflip=augment and hflip,
-            amp_dtype=amp_dtype, channels_last=layout, generator=generator,
+            amp_dtype=amp_dtype, channels_last=layout, generator=generator, progress=progress,
         )
     train_time = time.perf_counter() - start
     model.eval()

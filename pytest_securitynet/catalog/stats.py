@@ -2,7 +2,9 @@
 
 Counts are over the catalog entries that come from the SecurityNet database (those with a
 `database` table) unless asked for all entries, so they reproduce the database's own counts:
-models per dataset and table, publishing years, model types, countries and venues.
+models per dataset and table, publishing years, model types, countries and venues. A model made
+in several countries is counted once under its countries in alphabetical order ("China, USA"),
+however the database lists them.
 """
 
 from __future__ import annotations
@@ -55,9 +57,31 @@ def _record(entry: ModelEntry) -> dict[str, object]:
         "dataset": notes.get("dataset", entry.dataset),
         "year": notes.get("year", "unknown"),
         "model_type": entry.model_type,
-        "country": notes.get("country", "unknown"),
+        "country": normalise_countries(notes.get("country", "unknown")),
         "venue": notes.get("venue", "unknown"),
     }
+
+
+def normalise_countries(value: object) -> str:
+    """`"USA, China"` and `"China, USA"` are one value: the countries sorted, comma-separated."""
+    parts = sorted({part.strip() for part in str(value).split(",") if part.strip()}, key=str.casefold)
+    return ", ".join(parts) or "unknown"
+
+
+def scope_line(catalog: Catalog, counted: int, database_only: bool = True) -> str:
+    """What the counts cover, and how they relate to `catalog list` (every entry of the catalog)."""
+    total = len(catalog.models)
+    if not database_only:
+        return f"Counting all {total} catalog models (`catalog list` shows the same {total})."
+    others = Counter(_origin(entry) for entry in catalog.models.values() if "database" not in entry.raw)
+    extra = ", ".join(f"{name} ({n})" for name, n in sorted(others.items()))
+    return (f"Counting the {counted} models of the SecurityNet database; the catalog holds {total} "
+            f"(`catalog list`), {total - counted} not from the database" + (f": {extra}" if extra else "")
+            + ". `--all` counts every model.")
+
+
+def _origin(entry: ModelEntry) -> str:
+    return entry.tags[0] if entry.tags else Path(entry.origin).stem
 
 
 def dataset_table_counts(recs: Iterable[dict[str, object]]) -> dict[tuple[str, str], int]:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from pytest_securitynet.zoo.datasets import ImageData
+from pytest_securitynet.attacks.common import to_float  # noqa: F401 (re-exported for the harness)
 
 # Each purpose draws from its own seeded stream, so changing one set's size never moves another.
 _STREAMS = {"members": 1, "nonmembers": 2, "auxiliary": 3, "train": 4, "test": 5}
@@ -42,11 +43,6 @@ class LabeledSet:
         """The samples at `positions` (0..len-1) of this set."""
         return LabeledSet(name or self.name, self.dataset_id, self.split, self.indices[positions],
                           self.images[positions], self.labels[positions])
-
-
-def to_float(images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 [0,255] → float32 [0,1] on `device` (the conversion happens on the device)."""
-    return images.to(device, non_blocking=True).float().div_(255)
 
 
 def seeded_choice(n_total: int, n: int, seed: int, purpose: str) -> torch.Tensor:

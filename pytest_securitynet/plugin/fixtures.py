@@ -13,9 +13,11 @@ from pytest_securitynet.harness.data import LabeledSet
 from pytest_securitynet.zoo.datasets import ImageData
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.plugin.items import METRICS, benchmark_name, setting_of
+from pytest_securitynet.plugin.progress import Phases, phases_of
 from pytest_securitynet.results.rows import plain
 from pytest_securitynet.plugin.runstate import STATE, harness
 from pytest_securitynet.harness.harness import Harness
+from pytest_securitynet.harness.budget_rules import is_small
 from pytest_securitynet.harness.target import BlackBoxTarget
 
 
@@ -29,6 +31,29 @@ def catalog_entry(request: pytest.FixtureRequest) -> ModelEntry:
 def securitynet(request: pytest.FixtureRequest) -> Harness:
     """The run's harness: settings, catalog, caches."""
     return harness(request.config)
+
+
+@pytest.fixture(autouse=True)
+def _securitynet_threads(request: pytest.FixtureRequest):
+    """Small-data models on the CPU run on one intra-op thread, restored after the test.
+
+    Their operations are so small that OpenMP's synchronisation costs more than the work, and on a
+    CPU shared with other jobs the spinning threads multiply the time (rule: harness/budget_rules.py).
+    """
+    if "catalog_entry" not in request.fixturenames:
+        yield
+        return
+    h = harness(request.config)
+    data = h.dataset_for(request.getfixturevalue("catalog_entry"))
+    if h.device.type != "cpu" or not is_small(tuple(data.input_size), data.train_size):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -110,6 +135,13 @@ def record(request: pytest.FixtureRequest) -> Callable[..., None]:
         metrics.update(plain(values))
 
     return _record
+
+
+@pytest.fixture
+def progress(request: pytest.FixtureRequest) -> Phases:
+    """`progress("phase", total=N, unit="epoch")` when a phase begins; `progress.step` counts its steps
+    (an attack's `progress` callback). Shown live in a terminal, and in the report of a failure."""
+    return phases_of(request.node)
 
 
 @pytest.fixture

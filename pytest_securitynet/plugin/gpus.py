@@ -68,8 +68,11 @@ class GpuPool:
         devices = inherited_gpus() if devices is None else devices
         available = len(devices)
         if requested and available < requested:
-            warnings.warn(f"--gpus {requested} asked for, but {available} GPU(s) visible; extra workers run on CPU"
-                          if available else f"--gpus {requested}: no GPU visible, running on the CPU")
+            if available:
+                message = f"--gpus {requested}: {available} GPU(s) visible; the other workers run on the CPU"
+            else:
+                message = f"--gpus {requested}: no GPU visible; every worker runs on the CPU"
+            warnings.warn(message, stacklevel=2)
         self.visible = available
         self.devices = devices[:min(requested, available)]
         # Slot j of K on every GPU before slot j+1 of any: workers spread over the GPUs first.

@@ -7,16 +7,21 @@ from typing import Any
 
 import pytest
 
-from pytest_securitynet.plugin import fixtures, gpus, hookspec, profiling, reporter, specs
+from pytest_securitynet.plugin import estimate, fixtures, gpus, hookspec, profiling, reporter, selection, specs, timeouts
 from pytest_securitynet.plugin import regression
 from pytest_securitynet.errors import SecurityNetError
-from pytest_securitynet.plugin.items import entry_of, item_row_key
-from pytest_securitynet.results.rows import (PASSED, ResultsWriter, load_results, plain, results_exist, row_key,
+from pytest_securitynet.plugin.items import benchmark_name, entry_of, item_row_key, model_in_nodeid, setting_from_id
+from pytest_securitynet.plugin.overview import XdistStartLine, start_line
+from pytest_securitynet.plugin.progress import ProgressPlugin
+from pytest_securitynet.results.lock import ResultsLock, holder_info
+from pytest_securitynet.results.resume import check_resume
+from pytest_securitynet.results.rows import (PASSED, ResultsWriter, load_results, now, plain, results_exist, row_key,
                                              run_info)
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness
 from pytest_securitynet.harness.settings import Settings, declared_budgets, settings_from
 
 DEFAULT_JSON = "securitynet-results.json"
+HEAVY_SKIPPED = pytest.StashKey[bool]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -46,7 +51,12 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
                     help=f"results file; each finished row is journaled beside it at once. "
                          f"Default: {DEFAULT_JSON} in the invocation directory.")
     group.addoption("--securitynet-resume", action="store_true",
-                    help="keep the rows of an existing results file and skip tests that already passed. Default: off.")
+                    help="keep the rows of an existing results file and skip tests that already passed; refused "
+                         "when the file was written with other settings (seed, members, limit, datasets, budgets). "
+                         "Default: off.")
+    group.addoption("--securitynet-resume-mixed", action="store_true",
+                    help="--securitynet-resume even when the settings differ: each row records its own in "
+                         "`run_settings`. Default: off.")
     group.addoption("--securitynet-cache", default=None, metavar="DIR",
                     help="weights and data cache (also SECURITYNET_CACHE). Default: the user cache dir.")
     group.addoption("--securitynet-offline", action="store_true",
@@ -59,6 +69,15 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     group.addoption("--securitynet-batch-size", type=int, default=None, metavar="N", help="inference batch size. Default: 256.")
     group.addoption("--securitynet-device", default=None, metavar="DEVICE",
                     help="torch device for every test, e.g. cpu or cuda:1. Default: the worker's GPU, else cpu.")
+    group.addoption("--securitynet-heavy", action="store_true",
+                    help="run tests marked heavy (e.g. the WRN-50-2 stealing surrogate) on a CPU too. "
+                         "Default: off (they skip on a CPU, saying so).")
+    group.addoption("--securitynet-timeout", type=float, default=None, metavar="SECONDS",
+                    help="time limit of each benchmark test, replacing the ini `timeout` of pytest-timeout "
+                         "(also ini securitynet_timeout; 0: none). Default: 0.")
+    group.addoption("--securitynet-report", default=None, metavar="DIR",
+                    help="write `securitynet report` of the results into DIR when the run ends "
+                         "(also ini securitynet_report). Default: off.")
     group.addoption("--securitynet-allow-code-builders", action="store_true",
                     help="let catalog entries name a module:function builder, i.e. run code from the catalog "
                          "file (also ini securitynet_allow_code_builders). Default: registered builders only.")
@@ -67,6 +86,8 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     parser.addini("securitynet_budget", "budget overrides NAME.FIELD=VALUE, one per line", type="linelist", default=[])
     parser.addini("securitynet_allow_code_builders", "let catalog entries name module:function builders (code)",
                   type="bool", default=False)
+    parser.addini("securitynet_timeout", "time limit of each benchmark test in seconds (0: none)", default="")
+    parser.addini("securitynet_report", "folder for the report written when the run ends", default="")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -94,29 +115,85 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "benchmark_models: tests on models published as benchmarks")
     config.addinivalue_line("markers", "security_models: tests on models published by security papers")
     config.addinivalue_line("markers", "xdist_group(name): keep tests of one group on one xdist worker")
+    config.addinivalue_line("markers", "securitynet_heavy(reason): skip on a CPU unless --securitynet-heavy")
     opt = config.getoption
     settings = settings_of(config)
     workerinput = getattr(config, "workerinput", None)
     json_path = Path(opt("securitynet_json") or Path(config.invocation_params.dir) / DEFAULT_JSON)
-    state = RunState(settings, json_path, opt("securitynet_resume"),
+    state = RunState(settings, json_path, opt("securitynet_resume") or opt("securitynet_resume_mixed"),
                    gpu_index=workerinput.get(gpus.GPU_KEY) if workerinput else None)
+    state.timeout = _timeout(config)
+    state.report_dir = opt("securitynet_report") or config.getini("securitynet_report") or None
+    state.durations = [estimate.previous_run(json_path), estimate.reference_run()]
     config.stash[STATE] = state
+    config.pluginmanager.register(ProgressPlugin(config, lambda item: entry_of(item) is not None,
+                                                 lambda item: _expected(item, state)), "securitynet-progress")
     if regression.wanted(config):
         config.pluginmanager.register(regression.RegressionPlugin(config), "securitynet-regression")
     if workerinput is not None:
         state.done = set(workerinput.get(gpus.DONE_KEY, ()))
         gpus.configure_worker(config, workerinput)
         return
+    lock = ResultsLock(json_path)  # one writer per results file; a fresh run takes it before its first test
+    config.add_cleanup(lock.release)
+    if state.resume and not (config.option.collectonly or config.option.help or config.option.markers):
+        _usage(lambda: lock.acquire(holder_info(now())))  # the rows read now stay the file's until the run ends
     previous = _previous_results(state) if state.resume else None
+    per_row = _usage(lambda: check_resume(json_path, previous, plain(settings.as_dict()),
+                                          opt("securitynet_resume_mixed"))) if previous else None
     state.done = {row_key(r) for r in previous["results"] if r.get("outcome") == PASSED} if previous else set()
     if not config.option.collectonly:
         run = run_info(config.invocation_params.args, settings.as_dict())
         config.hook.pytest_securitynet_run_info(config=config, run=run)
-        state.writer = ResultsWriter(json_path, plain(run), previous)
-        config.pluginmanager.register(reporter.ResultsReporter(state), "securitynet-results")
+        state.writer = ResultsWriter(json_path, plain(run), previous, row_settings=per_row)
+        config.pluginmanager.register(reporter.ResultsReporter(state, lock), "securitynet-results")
     if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
         pool = gpus.GpuPool(settings.gpus, per_gpu=settings.workers_per_gpu)
         config.pluginmanager.register(gpus.XdistHooks(pool, sorted(state.done), config.option.dist == "loadgroup", state))
+        device = settings.device or (f"GPUs {', '.join(map(str, pool.devices))}" if pool.devices else "cpu")
+        config.pluginmanager.register(XdistStartLine(config, lambda ids: _xdist_start_line(config, ids, device)))
+
+
+def _xdist_start_line(config: pytest.Config, ids: list[str], device: str) -> str | None:
+    """The start line from node ids (the controller has no items)."""
+    state = config.stash[STATE]
+    models = harness(config).catalog.models
+    keys, found, benchmarks = [], [], set()
+    for nodeid in ids:
+        model = model_in_nodeid(nodeid, models)
+        if model is None:
+            continue
+        path, _, rest = nodeid.partition("::")
+        function, _, params = rest.partition("[")
+        benchmark = f"{Path(path).stem.removeprefix('test_')}.{function.rpartition('::')[2].removeprefix('test_')}"
+        benchmarks.add(benchmark)
+        found.append(model)
+        keys.append(f"{model}::{benchmark}::{setting_from_id(params.rpartition(']')[0], model)}")
+    if not keys:
+        return None
+    workers = config.option.numprocesses
+    return start_line(list(dict.fromkeys(found)), len(keys), len(benchmarks), f"{device}, {workers} workers",
+                      state.json_path, estimate.estimate(keys, state.durations).describe() + " (summed over workers)")
+
+
+def _timeout(config: pytest.Config) -> float | None:
+    """`--securitynet-timeout`, else ini `securitynet_timeout`; None when neither is set."""
+    raw = config.getoption("securitynet_timeout")
+    raw = config.getini("securitynet_timeout") if raw is None else raw
+    if raw in (None, ""):
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise pytest.UsageError(f"securitynet_timeout {raw!r}: give seconds, e.g. 3600 (0: none)") from None
+    if seconds < 0:
+        raise pytest.UsageError(f"--securitynet-timeout {seconds:g}: give seconds >= 0 (0: none)")
+    return seconds
+
+
+def _expected(item: pytest.Item, state: RunState) -> float | None:
+    entry = entry_of(item)
+    return estimate.expected_seconds(item_row_key(item, entry), state.durations) if entry is not None else None
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -134,6 +211,14 @@ def _previous_results(state: RunState) -> dict[str, Any] | None:
         raise pytest.UsageError(f"--securitynet-resume: cannot read {state.json_path}: {exc}") from None
 
 
+def _usage(call):
+    """`call()`, with a `SecurityNetError` turned into a usage error (one line, exit 4)."""
+    try:
+        return call()
+    except SecurityNetError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 # --- collection -------------------------------------------------------------------------------
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -146,7 +231,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                                             *_unavailable(e)])
             for e in harness(metafunc.config).catalog.models.values()
         ]
-    metafunc.parametrize("catalog_entry", state.catalog_params)
+    params = state.catalog_params
+    keyword = selection.compile_keyword(metafunc.config.option.keyword)
+    if keyword is not None:  # models no test of which `-k` can select are never generated
+        rest = selection.shared_names(metafunc)
+        params = [p for p in params if selection.may_match(keyword, [p.id, *_keywords(state, p.values[0])], p.id, rest)]
+    metafunc.parametrize("catalog_entry", params)
+
+
+def _keywords(state: RunState, entry) -> set[str]:
+    if entry.id not in state.keywords:
+        state.keywords[entry.id] = entry.keywords()
+    return state.keywords[entry.id]
 
 
 def _unavailable(entry) -> list:
@@ -160,14 +256,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     _check_budgets(config, state.settings)
     models = harness(config).catalog.models
     order = {model_id: i for i, model_id in enumerate(models)}
-    keywords: dict[str, set[str]] = {}  # per model, computed once and shared by its tests
     done, keep = [], []
     for item in items:
         entry = entry_of(item)
         if entry is not None:
-            if entry.id not in keywords:
-                keywords[entry.id] = entry.keywords()
-            item.extra_keyword_matches.update(keywords[entry.id])
+            item.extra_keyword_matches.update(_keywords(state, entry))
             if state.done and item_row_key(item, entry) in state.done:
                 done.append(item)
                 continue
@@ -177,6 +270,50 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if done:
         config.hook.pytest_deselected(items=done)
     items[:] = [item for _, item in keep]
+    _limit_and_skip_heavy(config, state, items)
+
+
+def _limit_and_skip_heavy(config: pytest.Config, state: RunState, items: list[pytest.Item]) -> None:
+    """Benchmark tests get the run's benchmark time limit; heavy ones skip on a CPU unless asked for.
+
+    The limit is `--securitynet-timeout`; without it, a `--timeout` given on the command line
+    stands, and the ini `timeout` (meant for the project's tests) is lifted: no limit.
+    """
+    limit = state.timeout
+    if limit is None and getattr(config.option, "timeout", None) is None:
+        limit = 0.0
+    has_timeout = config.pluginmanager.hasplugin("timeout") and limit is not None
+    run_heavy = config.getoption("securitynet_heavy")
+    for item in items:
+        if entry_of(item) is None:
+            continue
+        if has_timeout:
+            timeouts.apply_limit(item, limit)
+        heavy = item.get_closest_marker("securitynet_heavy")
+        if heavy is not None and not run_heavy and _on_cpu(config):
+            reason = heavy.kwargs.get("reason") or (heavy.args[0] if heavy.args else "marked heavy")
+            item.add_marker(pytest.mark.skip(reason=f"heavy on a CPU: {reason}; --securitynet-heavy runs it"))
+            item.stash[HEAVY_SKIPPED] = True
+
+
+def _on_cpu(config: pytest.Config) -> bool:
+    """Whether this process's tests run on the CPU (resolves the device, as the first test would)."""
+    return harness(config).device.type == "cpu"
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> str | None:
+    """The line before the first test: models, tests, device, results file, expected time, heavy skips."""
+    state = config.stash[STATE]
+    benchmark_items = [(item, entry) for item in items if (entry := entry_of(item)) is not None]
+    if not benchmark_items or config.option.collectonly:
+        return None
+    models = list(dict.fromkeys(entry.id for _, entry in benchmark_items))
+    benchmarks = {benchmark_name(item) for item, _ in benchmark_items}
+    keys = [item_row_key(item, entry) for item, entry in benchmark_items
+            if item.get_closest_marker("skip") is None]
+    heavy = sum(item.stash.get(HEAVY_SKIPPED, False) for item, _ in benchmark_items)
+    return start_line(models, len(benchmark_items), len(benchmarks), str(harness(config).device), state.json_path,
+                      estimate.estimate(keys, state.durations).describe(), heavy)
 
 
 def _check_budgets(config: pytest.Config, settings: Settings) -> None:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_securitynet.catalog.entries import ModelEntry
+from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.plugin import timeouts
 from pytest_securitynet.plugin.items import (
     METRICS, benchmark_name, entry_of, model_in_nodeid, setting_from_id, setting_of,
 )
-from pytest_securitynet.results.rows import now, plain
+from pytest_securitynet.plugin.progress import CPU_SECONDS
+from pytest_securitynet.results.lock import ResultsLock, holder_info
+from pytest_securitynet.results.rows import ResultsWriteError, now, plain, replaced_results
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness, state_harness
 from pytest_securitynet.results.summary import summary_lines
 
 PAYLOAD = "securitynet"
+log = logging.getLogger(__name__)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -24,6 +30,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     entry = entry_of(item)
     if entry is not None and (report.when == "call" or (report.when == "setup" and not report.passed)):
         row = _payload(item, entry)
+        if timeouts.timed_out(report):
+            state = item.config.stash[STATE]
+            row["hint"] = timeouts.hint(item, state.settings, state.timeout or getattr(item.config.option, "timeout", None))
+            report.sections.append(("securitynet timeout", row["hint"]))
         item.config.hook.pytest_securitynet_row(item=item, row=row)
         report.user_properties.append((PAYLOAD, plain(row)))
     return report
@@ -33,6 +43,8 @@ def _payload(item: pytest.Item, entry: ModelEntry) -> dict[str, Any]:
     state = item.config.stash[STATE]
     h = harness(item.config)
     params = {k: v for k, v in item.callspec.params.items() if k != "catalog_entry"}
+    loaded = getattr(item, "funcargs", {}).get("_securitynet_loaded")
+    cpu = item.stash.get(CPU_SECONDS, None)
     return plain({
         "model": entry.id,
         "benchmark": benchmark_name(item),
@@ -46,14 +58,50 @@ def _payload(item: pytest.Item, entry: ModelEntry) -> dict[str, Any]:
         "worker": getattr(item.config, "workerinput", {}).get("workerid", "main"),
         "nodeid": item.nodeid,
         "finished_at": now(),
+        **({"sizes": {name: len(part) for name, part in loaded.sets.items()}} if loaded is not None else {}),
+        **({"cpu_time_s": round(cpu, 4)} if cpu is not None else {}),
     })
 
 
 class ResultsReporter:
-    """Controller-side: turns test reports into rows, writes the JSON, prints the summary."""
+    """Controller-side: turns test reports into rows, writes the JSON, prints the summary.
 
-    def __init__(self, state: RunState):
+    Once collection shows benchmark tests (and before the first runs) it takes the results file
+    over: locks it, checks that what is there is a results file, and marks it "running" (keeping
+    the one a fresh run replaces as a backup). A run without benchmarks, such as the project's own
+    tests, neither locks nor touches it."""
+
+    def __init__(self, state: RunState, lock: ResultsLock):
         self.state = state
+        self.lock = lock
+        self.report_line: str | None = None
+        self.taken_over = False
+        self.write_error: str | None = None
+
+    def take_over(self) -> None:
+        if self.taken_over:
+            return
+        self.taken_over = True
+        state = self.state
+        try:
+            self.lock.acquire(holder_info(state.writer.run.get("started_at") or now()))  # held already when resuming
+            if not state.resume:
+                state.writer.replaces = replaced_results(state.json_path)
+            state.writer.start()
+        except SecurityNetError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    @pytest.hookimpl
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if any(entry_of(item) is not None for item in session.items):
+            self.take_over()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
+        # The controller of an xdist run collects nothing itself: the workers' node ids tell.
+        models = state_harness(self.state).catalog.models
+        if not self.taken_over and any(model_in_nodeid(nodeid, models) is not None for nodeid in ids):
+            self.take_over()
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -73,15 +121,31 @@ class ResultsReporter:
         if report.skipped and isinstance(report.longrepr, tuple):
             row["message"] = report.longrepr[2]
         elif report.failed:
-            row["message"] = _short(report)
+            row["message"] = "\n".join(filter(None, [_short(report), row.pop("hint", None)]))
         entry = state_harness(state).catalog.models.get(row["model"])
-        state.writer.add(row, _model_info(entry) if entry else None)
+        info = _model_info(entry) if entry else None
+        if info is not None and row.get("sizes"):
+            info["sizes"] = row["sizes"]
+            state.writer.run.setdefault("effective", {}).setdefault("members", {})[row["model"]] = row["sizes"]["members"]
+        self.take_over()
+        try:
+            state.writer.add(row, info)
+        except ResultsWriteError as exc:  # a full disk: stop, as a run that cannot record has no use
+            self.write_error = str(exc)
+            pytest.exit(f"securitynet: {exc}", returncode=pytest.ExitCode.INTERRUPTED)
 
     @pytest.hookimpl
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.state.writer.rows:
-            status = {0: "complete", 1: "complete", 2: "interrupted", 5: "complete"}.get(int(exitstatus), "error")
+        status = {0: "complete", 1: "complete", 2: "interrupted", 5: "complete"}.get(int(exitstatus), "error")
+        try:
             self.state.writer.finish(status)
+        except ResultsWriteError as exc:
+            self.write_error = self.write_error or str(exc)
+            session.exitstatus = pytest.ExitCode.INTERRUPTED
+        finally:
+            self.state.writer.close()
+        if self.state.report_dir and self.state.writer.rows and not self.write_error:
+            self.report_line = _build_report(self.state.json_path, Path(self.state.report_dir))
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -89,12 +153,31 @@ class ResultsReporter:
         if int(exitstatus) == 5:
             _explain_empty_selection(terminalreporter, config, state)
             return
-        if not state.writer.rows:
-            return
-        terminalreporter.section("securitynet")
-        for line in summary_lines(list(state.writer.rows.values())):
-            terminalreporter.write_line(line)
-        terminalreporter.write_line(f"results: {state.json_path} ({len(state.writer.rows)} rows)")
+        if state.writer.rows:
+            terminalreporter.section("securitynet")
+            for line in summary_lines(list(state.writer.rows.values())):
+                terminalreporter.write_line(line)
+        if self.write_error:  # the file holds fewer rows than the table: say which
+            terminalreporter.write_line(f"securitynet: {self.write_error}", red=True)
+        elif state.writer.rows:
+            terminalreporter.write_line(f"results: {state.json_path} ({len(state.writer.rows)} rows)")
+            if self.report_line:
+                terminalreporter.write_line(self.report_line)
+            elif not state.report_dir:
+                terminalreporter.write_line(f"report: securitynet report {state.json_path} -o report/ "
+                                            f"(or run with --securitynet-report report/)")
+
+
+def _build_report(json_path: Path, out_dir: Path) -> str:
+    """`securitynet report JSON -o DIR`; a failure is reported on the terminal, never fails the run."""
+    from pytest_securitynet.report import build_report
+
+    try:
+        report = build_report([json_path], out_dir, command=f"securitynet report {json_path} -o {out_dir}")
+    except (OSError, ValueError, SecurityNetError) as exc:
+        log.warning("securitynet report failed: %s", exc)
+        return f"report: not written ({exc})"
+    return f"report: {report.index} ({len(report.sections)} sections: {', '.join(report.sections)})"
 
 
 def _crashed_payload(report: pytest.TestReport, state: RunState) -> dict[str, Any] | None:

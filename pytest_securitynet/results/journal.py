@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +40,27 @@ def journal_path(results_path: Path) -> Path:
     return results_path.with_name(results_path.stem + JOURNAL_SUFFIX)
 
 
+def file_mode(path: Path | None = None) -> int:
+    """The permissions for (re)writing `path`: an existing file's own, else 0666 less the umask, as
+    `open` would give a new file (`mkstemp` alone would make every results file 0600)."""
+    if path is not None:
+        try:
+            return stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     """Write `data` to a temporary file beside `path`, fsync it and rename it onto `path`."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = file_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -82,11 +99,16 @@ class Journal:
     def append(self, record: dict[str, Any]) -> int:
         data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
         fd = self._open()
+        start = os.lseek(fd, 0, os.SEEK_END)
         view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if self.durable:
-            os.fsync(fd)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+            if self.durable:
+                os.fsync(fd)
+        except OSError:
+            self._cut(fd, start)
+            raise
         self.size += len(data)
         self.bytes_written += len(data)
         return len(data)
@@ -102,6 +124,14 @@ class Journal:
             os.fsync(fd)
         self.size = 0
 
+    def _cut(self, fd: int, size: int) -> None:
+        """Drop the part of a failed append (a full disk) that reached the file, so the journal
+        keeps ending in a whole record and a later append cannot follow half a line."""
+        try:
+            os.ftruncate(fd, size)
+        except OSError as exc:
+            log.warning("%s: cannot cut a failed append off (%s); readers drop it as a torn last line", self.path, exc)
+
     def remove(self) -> None:
         self.close()
         self.path.unlink(missing_ok=True)
@@ -114,7 +144,7 @@ class Journal:
     def _open(self) -> int:
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         return self._fd
 
 

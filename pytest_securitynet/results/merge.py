@@ -2,7 +2,10 @@
 
 Rows are keyed by `model::benchmark::setting` (`results.row_key`). A key seen in several files is
 a duplicate: identical duplicates (same outcome and metrics) collapse into one row; duplicates that
-differ are *conflicts*, kept in `ResultSet.conflicts` so the report can list them. Of two
+differ are *conflicts*, kept in `ResultSet.conflicts` so the report can list them. Timings are not
+results: reruns that differ only in how long they took (`timing_metric`: `phases`, `speedup`,
+names in seconds or per second) are identical, and row fields outside `outcome` and `metrics`
+(wall and setup times, `finished_at`, `worker`, `nodeid`, peak memory) are never compared. Of two
 conflicting rows the report keeps a passed one over one that did not pass, then the one that
 finished last, then the one from the file given last.
 """
@@ -19,6 +22,9 @@ from pytest_securitynet.results.rows import PASSED, SCHEMA, ResultsWriter, load_
 
 MAX_DIFF_SHOWN = 4
 """Differing metrics named per conflict in the report (all of them are in the CSV)."""
+TIMING_METRICS = frozenset({"phases", "speedup"})
+TIMING_SUFFIXES = ("_s",)
+"""Metric names ending so are durations or rates (`runtime_s`, `attack_time_s`, `samples_per_s`)."""
 
 
 @dataclass
@@ -128,8 +134,17 @@ def load_and_merge(paths: Iterable[str | Path]) -> ResultSet:
     return merge(load_documents(paths))
 
 
+def timing_metric(name: str) -> bool:
+    """Whether a metric measures time (which reruns never reproduce) rather than a result."""
+    return name in TIMING_METRICS or name.endswith(TIMING_SUFFIXES)
+
+
+def _results(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in (row.get("metrics") or {}).items() if not timing_metric(k)}
+
+
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return a.get("outcome") == b.get("outcome") and _equal(a.get("metrics") or {}, b.get("metrics") or {})
+    return a.get("outcome") == b.get("outcome") and _equal(_results(a), _results(b))
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -150,7 +165,7 @@ def _differences(kept: dict[str, Any], dropped: dict[str, Any]) -> list[str]:
     out = []
     if kept.get("outcome") != dropped.get("outcome"):
         out.append(f"outcome: {kept.get('outcome')} vs {dropped.get('outcome')}")
-    a, b = kept.get("metrics") or {}, dropped.get("metrics") or {}
+    a, b = _results(kept), _results(dropped)
     for name in sorted(set(a) | set(b)):
         if name not in a or name not in b or not _equal(a[name], b[name]):
             out.append(f"{name}: {_short(a.get(name, '(absent)'))} vs {_short(b.get(name, '(absent)'))}")

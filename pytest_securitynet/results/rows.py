@@ -4,7 +4,9 @@ Rows are keyed by (model, benchmark, setting), so a rerun replaces its row, shar
 merge by key, and `--securitynet-resume` knows what is already done. Each finished row is appended
 to the journal beside the file at once and the document is compacted now and then (`journal`), so
 a run of n rows writes O(n) bytes; `load_results` replays a journal a killed run left behind.
-Schema: docs/results-schema.md.
+A run takes the file over before its first test (`ResultsWriter.start`): the file a fresh run
+replaces is kept as `x.json.bak`, and the file says "running" until the run ends.
+Schema: docs/results-schema.md (checked on reading by `schema.check_document`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,20 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.results.journal import CompactionPolicy, Journal, journal_path, load_journaled, write_atomic
+from pytest_securitynet.results.schema import SCHEMA, check_document, check_row
 
-SCHEMA = "securitynet-results/1"
 PASSED = "passed"
+BACKUP_SUFFIX = ".bak"
+
+
+class ResultsWriteError(SecurityNetError):
+    """The results file or its journal cannot be written (a full disk, a read-only folder)."""
+
+
+class ResultsFileError(SecurityNetError):
+    """A file is where the results go, and it is not a results file (so it is left alone)."""
 
 
 def row_key(row: dict[str, Any]) -> str:
@@ -79,17 +91,45 @@ def run_info(args: Iterable[str], settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_document(path: Path) -> dict[str, Any]:
-    """The results document as it is on disk (without its journal), checked for the schema."""
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    if doc.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: not a {SCHEMA} file (schema={doc.get('schema')!r})")
-    return doc
+    """The results document as it is on disk (without its journal), checked for the schema
+    (`ValueError` naming the file, and the row when one is malformed)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise ValueError(f"{path}: not JSON ({exc})") from None
+    return check_document(doc, Path(path))
 
 
 def load_results(path: Path) -> dict[str, Any]:
     """A results file with every finished row: the document, plus the journal a killed run left."""
+    path = Path(path)
     empty = {"schema": SCHEMA, "run": {"status": "running"}, "models": {}, "results": []}
-    return load_journaled(Path(path), load_document, empty, row_key)
+    journal = journal_path(path)
+    return load_journaled(path, load_document, empty, lambda row: row_key(check_row(row, f"{journal}: a row")))
+
+
+def replaced_results(path: Path) -> dict[str, Any] | None:
+    """The results a fresh run at `path` replaces (document plus journal), or None when there are
+    none. `ResultsFileError` when what is there is not a results file: a run never overwrites it."""
+    path = Path(path)
+    if not results_exist(path):
+        return None
+    try:
+        return load_results(path)
+    except (ValueError, OSError) as exc:
+        raise ResultsFileError(f"{path} exists and is not a securitynet results file this run may replace ({exc}): "
+                               f"move it away or write this run's results elsewhere") from None
+
+
+def backup_path(path: Path) -> Path:
+    """Where a fresh run keeps the results file it replaces: `out.json` -> `out.json.bak`."""
+    path = Path(path)
+    return path.with_name(path.name + BACKUP_SUFFIX)
+
+
+def encode(doc: dict[str, Any]) -> bytes:
+    """A results document as the bytes of its file."""
+    return (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode("utf-8")
 
 
 def results_exist(path: Path) -> bool:
@@ -100,15 +140,23 @@ def results_exist(path: Path) -> bool:
 class ResultsWriter:
     """The rows of a run, durable after each `add`: journaled at once, compacted into the JSON now and then.
 
-    Nothing is written before the first row, so a run that records nothing leaves an existing file
-    as it was. The first row's compaction writes the document (with the rows carried over by
-    `--securitynet-resume`, which `load_results` read with any journal a killed run left) and
-    empties the journal; a run that does not resume drops such a journal first, as it replaces
-    the file."""
+    A run calls `start` before its first test: it takes the file over, writing the document (with
+    the rows carried over by `--securitynet-resume`, which `load_results` read with any journal a
+    killed run left) with the run's status "running", after keeping the file a fresh run replaces
+    (`replaces`, with rows) as `backup_path`. A run killed from then on leaves a file that says
+    "running", never the previous run's "complete". A run that ends having recorded nothing puts
+    `replaces` back (or removes its file when there was none). Without `start`, nothing is written
+    before the first row, whose compaction writes the document. A run that does not resume drops
+    a leftover journal before its first write, as it replaces the file. `row_settings`, when
+    given, is recorded in every new row as `run_settings` (a resume that mixes settings).
+
+    A write that fails (`OSError`: a full disk) raises `ResultsWriteError`: every row added before
+    is in the document or the journal, and the message says so."""
 
     def __init__(self, path: Path, run: dict[str, Any], previous: dict[str, Any] | None = None, *,
                  policy: CompactionPolicy | None = None, durable: bool = True,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, replaces: dict[str, Any] | None = None,
+                 row_settings: dict[str, Any] | None = None):
         self.path = Path(path)
         self.run = run
         self.models: dict[str, Any] = dict(previous.get("models", {})) if previous else {}
@@ -126,18 +174,48 @@ class ResultsWriter:
         self._started = False
         self._fresh = previous is None  # a journal found now belongs to the run this one replaces
         self._stored_benchmarks: set[str] = set()  # specs already in the document or the journal
+        self.replaces = previous if previous is not None else replaces  # the file as it was before this run
+        self.row_settings = plain(row_settings) if row_settings is not None else None
+        self.added = 0  # rows this run added
+        self._taken_over = False
 
     @property
     def bytes_written(self) -> int:
         """Every byte this writer wrote: journal appends and document rewrites."""
         return self.journal.bytes_written + self.document_bytes_written
 
+    def start(self) -> Path | None:
+        """Take the file over before the first test (see the class docstring); returns the backup
+        written, if any. Raises `ResultsWriteError` when the file cannot be written."""
+        backup = None
+        try:
+            if self._fresh and self.replaces is not None and self.replaces.get("results"):
+                backup = backup_path(self.path)
+                write_atomic(backup, encode(self.replaces), self.durable)
+            self.write()
+        except OSError as exc:
+            raise ResultsWriteError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        self._taken_over = True
+        return backup
+
     def add(self, row: dict[str, Any], model_info: dict[str, Any] | None) -> None:
         row = plain(row)
+        if self.row_settings is not None:
+            row.setdefault("run_settings", self.row_settings)
         info = plain(model_info) if model_info is not None else None
+        kept = len(self.rows)
         self.rows[row_key(row)] = row
+        self.added += 1
         if info is not None:
             self.models[row["model"]] = info
+        try:
+            self._store(row, info)
+        except OSError as exc:
+            raise ResultsWriteError(
+                f"cannot write results to {self.path} ({exc.strerror or exc}); the run stops here. The {kept} "
+                f"rows finished before are kept in {self.path.name} and {self.journal.path.name}") from exc
+
+    def _store(self, row: dict[str, Any], info: dict[str, Any] | None) -> None:
         if not self._started:
             self.write()
             return
@@ -151,10 +229,29 @@ class ResultsWriter:
             self.write()
 
     def finish(self, status: str) -> None:
-        """The run ended (complete, interrupted by Ctrl-C, error): the final compaction, no journal left."""
-        self.run["status"] = status
-        self.run["finished_at"] = now()
-        self.write()
+        """The run ended (complete, interrupted by Ctrl-C, error): the final compaction, no journal
+        left; or, when it recorded nothing, the file as it was before `start`."""
+        try:
+            if self.added == 0:
+                self._put_back()
+                return
+            self.run["status"] = status
+            self.run["finished_at"] = now()
+            self.write()
+            self.journal.remove()
+        except OSError as exc:
+            raise ResultsWriteError(f"cannot write the last results to {self.path} ({exc.strerror or exc}); "
+                                    f"every row written before is in {self.path.name} and "
+                                    f"{self.journal.path.name}") from exc
+
+    def _put_back(self) -> None:
+        """Undo `start` for a run that recorded nothing (a selection that matched nothing, Ctrl-C)."""
+        if not self._taken_over:
+            return
+        if self.replaces is not None:
+            write_atomic(self.path, encode(self.replaces), self.durable)
+        else:
+            self.path.unlink(missing_ok=True)
         self.journal.remove()
 
     def write(self) -> None:
@@ -162,7 +259,7 @@ class ResultsWriter:
         doc = {"schema": SCHEMA, "run": self.run, "models": self.models, "results": list(self.rows.values())}
         if self.benchmarks:
             doc["benchmarks"] = self.benchmarks
-        data = (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode("utf-8")
+        data = encode(doc)
         if not self._started and self._fresh:
             self.journal.clear()  # before the document: its rows must never be replayed into this run's
         write_atomic(self.path, data, self.durable)

@@ -1,0 +1,129 @@
+"""One writer per results file: a lock file beside it (`x.json` -> `x.json.lock`), held for the run.
+
+The lock is an `flock` on the lock file, so the kernel drops it when the holder exits, however it
+exits: a lock file left by a killed run is simply taken over. The file names its holder (host,
+pid, start time, command), which is what a second run's error message shows. Releasing unlinks the
+file while still holding the lock; a run that opened the old file just before checks, once it
+holds the lock, that the path still names the file it locked, and tries again if not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from pytest_securitynet.errors import SecurityNetError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: results files are not locked
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+LOCK_SUFFIX = ".lock"
+ATTEMPTS = 5
+"""Tries when the lock file is replaced between opening and locking it (a holder releasing it)."""
+
+
+class ResultsBusyError(SecurityNetError):
+    """Another run holds the results file's lock; the message names it."""
+
+
+def lock_path(results_path: Path) -> Path:
+    """The lock beside a results file: `out.json` -> `out.json.lock`."""
+    results_path = Path(results_path)
+    return results_path.with_name(results_path.name + LOCK_SUFFIX)
+
+
+def holder_info(started_at: str) -> dict[str, Any]:
+    """What the lock file says about the run holding it."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started_at": started_at, "argv": sys.argv}
+
+
+def describe_holder(info: dict[str, Any] | None) -> str:
+    """`host H, pid P, started T` from a lock file's contents (or say it is unknown)."""
+    if not info:
+        return "a run that has not yet written its name"
+    return f"host {info.get('host', '?')}, pid {info.get('pid', '?')}, started {info.get('started_at', '?')}"
+
+
+class ResultsLock:
+    """The lock of one results file. `acquire` raises `ResultsBusyError` naming the holder."""
+
+    def __init__(self, results_path: Path):
+        self.results_path = Path(results_path)
+        self.path = lock_path(self.results_path)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, info: dict[str, Any]) -> None:
+        """Take the lock without waiting and write `info` (see `holder_info`) into it."""
+        if self._fd is not None:
+            return
+        if fcntl is None:
+            log.warning("%s: cannot lock results files on this platform; make sure one run writes it", self.results_path)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(ATTEMPTS):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = read_holder(self.path)
+                os.close(fd)
+                raise ResultsBusyError(
+                    f"{self.results_path} is being written by another run ({describe_holder(holder)}; "
+                    f"lock {self.path}): wait for it to end, or write this run's results elsewhere") from None
+            except OSError as exc:  # e.g. ENOLCK on a file system without locks
+                os.close(fd)
+                log.warning("%s: cannot lock (%s); make sure one run writes it", self.path, exc)
+                return
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # the holder released (and unlinked) it between our open and our lock
+        else:
+            raise ResultsBusyError(f"{self.path}: the lock file keeps changing; is another run starting?")
+        data = json.dumps(info).encode("utf-8")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (in that order: see the module docstring)."""
+        if self._fd is None:
+            return
+        try:
+            if _same_file(self._fd, self.path):
+                self.path.unlink()
+        except OSError as exc:
+            log.warning("%s: cannot remove the lock file (%s)", self.path, exc)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_holder(path: Path) -> dict[str, Any] | None:
+    """The contents of a lock file, or None when it is empty or unreadable (being written)."""
+    try:
+        info = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (on_disk.st_dev, on_disk.st_ino)

@@ -1,0 +1,393 @@
+"""A new user's first run: budgets that fit the data, what is printed before, during and after,
+the report at the end, time limits, effective sizes, the catalog command and the project conftest."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import linecache
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from _pytest.mark.expression import Expression
+
+from pytest_securitynet.attacks.surrogates import build_surrogate
+from pytest_securitynet.catalog import entries
+from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, load_catalog
+from pytest_securitynet.catalog.stats import normalise_countries, records, panel_counts, PANELS
+from pytest_securitynet.cli import main
+from pytest_securitynet.harness.budget_rules import SmallCNN, nc_epochs, surrogate_plan
+from pytest_securitynet.plugin import estimate, progress
+from pytest_securitynet.plugin.gpus import GpuPool
+from pytest_securitynet.plugin.selection import SharedNames, may_match
+from pytest_securitynet.results.summary import summary_lines
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+TASK = BENCHMARKS / "test_task_performance.py"
+
+SLEEPER = '''
+from dataclasses import dataclass
+
+from pytest_securitynet.harness.settings import budget
+
+
+@budget("sleeper")
+@dataclass(frozen=True)
+class Budget:
+    seconds: float = 2.0
+
+
+def test_sleep(catalog_entry, securitynet, progress, record):
+    progress("sleeping", total=2, unit="nap")
+    progress.step(1)
+    import time
+    time.sleep(securitynet.settings.budget(Budget).seconds)
+    record(slept=1)
+'''
+
+FAILING = '''
+def test_phases(catalog_entry, progress, record):
+    progress("loading the attack")
+    progress("training the surrogate", total=3, unit="epoch")
+    progress.step(2)
+    assert False, "stops here"
+'''
+
+
+# --- budgets derived from the data --------------------------------------------------------------
+
+
+def test_the_rule_keeps_the_paper_for_its_datasets_and_shrinks_small_data():
+    digits = surrogate_plan((1, 8, 8), 898)
+    assert (digits.surrogate, digits.epochs, digits.batch_size, digits.scale_lr, digits.scale) == (
+        "small-cnn", 20, 32, False, "small")
+    for shape, n_train in [((3, 32, 32), 50_000), ((3, 32, 32), 73_257), ((3, 224, 224), 1_281_167),
+                           ((1, 28, 28), 1_000), ((1, 8, 8), 60_000)]:
+        paper = surrogate_plan(shape, n_train)
+        assert (paper.surrogate, paper.epochs, paper.batch_size, paper.scale_lr, paper.scale) == (
+            "resnet18", 30, None, True, "paper"), shape
+        assert nc_epochs(shape, n_train) == 50
+    assert nc_epochs((1, 8, 8), 898) == 20 and nc_epochs((1, 8, 8), 898, requested=3) == 3
+    forced = surrogate_plan((1, 8, 8), 898, surrogate="wrn50_2", epochs=2)
+    assert (forced.surrogate, forced.epochs, forced.steal_kwargs()["surrogate"]) == ("wrn50_2", 2, "wrn50_2")
+    assert digits.recipe_kwargs() == {"architecture": "small-cnn", "epochs": 20, "batch_size": 32, "scale_lr": False}
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 16, 16), (1, 13, 11)])
+def test_small_cnn_takes_unit_images_of_any_small_size(shape):
+    net = build_surrogate("small-cnn", 7, shape[-1], shape[0]).eval()
+    assert isinstance(net[1], SmallCNN)
+    out = net(torch.rand(2, *shape))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    assert sum(p.numel() for p in net.parameters()) < 30_000  # against 11M for the CIFAR ResNet-18
+
+
+# --- -k decides which models are generated ------------------------------------------------------
+
+STEALING_NAMES = SharedNames("test_model_stealing",
+                           ("test_model_stealing", "test_model_stealing.py", "benchmarks", "parametrize",
+                            "xdist_group", "benchmark_models", "security_models", "skip", "securitynet_heavy"),
+                           ("budget10", "budget25", "budget50", "ood", "wrn50_2", "label-only"))
+
+
+def brute_force(expression: str, model_names: list[str], model_id: str, rest: SharedNames) -> bool:
+    """What pytest's -k does on each test of the model: substring match over all of the test's names."""
+    expr = Expression.compile(expression)
+    for setting in rest.ids:
+        names = [f"{rest.function}[{model_id}-{setting}]", *rest.names, *model_names]
+        if expr.evaluate(lambda word: any(word.lower() in n.lower() for n in names)):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("expression", [
+    "demo", "not demo", "cifar10 and akamaster", "resnet20 and budget10", "cnn-budget", "stealing",
+    "demo or wrn50_2", "test_model_stealing[cifar10", "benchmark_models", "security and not ood",
+    "akamaster and not (wrn50_2 or ood)", "digits-cnn-label", "nothing_like_this",
+])
+def test_the_model_filter_never_drops_a_model_k_would_keep(expression):
+    catalog = load_catalog([BUILTIN_CATALOG])
+    dropped = kept = 0
+    for entry in catalog.models.values():
+        names = [entry.id, *entry.keywords()]
+        truth = brute_force(expression, names, entry.id, STEALING_NAMES)
+        decided = may_match(Expression.compile(expression), names, entry.id, STEALING_NAMES)
+        assert decided or not truth, (expression, entry.id)
+        dropped += not decided
+        kept += decided
+    if expression in ("demo", "cifar10 and akamaster", "test_model_stealing[cifar10"):
+        assert kept == sum(brute_force(expression, [e.id, *e.keywords()], e.id, STEALING_NAMES)
+                           for e in catalog.models.values())  # exact where the words are the model's
+
+
+# --- the first run, end to end ------------------------------------------------------------------
+
+
+@pytest.fixture
+def project(pytester, cache_dir, monkeypatch):
+    """A temporary project with benchmarks/; `run` uses the session's cache and writes out.json."""
+    for name in ("SECURITYNET_DATASET", "SECURITYNET_BUDGET", "CI"):
+        monkeypatch.delenv(name, raising=False)
+    (pytester.path / "benchmarks").mkdir()
+
+    def run(*args, subprocess=False):
+        argv = ["-p", "no:cacheprovider", f"--securitynet-cache={cache_dir}",
+                f"--securitynet-json={pytester.path / 'out.json'}", *args]
+        return (pytester.runpytest_subprocess if subprocess else pytester.runpytest)(*argv)
+
+    return run
+
+
+def results(pytester) -> dict:
+    return json.loads((pytester.path / "out.json").read_text())
+
+
+def test_start_line_estimate_sizes_and_report(pytester, project, tmp_path):
+    """Before the first test: one line; after the last: the table, the JSON and the report."""
+    shutil.copy(TASK, pytester.path / "benchmarks" / TASK.name)
+    first = project("benchmarks", "-k", "demo", "--securitynet-members", "100")
+    first.assert_outcomes(passed=2)
+    out = first.stdout.str()
+    assert "collected 2 items" in out  # the other catalog models are never generated for -k demo
+    first.stdout.fnmatch_lines([
+        "securitynet: 2 tests of 1 benchmark on 2 models (demo-digits-cnn, demo-digits-rbf-overfit); "
+        "device cpu; results out.json; *",
+        "demo-digits-cnn: 1 passed", "*task_performance.accuracy*default*passed*train_accuracy=*",
+        "2 models, 2 rows: 2 passed", "results: *out.json (2 rows)",
+        "report: securitynet report *out.json -o report/ (or run with --securitynet-report report/)",
+    ])
+    doc = results(pytester)
+    assert doc["run"]["settings"]["members"] == 100
+    assert doc["run"]["effective"]["members"] == {"demo-digits-cnn": 100, "demo-digits-rbf-overfit": 100}
+    for row in doc["results"]:
+        assert row["sizes"] == {"members": 100, "nonmembers": 100, "auxiliary": 449, "train": 898, "test": 899}
+        assert row["cpu_time_s"] > 0 and "\x1b" not in out  # no live status: the output is not a terminal
+    assert doc["models"]["demo-digits-cnn"]["sizes"]["members"] == 100
+
+    second = project("benchmarks", "-k", "demo", f"--securitynet-report={tmp_path / 'report'}")
+    second.stdout.fnmatch_lines(["securitynet: 2 tests * about * (from the previous run's durations)",
+                                 f"report: {tmp_path / 'report' / 'index.html'} (* sections: *)"])
+    assert (tmp_path / "report" / "index.html").is_file()
+    assert results(pytester)["run"]["effective"]["members"]["demo-digits-cnn"] == 898  # the split's size, not 5000
+
+
+def test_xdist_controller_prints_the_start_line(pytester, project):
+    shutil.copy(TASK, pytester.path / "benchmarks" / TASK.name)
+    result = project("benchmarks", "-k", "demo", "-n", "2", subprocess=True)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["securitynet: 2 tests of 1 benchmark on 2 models (demo-digits-cnn, "
+                                 "demo-digits-rbf-overfit); device cpu, 2 workers; results out.json; *"])
+    assert "\x1b7" not in result.stdout.str()
+
+
+def test_report_from_the_ini_file(pytester, project):
+    shutil.copy(TASK, pytester.path / "benchmarks" / TASK.name)
+    pytester.makeini("[pytest]\nsecuritynet_report = my-report\n")
+    project("benchmarks", "-k", "demo-digits-cnn").assert_outcomes(passed=1)
+    assert (pytester.path / "my-report" / "index.html").is_file()
+
+
+def test_heavy_setting_skips_on_a_cpu_saying_so(pytester, project):
+    shutil.copy(BENCHMARKS / "test_model_stealing.py", pytester.path / "benchmarks")
+    result = project("benchmarks", "-k", "demo-digits-cnn and wrn50_2", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines([
+        "securitynet: 1 test of 1 benchmark on 1 model (demo-digits-cnn); *; "
+        "1 heavy test skip on a CPU (--securitynet-heavy runs them)",
+        "*heavy on a CPU: trains a WideResNet-50-2 surrogate*; --securitynet-heavy runs it*",
+    ])
+    assert results(pytester)["results"][0]["outcome"] == "skipped"
+
+
+def test_project_timeout_is_lifted_and_a_benchmark_limit_names_its_budget(pytester, project):
+    (pytester.path / "benchmarks" / "test_sleeper.py").write_text(SLEEPER)
+    pytester.makeini("[pytest]\ntimeout = 1\n")  # the project's own tests' limit
+    project("benchmarks", "-k", "demo-digits-cnn").assert_outcomes(passed=1)
+    limited = project("benchmarks", "-k", "demo-digits-cnn", "--securitynet-timeout", "1")
+    limited.assert_outcomes(failed=1)
+    limited.stdout.fnmatch_lines(["*securitynet timeout*", "*timed out after 1 s; lower its budget with "
+                                  "--securitynet-budget NAME.FIELD=VALUE (this run: sleeper.seconds=2.0; *"])
+    row = results(pytester)["results"][0]
+    assert row["outcome"] == "failed" and "sleeper.seconds=2.0" in row["message"] and "Timeout" in row["message"]
+
+
+def test_phases_reach_the_report_of_a_failure(pytester, project):
+    (pytester.path / "benchmarks" / "test_phases.py").write_text(FAILING)
+    result = project("benchmarks", "-k", "demo-digits-cnn")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*Captured securitynet phases call*", "*s  setup: the model and its data*",
+                                 "*s  loading the attack", "*s  training the surrogate"])
+    assert "\x1b7" not in result.stdout.str()
+
+
+def test_summary_shows_every_row_with_reasons_and_folds_passed_rows_of_a_sweep():
+    rows = [{"model": f"m{i % 3}", "benchmark": "b.x", "setting": f"s{i}", "outcome": "passed",
+             "metrics": {"auc": 0.5, "flag": True, "n": 3}} for i in range(60)]
+    rows.append({"model": "m1", "benchmark": "b.x", "setting": "late", "outcome": "skipped",
+                 "message": "Skipped: heavy on a CPU: trains a WideResNet-50-2 surrogate; --securitynet-heavy runs it"})
+    rows.append({"model": "m2", "benchmark": "b.x", "setting": "bad", "outcome": "error", "message": ""})
+    lines = summary_lines(rows)
+    assert len([line for line in lines if line.startswith("  b.x")]) == 62  # every row
+    assert "m1: 20 passed, 1 skipped" in lines and "m2: 20 passed, 1 error" in lines
+    assert any(line.split()[-3:] == ["passed", "auc=0.5", "n=3"] for line in lines)
+    assert any(line.endswith("skipped  heavy on a CPU: trains a WideResNet-50-2 surrogate; --securitynet-heavy runs it")
+               for line in lines)
+    assert any(line.endswith("error    (no reason recorded)") for line in lines)
+    folded = summary_lines(rows, max_rows=10)
+    assert len([line for line in folded if line.startswith("  b.x")]) == 2  # only rows that did not pass
+    assert folded[-1].startswith("3 models, 62 rows: 60 passed, 1 error, 1 skipped (passed rows folded")
+
+
+def test_estimate_prefers_this_machines_previous_run(tmp_path):
+    doc = {"results": [{"model": "a", "benchmark": "b", "setting": "s", "outcome": "passed", "wall_time_s": 2.0,
+                        "setup_time_s": 1.0},
+                       {"model": "a", "benchmark": "b", "setting": "t", "outcome": "failed", "wall_time_s": 9.0}]}
+    (tmp_path / "r.json").write_text(json.dumps(doc))
+    previous = estimate.previous_run(tmp_path / "r.json")
+    reference = estimate.Durations({"a::b::s": 50.0, "a::b::t": 4.0}, "a reference run")
+    got = estimate.estimate(["a::b::s", "a::b::t", "a::b::u"], [previous, reference])
+    assert (got.seconds, got.known, got.total) == (7.0, 2, 3)
+    assert got.describe() == "about 7 s for 2 of 3 tests (from the previous run's durations and a reference run)"
+    assert estimate.estimate(["x"], [previous]).describe().startswith("no estimate yet")
+    assert estimate.previous_run(tmp_path / "missing.json") is None
+
+
+def test_the_packaged_reference_covers_every_demo_test():
+    reference = estimate.reference_run()
+    assert reference is not None and "CPU" in reference.source
+    demo_keys = {k for k in reference.seconds if k.startswith("demo-digits-")}
+    assert len(demo_keys) >= 60 and all(v >= 0 for v in reference.seconds.values())
+
+
+def test_live_status_draws_after_the_cursor_and_erases_itself(monkeypatch):
+    monkeypatch.setattr(progress, "SHOW_AFTER_S", 0.0)
+    read_end, write_end = os.pipe()
+    phases = progress.Phases()
+    phases("training the surrogate", total=20, unit="epoch")
+    phases.step(3)
+    status = progress.LiveStatus(write_end, width=lambda: 80, column=lambda: 30, interval=0.05)
+    status.start(phases.status, expected_s=40)
+    time.sleep(0.3)
+    status.close()
+    written = os.read(read_end, 1 << 16).decode()
+    os.close(read_end)
+    first = written.split(progress.RESTORE)[0]
+    assert first == progress.SAVE + progress.CLEAR + " [0s of ~40s] training the surrogate, epoch 3/20"[:49]
+    assert written.endswith(progress.SAVE + progress.CLEAR + progress.RESTORE)  # erased before pytest writes on
+
+
+def test_phases_report_their_lengths():
+    clock = iter([0.0, 1.0, 4.0, 10.0]).__next__
+    phases = progress.Phases(clock=clock)
+    phases("setup")
+    phases("attack", total=5, unit="epoch")
+    assert phases.report().splitlines() == ["     1.0s      3.0s  setup", "     4.0s      6.0s  attack"]
+    assert phases.status() == "attack, epoch 0/5"
+
+
+def test_gpus_warning_and_its_source_line_agree():
+    if torch.cuda.device_count():
+        pytest.skip("a GPU is visible")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        GpuPool(2)
+    (warning,) = caught
+    assert str(warning.message) == "--gpus 2: no GPU visible; every worker runs on the CPU"
+    source = linecache.getline(warning.filename, warning.lineno)
+    assert "GpuPool(2)" in source  # the caller's line, not a line holding both messages
+
+
+# --- the catalog command ------------------------------------------------------------------------
+
+
+def test_list_takes_the_name_stats_prints_and_names_valid_ids(capsys):
+    assert main(["catalog", "list", "--dataset", "CIFAR-10"]) == 0
+    by_name = capsys.readouterr().out.splitlines()
+    assert main(["catalog", "list", "--dataset", "cifar10"]) == 0
+    assert by_name == capsys.readouterr().out.splitlines() and len(by_name) > 100
+    assert main(["catalog", "list", "--dataset", "CIFAR-11"]) == 2
+    err = capsys.readouterr().err
+    assert "no such dataset" in err and "CIFAR-10" in err and "cifar10-jpeg" in err
+
+
+def test_stats_says_what_it_counts_and_merges_country_orders(capsys):
+    assert main(["catalog", "stats"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("Counting the 529 models of the SecurityNet database; the catalog holds 535")
+    assert "akamaster (4), demo (2)" in first
+    assert normalise_countries("USA, China") == normalise_countries("China, USA") == "China, USA"
+    countries = panel_counts(records(load_catalog([BUILTIN_CATALOG])), next(p for p in PANELS if p.key == "country"))
+    assert "USA, China" not in countries["benchmark"] and countries["benchmark"]["China, USA"] == 210
+
+
+def test_an_unknown_id_is_reported_from_the_cached_catalog_without_torch(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SECURITYNET_CACHE", str(tmp_path))
+    assert main(["catalog", "list", "--tag", "demo"]) == 0  # fills the catalog cache
+    capsys.readouterr()
+    parsed = []
+    monkeypatch.setattr(entries, "_load_file", lambda file, catalog: parsed.append(file))
+    assert main(["catalog", "show", "resnet20-cifar10"]) == 2
+    assert parsed == []  # nothing parsed: the validated catalog came from the cache
+    assert "did you mean cifar10-resnet20-akamaster" in capsys.readouterr().err
+    code = ("import sys; from pytest_securitynet.cli import main; "
+            "assert main(['catalog', 'show', 'no-such-model']) == 2; print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "SECURITYNET_CACHE": str(tmp_path)})
+    assert done.stdout.strip() == "False"
+
+
+# --- the project conftest -----------------------------------------------------------------------
+
+
+def load_root_conftest():
+    spec = importlib.util.spec_from_file_location("securitynet_root_conftest", REPO / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_root_conftest_is_inert_by_default():
+    module = load_root_conftest()
+    assert module.ROW_EXTRAS == {} and not module.LOCAL_CATALOG.exists()
+    row = {"model": "m"}
+    module.pytest_securitynet_row(item=None, row=row)
+    assert row == {"model": "m"}
+    assert module.example_mlp(num_classes=3)(torch.rand(2, 1, 8, 8)).shape == (2, 3)
+
+
+def test_root_conftest_adds_a_local_catalog_a_builder_and_row_fields(pytester, project):
+    text = (REPO / "conftest.py").read_text().replace('ROW_EXTRAS: dict[str, Any] = {}',
+                                                      'ROW_EXTRAS: dict[str, Any] = {"code_version": "abc123"}')
+    (pytester.path / "conftest.py").write_text(text)
+    demo = (BUILTIN_CATALOG / "models" / "demo.toml").read_text()
+    local = demo[demo.index("[[models]]"):demo.index("[[models]]", demo.index("[[models]]") + 1)]
+    local = (local.replace('id = "demo-digits-cnn"', 'id = "my-digits-mlp"').replace('"demo_cnn"', '"example_mlp"')
+             .replace("{ num_classes = 10, in_channels = 1, width = 8 }", "{ num_classes = 10, input_dim = 64 }")
+             .replace('tags = ["demo"]', 'tags = ["mine"]'))
+    (pytester.path / "securitynet-local.toml").write_text(local)
+    shutil.copy(TASK, pytester.path / "benchmarks" / TASK.name)
+    project("benchmarks", "-k", "my-digits-mlp").assert_outcomes(passed=1)
+    (row,) = results(pytester)["results"]
+    assert row["model"] == "my-digits-mlp" and row["extra"] == {"code_version": "abc123"}
+    assert row["metrics"]["train_accuracy"] > 0.9
+
+
+def test_readme_first_command_is_the_cpu_build_and_its_examples_are_ignored():
+    readme = (REPO / "README.md").read_text()
+    first = readme[readme.index("```bash"):].splitlines()[1:4]
+    assert any("--index-url https://download.pytorch.org/whl/cpu" in line and "torch==2.14.1" in line
+               and "torchvision==0.29.1" in line for line in first)
+    ignored = subprocess.run(["git", "check-ignore", "securitynet-results-artifacts/x.png", "report/index.html",
+                              "securitynet-results.json"], cwd=REPO, capture_output=True, text=True)
+    assert ignored.stdout.split() == ["securitynet-results-artifacts/x.png", "report/index.html",
+                                      "securitynet-results.json"]
+    assert subprocess.run(["git", "check-ignore", "-q", "pytest_securitynet/results/new.py"], cwd=REPO).returncode == 1

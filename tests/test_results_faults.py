@@ -1,0 +1,368 @@
+"""Results files under faults and bad input: one writer per file, a file taken over at start with a
+backup, resume refused across settings, a full disk, malformed files, permissions, merge of reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_securitynet.cli import main as securitynet
+from pytest_securitynet.results.journal import journal_path, read_journal
+from pytest_securitynet.results.lock import ResultsBusyError, ResultsLock, holder_info, lock_path
+from pytest_securitynet.results.merge import load_and_merge
+from pytest_securitynet.results.resume import setting_differences
+from pytest_securitynet.results.rows import (SCHEMA, ResultsWriter, backup_path, load_results, row_key,
+                                             run_info)
+
+REPO = Path(__file__).resolve().parents[1]
+
+ROWS = '''
+import pytest
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_row(catalog_entry, record, k):
+    record(k=k, score=0.5 + k / 10)
+'''
+"""A benchmark that records a row per model and `k` without loading any model: runs take seconds."""
+
+KILLED_AT_FIRST_TEST = '''
+import os, signal
+
+def test_dies(catalog_entry):
+    os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+FULL_DISK = '''
+import errno, os
+from pytest_securitynet.results import journal
+
+ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class FullFile:
+    """A file on a full disk: nothing written to it fits."""
+
+    def __init__(self, fh):
+        self.fh = fh
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+    def write(self, data):
+        raise ENOSPC
+
+    def flush(self):
+        pass
+
+    def fileno(self):
+        return self.fh.fileno()
+
+
+class FullDisk:
+    """`os` as the journal module sees it on a disk that fills up during the journal's FILL_AT-th
+    append (half of that line fits) and stays full: appends and whole-document rewrites fail."""
+
+    def __init__(self, fill_at):
+        self.fill_at, self.appends, self.full = fill_at, 0, False
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def write(self, fd, data):
+        self.appends += 1
+        if self.appends >= self.fill_at and not self.full:
+            self.full = True
+            os.write(fd, bytes(data)[: len(data) // 2])
+        if self.full:
+            raise ENOSPC
+        return os.write(fd, data)
+
+    def fdopen(self, fd, mode):
+        fh = os.fdopen(fd, mode)
+        return FullFile(fh) if self.full else fh
+
+
+def pytest_configure(config):
+    journal.os = FullDisk(FILL_AT)
+
+
+def pytest_unconfigure(config):
+    journal.os = os
+'''
+
+
+@pytest.fixture
+def run(pytester, cache_dir, monkeypatch):
+    """A temporary project with `benchmarks/test_rows.py`; `run(*args)` runs pytest on it."""
+    monkeypatch.delenv("SECURITYNET_DATASET", raising=False)
+    (pytester.path / "benchmarks").mkdir()
+    (pytester.path / "benchmarks" / "test_rows.py").write_text(ROWS)
+
+    def go(*args, subprocess=False):
+        argv = ["-p", "no:cacheprovider", f"--securitynet-cache={cache_dir}",
+                f"--securitynet-json={pytester.path / 'out.json'}", *args]
+        return (pytester.runpytest_subprocess if subprocess else pytester.runpytest)(*argv)
+
+    return go
+
+
+def results_of(pytester) -> dict:
+    return load_results(pytester.path / "out.json")
+
+
+def keys(doc: dict) -> set[str]:
+    return {row_key(r) for r in doc["results"]}
+
+
+# --- one writer per results file ----------------------------------------------------------------
+
+def test_a_run_on_a_file_another_run_holds_stops_at_start_naming_the_holder(pytester, run):
+    run("benchmarks", "-k", "demo").assert_outcomes(passed=6)
+    before = (pytester.path / "out.json").read_bytes()
+    holder = ResultsLock(pytester.path / "out.json")
+    holder.acquire(holder_info("2026-11-28T10:00:00+00:00"))  # another run, as far as the next one can tell
+    try:
+        result = run("benchmarks", "-k", "demo")
+    finally:
+        holder.release()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*out.json is being written by another run (host {socket.gethostname()}, "
+                                 f"pid {os.getpid()}, started 2026-11-28T10:00:00+00:00*"])
+    assert (pytester.path / "out.json").read_bytes() == before
+    assert not lock_path(pytester.path / "out.json").exists()  # released by its holder
+    run("benchmarks", "-k", "demo").assert_outcomes(passed=6)  # free again
+    assert not lock_path(pytester.path / "out.json").exists()  # a run removes its lock when it ends
+
+
+def test_a_run_without_benchmarks_neither_locks_nor_touches_the_file(pytester, run):
+    (pytester.path / "tests").mkdir()
+    (pytester.path / "tests" / "test_plain.py").write_text("def test_plain():\n    assert True\n")
+    holder = ResultsLock(pytester.path / "out.json")
+    holder.acquire(holder_info("2026-11-28T10:00:00+00:00"))  # a benchmark run writing the file meanwhile
+    try:
+        run("tests").assert_outcomes(passed=1)
+    finally:
+        holder.release()
+    assert not (pytester.path / "out.json").exists() and not backup_path(pytester.path / "out.json").exists()
+
+
+def test_the_lock_goes_with_its_holder_however_it_ends(tmp_path):
+    results = tmp_path / "r.json"
+    child = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys\n"
+        "from pytest_securitynet.results.lock import ResultsLock, holder_info\n"
+        "ResultsLock(sys.argv[1]).acquire(holder_info('then'))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"), str(results)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert child.returncode == -signal.SIGKILL and lock_path(results).exists()  # a killed holder's file stays ...
+    first = ResultsLock(results)
+    first.acquire(holder_info("now"))  # ... and is no obstacle
+    with pytest.raises(ResultsBusyError, match=f"pid {os.getpid()}, started now"):
+        ResultsLock(results).acquire(holder_info("later"))
+    first.release()
+    assert not lock_path(results).exists()
+    second = ResultsLock(results)
+    second.acquire(holder_info("later"))
+    second.release()
+
+
+@pytest.mark.parametrize("content", ["my notes\n", "[1, 2]\n", json.dumps({"schema": "other/2", "rows": []})])
+def test_a_run_refuses_to_replace_a_file_that_is_not_a_results_file(pytester, run, content):
+    (pytester.path / "out.json").write_text(content)
+    result = run("benchmarks", "-k", "demo")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*out.json exists and is not a securitynet results file this run may replace*"
+                                 "move it away or write this run's results elsewhere"])
+    assert (pytester.path / "out.json").read_text() == content
+    assert not backup_path(pytester.path / "out.json").exists()
+
+
+def test_a_run_takes_the_file_over_at_start_and_keeps_the_one_it_replaces(pytester, run):
+    (pytester.path / "benchmarks" / "test_dies.py").write_text(KILLED_AT_FIRST_TEST)
+    run("benchmarks/test_rows.py", "-k", "demo").assert_outcomes(passed=6)
+    first = results_of(pytester)
+    assert first["run"]["status"] == "complete" and len(first["results"]) == 6
+    # A run that selects nothing leaves the file as it was.
+    assert run("benchmarks/test_rows.py", "-k", "nothing-matches-this").ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    assert results_of(pytester) == first
+    # A run killed in its first test: the file is no longer the previous run's "complete" one.
+    killed = run("benchmarks/test_dies.py", "-k", "demo", subprocess=True)
+    assert killed.ret != 0
+    now = results_of(pytester)
+    assert now["run"]["status"] == "running" and now["results"] == []
+    assert now["run"]["started_at"] >= first["run"]["started_at"] and now["run"]["argv"] != first["run"]["argv"]
+    assert load_results(backup_path(pytester.path / "out.json")) == first
+    # The next run replaces the empty file the killed one left; the backup still holds the rows.
+    run("benchmarks/test_rows.py", "-k", "demo and cnn").assert_outcomes(passed=3)
+    assert len(results_of(pytester)["results"]) == 3
+    assert load_results(backup_path(pytester.path / "out.json")) == first
+
+
+# --- resume with other settings -----------------------------------------------------------------
+
+def test_resume_with_other_settings_is_refused_naming_them_unless_asked_to_mix(pytester, run):
+    run("benchmarks", "-k", "demo and cnn").assert_outcomes(passed=3)
+    before = (pytester.path / "out.json").read_bytes()
+    refused = run("benchmarks", "-k", "demo", "--securitynet-resume", "--securitynet-seed=3", "--securitynet-limit=50")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(["*out.json holds rows measured with other settings (seed: 0 in the file, 3 now; "
+                                  "limit: None in the file, 50 now)*--securitynet-resume-mixed*"])
+    assert (pytester.path / "out.json").read_bytes() == before
+    mixed = run("benchmarks", "-k", "demo", "--securitynet-resume-mixed", "--securitynet-seed=3", "--securitynet-limit=50")
+    mixed.assert_outcomes(passed=3)
+    doc = results_of(pytester)
+    measured = {(r["model"], r["run_settings"]["seed"], r["run_settings"]["limit"]) for r in doc["results"]}
+    assert measured == {("demo-digits-cnn", 0, None), ("demo-digits-rbf-overfit", 3, 50)}
+    assert len(doc["results"]) == 6 and doc["run"]["settings"]["seed"] == 3
+
+
+def test_every_setting_that_changes_a_row_is_compared():
+    recorded = {"seed": 0, "members": 5000, "limit": None, "dataset_overrides": {}, "budgets": {},
+                "batch_size": 256, "device": None}
+    assert setting_differences(recorded, dict(recorded, batch_size=64, device="cuda:1")) == []
+    changed = dict(recorded, members=100, dataset_overrides={"cifar10": "cifar10-jpeg"},
+                   budgets={"neural_cleanse": {"epochs": "10"}})
+    assert setting_differences(recorded, changed) == [
+        "members: 5000 in the file, 100 now",
+        'dataset_overrides: {} in the file, {"cifar10": "cifar10-jpeg"} now',
+        'budgets: {} in the file, {"neural_cleanse": {"epochs": "10"}} now']
+    assert setting_differences({"seed": 0}, changed) == []  # an older file that records less: compared on what it has
+
+
+# --- a full disk --------------------------------------------------------------------------------
+
+def test_a_full_disk_stops_the_run_with_a_message_and_keeps_every_finished_row(pytester, run):
+    (pytester.path / "conftest.py").write_text(FULL_DISK.replace("FILL_AT", "4"))
+    result = run("benchmarks", "-k", "demo")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert "Traceback" not in output and "INTERNALERROR" not in output
+    result.stdout.fnmatch_lines(["*securitynet: cannot write results to *out.json (No space left on device); "
+                                 "the run stops here. The 3 rows finished before are kept in out.json and "
+                                 "out.journal.jsonl*"])
+    assert "6 passed" not in output  # the run stopped
+    doc = results_of(pytester)
+    assert [(r["model"], r["setting"]) for r in doc["results"]] == [("demo-digits-cnn", k) for k in ("0", "1", "2")]
+    assert doc["run"]["status"] == "running"
+    journal = journal_path(pytester.path / "out.json")
+    assert journal.read_bytes().endswith(b"\n")  # the half line of the failed append was cut off
+    assert len(read_journal(journal)) <= 3
+
+
+# --- malformed results files --------------------------------------------------------------------
+
+BAD_FILES = {
+    "a list": ([{"model": "m"}], "not a securitynet-results/1 file (the JSON is a list, not an object)"),
+    "a row without its key": ({"schema": SCHEMA, "run": {}, "results": [{"model": "m", "metrics": {}}]},
+                              "results[0]: a row needs the strings `model`, `benchmark` and `setting` "
+                              "(missing or not a string: benchmark, setting)"),
+    "metrics not an object": ({"schema": SCHEMA, "run": {}, "results": [
+        {"model": "m", "benchmark": "b.c", "setting": "s", "outcome": "passed", "metrics": [0.5]}]},
+        "results[0] (m::b.c::s): `metrics` is a list, not an object"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_FILES)
+@pytest.mark.parametrize("command", ["merge", "report"])
+def test_merge_and_report_name_a_malformed_file_in_one_line(tmp_path, capsys, bad, command):
+    content, message = BAD_FILES[bad]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(content))
+    argv = ["merge", str(path), "-o", str(tmp_path / "merged.json")] if command == "merge" else \
+        ["report", str(path), "-o", str(tmp_path / "report"), "--no-reported"]
+    assert securitynet(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: {message}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("bad", BAD_FILES)
+def test_resume_names_a_malformed_file_as_a_usage_error(pytester, run, bad):
+    content, message = BAD_FILES[bad]
+    (pytester.path / "out.json").write_text(json.dumps(content))
+    result = run("benchmarks", "-k", "demo", "--securitynet-resume")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert "Traceback" not in err
+    assert f"--securitynet-resume: cannot read {pytester.path / 'out.json'}: {pytester.path / 'out.json'}: {message}" in err
+
+
+def test_a_malformed_journal_row_is_named(tmp_path):
+    path = tmp_path / "r.json"
+    journal_path(path).write_text(json.dumps({"row": {"model": "m", "setting": "s"}}) + "\n")
+    with pytest.raises(ValueError, match=r"r\.journal\.jsonl: a row: a row needs the strings .*benchmark"):
+        load_results(path)
+
+
+# --- permissions --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_results_files_are_created_as_the_umask_says(tmp_path, umask):
+    path = tmp_path / "r.json"
+    replaced = {"schema": SCHEMA, "run": {}, "models": {}, "results": [make_row("old")]}
+    previous = os.umask(umask)
+    try:
+        lock = ResultsLock(path)
+        lock.acquire(holder_info("now"))
+        writer = ResultsWriter(path, run_info([], {}), replaces=replaced)  # every file below is new
+        writer.start()
+        writer.add(make_row("a"), None)
+        writer.add(make_row("b"), None)  # journaled
+        made = [path, backup_path(path), journal_path(path), lock_path(path)]
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in made}
+        writer.finish("complete")
+        lock.release()
+    finally:
+        os.umask(previous)
+    assert modes == {p.name: 0o666 & ~umask for p in made}
+
+
+def test_a_rewrite_keeps_the_mode_a_user_gave_the_file(tmp_path):
+    path = tmp_path / "r.json"
+    writer = ResultsWriter(path, run_info([], {}))
+    writer.add(make_row("a"), None)
+    path.chmod(0o640)
+    writer.finish("complete")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+# --- merging reruns -----------------------------------------------------------------------------
+
+def make_row(setting: str, auc: float = 0.61, seconds: float = 12.5) -> dict:
+    """A row as a rerun writes it: results, and timings that differ from run to run."""
+    return {"model": "cifar10-resnet20-akamaster", "benchmark": "backdoor_detection.neural_cleanse", "setting": setting,
+            "outcome": "passed", "metrics": {"auc": auc, "flagged": False, "runtime_s": seconds, "attack_time_s": seconds,
+                                             "samples_per_s": 1000 / seconds, "attack_tflop_per_s": 3 / seconds,
+                                             "speedup": seconds / 2, "phases": {"optimise": seconds * 0.9}},
+            "wall_time_s": seconds + 1, "setup_time_s": seconds / 10, "finished_at": f"2026-11-28T10:{int(seconds):02d}:00+00:00",
+            "worker": f"gw{int(seconds) % 4}", "nodeid": f"benchmarks/test_backdoor_detection.py::x[{setting}]@{seconds}",
+            "peak_gpu_memory_gib": seconds / 100}
+
+
+def write_results(path: Path, rows: list[dict]) -> Path:
+    writer = ResultsWriter(path, run_info([], {}))
+    for row in rows:
+        writer.add(row, None)
+    writer.finish("complete")
+    return path
+
+
+def test_merge_of_identical_reruns_reports_no_conflict_for_timings(tmp_path, capsys):
+    first = write_results(tmp_path / "a.json", [make_row("s1", seconds=12.5), make_row("s2", seconds=30.0)])
+    rerun = write_results(tmp_path / "b.json", [make_row("s1", seconds=14.0), make_row("s2", auc=0.7, seconds=31.0)])
+    assert securitynet(["merge", str(first), str(rerun), "-o", str(tmp_path / "m.json")]) == 0
+    captured = capsys.readouterr()
+    assert "2 rows from 2 file(s), 1 identical duplicate(s) folded, 1 conflict(s)" in captured.out
+    merged = load_and_merge([first, rerun])
+    [conflict] = merged.conflicts
+    assert conflict.key.endswith("::s2") and conflict.differences == ["auc: 0.7 vs 0.61"]  # the result, not the timings
