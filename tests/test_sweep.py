@@ -379,12 +379,12 @@ def test_a_two_shard_local_sweep_gives_the_rows_of_a_single_run(demo_project, ca
     monkeypatch.chdir(demo_project)
     assert sweep_cli("--shards", "2", "--executor", "local", "--gpus-per-shard", "0", "--poll", "0.5",
                      "--out", str(out), "--", *demo_selection(cache_dir)) == 0
-    assert len(comparable(single)) == 22 and comparable(out / "results.json") == comparable(single)
+    assert len(comparable(single)) == 40 and comparable(out / "results.json") == comparable(single)
     assert load_results(out / "results.json")["run"]["status"] == "merged"
     assert [s.models for s in read_plan(out).shards] == [["demo-digits-cnn"], ["demo-digits-rbf-overfit"]]
     capsys.readouterr()
     assert sweep_cli("status", str(out)) == 0
-    assert "0 pending, 0 running, 2 done, 0 failed; 22 of 22 rows written" in capsys.readouterr().out
+    assert "0 pending, 0 running, 2 done, 0 failed; 40 of 40 rows written" in capsys.readouterr().out
     # Again with the same directory: nothing is submitted, the merged rows stay; merge reads a sweep directory.
     submissions = len(json.loads((out / "jobs.json").read_text())["submissions"])
     outcome = run_sweep(out, [], SweepOptions(executor="local", gpus_per_shard=0, poll_s=0.5), say=lambda line: None)
@@ -412,9 +412,9 @@ def test_a_shard_killed_mid_run_is_resubmitted_and_loses_or_repeats_no_row(demo_
             return []
 
     def kill_first_shard_at_the_gate():
-        # shard-000 runs demo-digits-cnn: its 11 benchmark tests, then test_gate, which waits.
+        # shard-000 runs demo-digits-cnn: its 20 benchmark tests, then test_gate, which waits.
         results = out / "shard-000.json"
-        wait_for(lambda: results_exist(results) and len(rows_of(results)) >= 11, timeout=300, what="shard-000's rows")
+        wait_for(lambda: results_exist(results) and len(rows_of(results)) >= 20, timeout=300, what="shard-000's rows")
         killed["state"] = json.loads((out / "shard-000.state.json").read_text())
         killed["rows"] = {row_key(r): r["finished_at"] for r in rows_of(results)}
         os.kill(killed["state"]["pid"], signal.SIGKILL)  # the shard's process; its pytest dies with it
@@ -431,11 +431,11 @@ def test_a_shard_killed_mid_run_is_resubmitted_and_loses_or_repeats_no_row(demo_
         helper.join()
     assert outcome.complete, [(s.name, s.state, s.detail) for s in outcome.statuses]
     assert sorted(submissions()) == ["shard-000", "shard-000", "shard-001"]
-    assert len(killed["rows"]) == 11
+    assert len(killed["rows"]) == 20
     rows = rows_of(out / "results.json")
     planned = {row_key({"model": t.model, "benchmark": t.benchmark, "setting": t.setting})
                for t in collect(args, demo_project)}
-    assert len(rows) == len(planned) == 24 and {row_key(r) for r in rows} == planned  # none lost, none twice
+    assert len(rows) == len(planned) == 42 and {row_key(r) for r in rows} == planned  # none lost, none twice
     assert all(r["outcome"] == "passed" for r in rows)
     kept = {row_key(r): r["finished_at"] for r in rows}
     assert all(kept[k] == v for k, v in killed["rows"].items())  # finished before the kill: kept, not rerun
