@@ -366,8 +366,10 @@ def demo_selection(cache_dir: Path, *files: str) -> list[str]:
 
 
 def comparable(path: Path) -> list[tuple]:
-    return sorted((r["model"], r["benchmark"], r["setting"], r["outcome"], json.dumps(r["metrics"], sort_keys=True))
-                  for r in rows_of(path))
+    """Rows without their timing metrics (wall seconds differ between any two runs)."""
+    def untimed(metrics: dict) -> str:
+        return json.dumps({k: v for k, v in metrics.items() if not k.endswith("_s") and k != "phases"}, sort_keys=True)
+    return sorted((r["model"], r["benchmark"], r["setting"], r["outcome"], untimed(r["metrics"])) for r in rows_of(path))
 
 
 @pytest.mark.slow
