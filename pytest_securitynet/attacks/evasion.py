@@ -18,7 +18,7 @@ import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -342,24 +342,8 @@ def _result(setup: _Setup, attack: str, eps_values: list[float], steps: int, tra
 
 
 def evaluate_evasion(
-    model: nn.Module,
-    images_uint8: torch.Tensor,
-    labels: torch.Tensor,
-    eps_list: Sequence[float],
-    *,
-    attack: Attack = "fgsm",
-    steps: int = 10,
-    source_model: nn.Module | None = None,
-    batch_size: int | None = None,
-    device: torch.device | str | None = None,
-    seed: int = 0,
-    amp: bool | None = None,
-    channels_last: bool | None = None,
-    cuda_graph: bool | None = None,
+    model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor, eps_list: Sequence[float], **options: Any,
 ) -> dict[float, dict[str, float]]:
-    """:func:`run_evasion`'s accuracies as ``{eps: {clean_accuracy, adversarial_accuracy, accuracy_drop}}``."""
-    return run_evasion(
-        model, images_uint8, labels, eps_list, attack=attack, steps=steps, source_model=source_model,
-        batch_size=batch_size, device=device, seed=seed, amp=amp, channels_last=channels_last,
-        cuda_graph=cuda_graph,
-    ).by_eps()
+    """:func:`run_evasion` (same keyword options) answering with its accuracies as
+    ``{eps: {clean_accuracy, adversarial_accuracy, accuracy_drop}}``."""
+    return run_evasion(model, images_uint8, labels, eps_list, **options).by_eps()

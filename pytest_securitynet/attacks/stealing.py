@@ -213,44 +213,23 @@ def steal(
     query_images_uint8: torch.Tensor,
     target_outputs: torch.Tensor,
     *,
-    num_classes: int,
-    surrogate: SurrogateSpec = "resnet18",
-    input_size: int | None = None,
-    epochs: int = 30,
-    lr: float = 0.01,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    schedule: Schedule = "cosine",
-    batch_size: int | None = None,
-    scale_lr: bool = True,
-    label_only: bool = False,
-    augment: bool | None = None,
-    hflip: bool = True,
-    device: torch.device | str | None = None,
-    seed: int = 0,
     amp: bool = True,
-    compile_model: bool | str = False,
-    progress: Callable[[int, int], None] | None = None,
+    **training: Any,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """:func:`train_surrogate` with the answer of earlier versions: ``(surrogate, info)``.
+    """:func:`train_surrogate` (same keyword options) with the answer of earlier versions:
+    ``(surrogate, info)``.
 
     ``amp`` turns bf16 autocast on for CUDA (the CPU always runs fp32 here). ``info``:
     train_time_s (training loop), total_time_s (including setup), epochs, queries, steps,
     batch_size, lr, final_train_loss, samples_per_s, label_only, device, amp, flops, tflop_per_s.
     """
     start = time.perf_counter()
-    model, stats = train_surrogate(
-        query_images_uint8, target_outputs, num_classes=num_classes, surrogate=surrogate,
-        input_size=input_size, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        schedule=schedule, batch_size=batch_size, scale_lr=scale_lr, label_only=label_only, augment=augment,
-        hflip=hflip, device=device, seed=seed, amp=None if amp else False, compile_model=compile_model,
-        progress=progress,
-    )
+    model, stats = train_surrogate(query_images_uint8, target_outputs, amp=None if amp else False, **training)
     info = {
         "train_time_s": stats.train_time_s, "total_time_s": time.perf_counter() - start, "epochs": stats.epochs,
         "queries": stats.n_samples, "steps": stats.steps, "batch_size": stats.batch_size, "lr": stats.lr,
         "final_train_loss": stats.final_train_loss, "samples_per_s": stats.samples_per_s,
-        "label_only": label_only, "device": stats.device, "amp": stats.amp is not None,
+        "label_only": training.get("label_only", False), "device": stats.device, "amp": stats.amp is not None,
         "flops": stats.flops, "tflop_per_s": stats.tflop_per_s,
     }
     return model, info
