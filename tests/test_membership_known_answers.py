@@ -25,7 +25,8 @@ from pytest_securitynet.attacks.membership import (
     run_membership_attacks,
 )
 from pytest_securitynet.attacks.reference_models import reference_log_probs, train_reference_models
-from pytest_securitynet.harness.data import LabeledSet, take, to_float
+from pytest_securitynet.attacks.common import to_float
+from pytest_securitynet.harness.data import LabeledSet, take
 from pytest_securitynet.harness.harness import Harness
 from pytest_securitynet.harness.reference import demo_trainer, reference_set, trainer_for
 from pytest_securitynet.harness.settings import Settings

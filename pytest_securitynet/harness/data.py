@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pytest_securitynet.zoo.datasets import ImageData
-from pytest_securitynet.attacks.common import to_float  # noqa: F401 (re-exported for the harness)
+from pytest_securitynet.attacks.common import to_float
 
 # Each purpose draws from its own seeded stream, so changing one set's size never moves another.
 _STREAMS = {"members": 1, "nonmembers": 2, "auxiliary": 3, "train": 4, "test": 5}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pytest_securitynet.harness.data import LabeledSet, to_float
+from pytest_securitynet.attacks.common import to_float
+from pytest_securitynet.harness.data import LabeledSet
 
 
 class PosteriorCache:

@@ -83,7 +83,9 @@ class ModelScheduling:
             self._reschedule(node)
 
     def remove_pending_tests_from_node(self, node: Any, indices: Sequence[int]) -> None:
-        raise NotImplementedError("work stealing is not used with model scheduling")
+        # Only xdist's worksteal scheduler asks workers to hand tests back; this one never does,
+        # so a call here means a caller mixed schedulers.
+        raise NotImplementedError("model scheduling never asks a worker to give tests back")
 
     def remove_node(self, node: Any) -> str | None:
         """Forget a worker; if it died mid-unit, return the test it was running and requeue the rest."""
