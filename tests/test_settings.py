@@ -162,3 +162,13 @@ def test_workers_per_gpu_starts_n_times_k_xdist_workers(pytester, tmp_path):
                                            "--securitynet-json", str(tmp_path / "r.json"), "-v")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*2 workers*"])
+
+
+def test_benchmark_timeout_is_a_setting():
+    assert settings_from({"timeout": "90"}, {}, {}).timeout == 90.0
+    assert settings_from({}, {"timeout": "3600"}, {}).timeout == 3600.0
+    assert settings_from({}, {"timeout": ""}, {}).timeout is None
+    with pytest.raises(SettingsError, match="--securitynet-timeout 'soon': give seconds"):
+        settings_from({"timeout": "soon"}, {}, {})
+    with pytest.raises(SettingsError, match="--securitynet-timeout -1: give seconds >= 0"):
+        settings_from({"timeout": -1}, {}, {})

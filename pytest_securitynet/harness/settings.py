@@ -66,6 +66,7 @@ class Settings:
     device: str | None = None
     gpus: int = 0
     workers_per_gpu: int = 1
+    timeout: float | None = None  # seconds per benchmark test; None or 0: no limit
     budgets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     allow_code_builders: bool = False  # catalog builders given as module:function may run (catalog/policy.py)
 
@@ -81,6 +82,8 @@ class Settings:
         if self.gpus < 0:
             raise SettingsError(f"--gpus {self.gpus}: give a number of GPUs >= 0")
         _check_positive("--workers-per-gpu", self.workers_per_gpu)
+        if self.timeout is not None and self.timeout < 0:
+            raise SettingsError(f"--securitynet-timeout {self.timeout:g}: give seconds >= 0 (0: none)")
         if self.device is not None:
             check_device(self.device)
 
@@ -161,6 +164,8 @@ def settings_from(options: Mapping[str, Any] | None = None, ini: Mapping[str, An
         device=given("device"),
         gpus=_int("--gpus", given("gpus"), 0),
         workers_per_gpu=_int("--workers-per-gpu", given("workers_per_gpu"), 1),
+        timeout=_seconds("--securitynet-timeout", given("timeout") if given("timeout") is not None
+                         else (ini.get("timeout") or None)),
         budgets=budgets,
         allow_code_builders=bool(given("allow_code_builders")) or _ini_bool(ini.get("allow_code_builders")),
     )
@@ -214,6 +219,15 @@ def _int(option: str, value: Any, default: int | None) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         raise SettingsError(f"{option} {value!r}: not a whole number") from None
+
+
+def _seconds(option: str, value: Any) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{option} {value!r}: give seconds, e.g. 3600 (0: none)") from None
 
 
 def _convert(option: str, raw: Any, kind: Any) -> Any:

@@ -10,7 +10,7 @@ import pytest
 from pytest_securitynet.plugin import estimate, fixtures, gpus, hookspec, profiling, reporter, selection, specs, timeouts
 from pytest_securitynet.plugin import regression
 from pytest_securitynet.errors import SecurityNetError
-from pytest_securitynet.plugin.items import benchmark_name, entry_of, item_row_key, model_in_nodeid, setting_from_id
+from pytest_securitynet.plugin.items import benchmark_name, entry_of, item_row_key, key_of_nodeid
 from pytest_securitynet.plugin.overview import XdistStartLine, start_line
 from pytest_securitynet.plugin.progress import ProgressPlugin
 from pytest_securitynet.results.lock import ResultsLock, holder_info
@@ -103,7 +103,9 @@ def settings_of(config: pytest.Config) -> Settings:
     options = {name: config.getoption(f"securitynet_{name}") for name in names}
     options["gpus"] = config.getoption("securitynet_gpus")
     options["workers_per_gpu"] = config.getoption("securitynet_workers_per_gpu")
+    options["timeout"] = config.getoption("securitynet_timeout")
     ini = {"dataset": config.getini("securitynet_dataset"), "budget": config.getini("securitynet_budget"),
+           "timeout": config.getini("securitynet_timeout"),
            "allow_code_builders": config.getini("securitynet_allow_code_builders")}
     try:
         return settings_from(options, ini)
@@ -122,7 +124,6 @@ def pytest_configure(config: pytest.Config) -> None:
     json_path = Path(opt("securitynet_json") or Path(config.invocation_params.dir) / DEFAULT_JSON)
     state = RunState(settings, json_path, opt("securitynet_resume") or opt("securitynet_resume_mixed"),
                    gpu_index=workerinput.get(gpus.GPU_KEY) if workerinput else None)
-    state.timeout = _timeout(config)
     state.report_dir = opt("securitynet_report") or config.getini("securitynet_report") or None
     state.durations = [estimate.previous_run(json_path), estimate.reference_run()]
     config.stash[STATE] = state
@@ -159,36 +160,16 @@ def _xdist_start_line(config: pytest.Config, ids: list[str], device: str) -> str
     state = config.stash[STATE]
     models = harness(config).catalog.models
     keys, found, benchmarks = [], [], set()
-    for nodeid in ids:
-        model = model_in_nodeid(nodeid, models)
-        if model is None:
-            continue
-        path, _, rest = nodeid.partition("::")
-        function, _, params = rest.partition("[")
-        benchmark = f"{Path(path).stem.removeprefix('test_')}.{function.rpartition('::')[2].removeprefix('test_')}"
+    for key in filter(None, (key_of_nodeid(nodeid, models) for nodeid in ids)):
+        model, benchmark, setting = key
         benchmarks.add(benchmark)
         found.append(model)
-        keys.append(f"{model}::{benchmark}::{setting_from_id(params.rpartition(']')[0], model)}")
+        keys.append(row_key({"model": model, "benchmark": benchmark, "setting": setting}))
     if not keys:
         return None
     workers = config.option.numprocesses
     return start_line(list(dict.fromkeys(found)), len(keys), len(benchmarks), f"{device}, {workers} workers",
                       state.json_path, estimate.estimate(keys, state.durations).describe() + " (summed over workers)")
-
-
-def _timeout(config: pytest.Config) -> float | None:
-    """`--securitynet-timeout`, else ini `securitynet_timeout`; None when neither is set."""
-    raw = config.getoption("securitynet_timeout")
-    raw = config.getini("securitynet_timeout") if raw is None else raw
-    if raw in (None, ""):
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise pytest.UsageError(f"securitynet_timeout {raw!r}: give seconds, e.g. 3600 (0: none)") from None
-    if seconds < 0:
-        raise pytest.UsageError(f"--securitynet-timeout {seconds:g}: give seconds >= 0 (0: none)")
-    return seconds
 
 
 def _expected(item: pytest.Item, state: RunState) -> float | None:
@@ -279,7 +260,7 @@ def _limit_and_skip_heavy(config: pytest.Config, state: RunState, items: list[py
     The limit is `--securitynet-timeout`; without it, a `--timeout` given on the command line
     stands, and the ini `timeout` (meant for the project's tests) is lifted: no limit.
     """
-    limit = state.timeout
+    limit = state.settings.timeout
     if limit is None and getattr(config.option, "timeout", None) is None:
         limit = 0.0
     has_timeout = config.pluginmanager.hasplugin("timeout") and limit is not None

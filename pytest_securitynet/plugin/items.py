@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Container
 
 import pytest
@@ -57,6 +58,18 @@ def model_in_nodeid(nodeid: str, model_ids: Container[str]) -> str | None:
             if candidate in model_ids:
                 return candidate
     return None
+
+
+def key_of_nodeid(nodeid: str, model_ids: Container[str]) -> tuple[str, str, str] | None:
+    """(model, benchmark, setting) of a node id, for the xdist controller, which has no items."""
+    model = model_in_nodeid(nodeid, model_ids)
+    if model is None:
+        return None
+    path, _, rest = nodeid.partition("::")
+    name, _, params = rest.partition("[")
+    function = name.rpartition("::")[2]
+    benchmark = f"{Path(path).stem.removeprefix('test_')}.{function.removeprefix('test_')}"
+    return model, benchmark, setting_from_id(params.rpartition("]")[0], model)
 
 
 def xdist_group(nodeid: str, model_ids: Container[str]) -> str:

@@ -12,7 +12,7 @@ from pytest_securitynet.catalog.entries import ModelEntry
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.plugin import timeouts
 from pytest_securitynet.plugin.items import (
-    METRICS, benchmark_name, entry_of, model_in_nodeid, setting_from_id, setting_of,
+    METRICS, benchmark_name, entry_of, key_of_nodeid, model_in_nodeid, setting_of,
 )
 from pytest_securitynet.plugin.progress import CPU_SECONDS
 from pytest_securitynet.results.lock import ResultsLock, holder_info
@@ -32,7 +32,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         row = _payload(item, entry)
         if timeouts.timed_out(report):
             state = item.config.stash[STATE]
-            row["hint"] = timeouts.hint(item, state.settings, state.timeout or getattr(item.config.option, "timeout", None))
+            row["hint"] = timeouts.hint(item, state.settings, state.settings.timeout or getattr(item.config.option, "timeout", None))
             report.sections.append(("securitynet timeout", row["hint"]))
         item.config.hook.pytest_securitynet_row(item=item, row=row)
         report.user_properties.append((PAYLOAD, plain(row)))
@@ -183,17 +183,14 @@ def _build_report(json_path: Path, out_dir: Path) -> str:
 def _crashed_payload(report: pytest.TestReport, state: RunState) -> dict[str, Any] | None:
     """The row of a test whose xdist worker died, rebuilt from its node id (`...::test_y[model-setting]`)."""
     h = state_harness(state)
-    model = model_in_nodeid(report.nodeid, h.catalog.models)
-    if model is None:
+    key = key_of_nodeid(report.nodeid, h.catalog.models)
+    if key is None:
         return None
+    model, benchmark, setting = key
     entry = h.catalog.models[model]
-    path, _, rest = report.nodeid.partition("::")
-    name, _, params = rest.partition("[")
-    function = name.rpartition("::")[2]
     gateway = getattr(getattr(report, "node", None), "gateway", None)  # xdist sets report.node
     worker = gateway.id if gateway is not None else None
-    return {"model": entry.id, "benchmark": f"{Path(path).stem.removeprefix('test_')}.{function.removeprefix('test_')}",
-            "setting": setting_from_id(params.rpartition("]")[0], entry.id), "params": {}, "metrics": {},
+    return {"model": model, "benchmark": benchmark, "setting": setting, "params": {}, "metrics": {},
             "dataset": entry.dataset, "dataset_source": h.dataset_for(entry).id,
             "device": state.worker_devices.get(worker), "seed": state.settings.seed, "worker": worker,
             "nodeid": report.nodeid, "finished_at": now()}

@@ -25,7 +25,6 @@ class RunState:
     harness: Harness | None = None
     setup_seconds: dict[str, float] = field(default_factory=dict)
     catalog_params: list | None = None  # the parametrization of `catalog_entry`, shared by all tests
-    timeout: float | None = None  # --securitynet-timeout: seconds per benchmark test (0: none; None: not set)
     report_dir: str | None = None  # where `securitynet report` writes when the run ends
     durations: list = field(default_factory=list)  # estimate.Durations sources, first choice first
     keywords: dict[str, set[str]] = field(default_factory=dict)  # per model, computed once and shared by its tests
