@@ -21,6 +21,7 @@ submitit = pytest.importorskip("submitit")
 from pytest_securitynet.harness.devices import inherited_gpus  # noqa: E402
 from pytest_securitynet.plugin import gpus  # noqa: E402
 from pytest_securitynet.cli import main  # noqa: E402
+from pytest_securitynet.results.merge import results_of  # noqa: E402
 from pytest_securitynet.results.rows import load_results, results_exist, row_key  # noqa: E402
 from pytest_securitynet.sweep.cli import add_sweep_parser  # noqa: E402
 from pytest_securitynet.sweep.plan import (PLUGIN, CollectedTest, Durations, ModelGroup, assign,  # noqa: E402
@@ -366,10 +367,9 @@ def demo_selection(cache_dir: Path, *files: str) -> list[str]:
 
 
 def comparable(path: Path) -> list[tuple]:
-    """Rows without their timing metrics (wall seconds differ between any two runs)."""
-    def untimed(metrics: dict) -> str:
-        return json.dumps({k: v for k, v in metrics.items() if not k.endswith("_s") and k != "phases"}, sort_keys=True)
-    return sorted((r["model"], r["benchmark"], r["setting"], r["outcome"], untimed(r["metrics"])) for r in rows_of(path))
+    """Rows with only their result metrics (times and cache provenance differ between any two runs)."""
+    return sorted((r["model"], r["benchmark"], r["setting"], r["outcome"], json.dumps(results_of(r), sort_keys=True))
+                  for r in rows_of(path))
 
 
 @pytest.mark.slow

@@ -2,9 +2,10 @@
 
 Rows are keyed by `model::benchmark::setting` (`results.row_key`). A key seen in several files is
 a duplicate: identical duplicates (same outcome and metrics) collapse into one row; duplicates that
-differ are *conflicts*, kept in `ResultSet.conflicts` so the report can list them. Timings are not
-results: reruns that differ only in how long they took (`timing_metric`: `phases`, `speedup`,
-names in seconds or per second) are identical, and row fields outside `outcome` and `metrics`
+differ are *conflicts*, kept in `ResultSet.conflicts` so the report can list them. Timings and
+cache provenance are not results: reruns that differ only in how long they took or in whether a
+trained helper came from the cache (`result_metric`: not `phases`, `speedup`, names in seconds or
+per second, `reference_source`, `source_cached`) are identical, and row fields outside `outcome` and `metrics`
 (wall and setup times, `finished_at`, `worker`, `nodeid`, peak memory) are never compared. Of two
 conflicting rows the report keeps a passed one over one that did not pass, then the one that
 finished last, then the one from the file given last.
@@ -25,6 +26,8 @@ MAX_DIFF_SHOWN = 4
 TIMING_METRICS = frozenset({"phases", "speedup"})
 TIMING_SUFFIXES = ("_s",)
 """Metric names ending so are durations or rates (`runtime_s`, `attack_time_s`, `samples_per_s`)."""
+PROVENANCE_METRICS = frozenset({"reference_source", "source_cached"})
+"""Whether reference models or a surrogate were trained in this run or read from the cache."""
 
 
 @dataclass
@@ -134,17 +137,18 @@ def load_and_merge(paths: Iterable[str | Path]) -> ResultSet:
     return merge(load_documents(paths))
 
 
-def timing_metric(name: str) -> bool:
-    """Whether a metric measures time (which reruns never reproduce) rather than a result."""
-    return name in TIMING_METRICS or name.endswith(TIMING_SUFFIXES)
+def result_metric(name: str) -> bool:
+    """Whether a rerun must reproduce a metric: not a time, not where a cached helper came from."""
+    return not (name in TIMING_METRICS or name.endswith(TIMING_SUFFIXES) or name in PROVENANCE_METRICS)
 
 
-def _results(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in (row.get("metrics") or {}).items() if not timing_metric(k)}
+def results_of(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's metrics that are results (`result_metric`)."""
+    return {k: v for k, v in (row.get("metrics") or {}).items() if result_metric(k)}
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return a.get("outcome") == b.get("outcome") and _equal(_results(a), _results(b))
+    return a.get("outcome") == b.get("outcome") and _equal(results_of(a), results_of(b))
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -165,7 +169,7 @@ def _differences(kept: dict[str, Any], dropped: dict[str, Any]) -> list[str]:
     out = []
     if kept.get("outcome") != dropped.get("outcome"):
         out.append(f"outcome: {kept.get('outcome')} vs {dropped.get('outcome')}")
-    a, b = _results(kept), _results(dropped)
+    a, b = results_of(kept), results_of(dropped)
     for name in sorted(set(a) | set(b)):
         if name not in a or name not in b or not _equal(a[name], b[name]):
             out.append(f"{name}: {_short(a.get(name, '(absent)'))} vs {_short(b.get(name, '(absent)'))}")
