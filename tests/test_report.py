@@ -196,17 +196,6 @@ def test_merge_flags_conflicting_duplicate(tmp_path, capsys):
     assert read_csv(tmp_path / "out" / "duplicates.csv")[0]["kept_from"] == str(second)
 
 
-def test_duplicates_differing_only_in_times_or_cache_provenance_collapse(tmp_path):
-    rows, models = planted_rows(3)
-    rerun = json.loads(json.dumps(rows[0]))  # model-0's task row
-    rerun["metrics"].update(runtime_s=99.0, phases={"attack": 1.0}, reference_source="disk", source_cached=True)
-    merged = load_and_merge([write_doc(tmp_path / "a.json", rows, models), write_doc(tmp_path / "b.json", [rerun], models)])
-    assert merged.collapsed == 1 and merged.conflicts == []
-    rerun["metrics"]["test_accuracy"] = -1.0  # a result that differs is still a conflict
-    merged = load_and_merge([write_doc(tmp_path / "a.json", rows, models), write_doc(tmp_path / "c.json", [rerun], models)])
-    assert len(merged.conflicts) == 1
-
-
 def test_passed_row_wins_over_failed_duplicate(tmp_path):
     rows, models = planted_rows(3)
     failed = dict(rows[1], outcome="failed", metrics={}, finished_at="2027-01-01T00:00:00+00:00")

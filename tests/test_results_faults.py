@@ -366,3 +366,14 @@ def test_merge_of_identical_reruns_reports_no_conflict_for_timings(tmp_path, cap
     merged = load_and_merge([first, rerun])
     [conflict] = merged.conflicts
     assert conflict.key.endswith("::s2") and conflict.differences == ["auc: 0.7 vs 0.61"]  # the result, not the timings
+
+
+def test_duplicates_differing_only_in_times_or_cache_provenance_collapse(tmp_path):
+    trained, cached = make_row("s1"), make_row("s1", seconds=3.0)
+    trained["metrics"].update(reference_source="trained", source_cached=False)
+    cached["metrics"].update(reference_source="disk", source_cached=True)
+    merged = load_and_merge([write_results(tmp_path / "a.json", [trained]), write_results(tmp_path / "b.json", [cached])])
+    assert merged.collapsed == 1 and merged.conflicts == []
+    cached["metrics"]["auc"] = 0.9  # a result that differs is still a conflict
+    merged = load_and_merge([write_results(tmp_path / "a.json", [trained]), write_results(tmp_path / "c.json", [cached])])
+    assert [c.differences for c in merged.conflicts] == [["auc: 0.61 vs 0.9"]]  # kept (finished last) first
