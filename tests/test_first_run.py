@@ -385,8 +385,8 @@ def test_readme_first_command_is_the_cpu_build_and_its_examples_are_ignored():
     first = readme[readme.index("```bash"):].splitlines()[1:4]
     assert any("--index-url https://download.pytorch.org/whl/cpu" in line and "torch==2.14.1" in line
                and "torchvision==0.29.1" in line for line in first)
-    ignored = subprocess.run(["git", "check-ignore", "securitynet-results-artifacts/x.png", "report/index.html",
-                              "securitynet-results.json"], cwd=REPO, capture_output=True, text=True)
-    assert ignored.stdout.split() == ["securitynet-results-artifacts/x.png", "report/index.html",
-                                      "securitynet-results.json"]
+    written = ["securitynet-results-artifacts/x.png", "report/index.html", "securitynet-results.json",
+               "securitynet-results.json.lock", "securitynet-results.json.journal.jsonl", "securitynet-results.json.bak"]
+    ignored = subprocess.run(["git", "check-ignore", *written], cwd=REPO, capture_output=True, text=True)
+    assert ignored.stdout.split() == written
     assert subprocess.run(["git", "check-ignore", "-q", "pytest_securitynet/results/new.py"], cwd=REPO).returncode == 1

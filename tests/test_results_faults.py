@@ -157,6 +157,28 @@ def test_a_run_without_benchmarks_neither_locks_nor_touches_the_file(pytester, r
     assert not (pytester.path / "out.json").exists() and not backup_path(pytester.path / "out.json").exists()
 
 
+def test_under_xdist_a_busy_file_stops_the_run_and_tests_naming_models_take_nothing(pytester, run):
+    (pytester.path / "tests").mkdir()
+    (pytester.path / "tests" / "test_named.py").write_text(  # ids that name catalog models, not benchmarks
+        "from pathlib import Path\nimport pytest\n\n"
+        "@pytest.mark.parametrize('model', ['demo-digits-cnn', 'demo-digits-rbf-overfit'])\n"
+        "def test_named(model):\n    assert not Path('out.json.lock').exists() and not Path('out.json').exists()\n")
+    run("tests", "-n", "2", subprocess=True).assert_outcomes(passed=2)
+    assert not lock_path(pytester.path / "out.json").exists() and not (pytester.path / "out.json").exists()
+
+    holder = ResultsLock(pytester.path / "out.json")
+    holder.acquire(holder_info("2026-11-28T10:00:00+00:00"))
+    try:
+        result = run("benchmarks", "-k", "demo", "-n", "2", subprocess=True)
+    finally:
+        holder.release()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*out.json is being written by another run (host *, pid *, started 2026-11-28T10:00:00+00:00*"])
+    assert not (pytester.path / "out.json").exists()
+    run("benchmarks", "-k", "demo", "-n", "2", subprocess=True).assert_outcomes(passed=6)
+    assert len(load_results(pytester.path / "out.json")["results"]) == 6 and not lock_path(pytester.path / "out.json").exists()
+
+
 def test_the_lock_goes_with_its_holder_however_it_ends(tmp_path):
     results = tmp_path / "r.json"
     child = subprocess.run([sys.executable, "-c", (

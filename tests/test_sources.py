@@ -76,6 +76,17 @@ def test_a_corrupt_copy_in_the_first_mirror_is_passed_over_naming_it(tmp_path, b
         store.fetch(path.name, sha)
 
 
+def test_a_corrupt_mirror_copy_is_named_when_the_download_fails_too(tmp_path, blob):
+    path, sha = blob
+    bad_mirror = tmp_path / "bad"
+    bad_mirror.mkdir()
+    (bad_mirror / path.name).write_bytes(b"truncated")
+    store = FileStore(cache_dir=tmp_path / "cache", mirrors=[bad_mirror], offline=False)
+    with pytest.raises(ChecksumError, match=f"(?s)sha256 mismatch for {path.name} from mirror {bad_mirror}.*"
+                                            f"no good copy downloaded either: .*could not download {path.name}"):
+        store.fetch(path.name, sha, url=(tmp_path / "absent" / path.name).as_uri())
+
+
 def test_an_archive_download_is_unpacked_checked_by_its_digest_and_removed(tmp_path, blob):
     path, _ = blob
     archive = tmp_path / "upstream" / f"{path.name}.zip"

@@ -68,14 +68,16 @@ class ResultsReporter:
 
     Once collection shows benchmark tests (and before the first runs) it takes the results file
     over: locks it, checks that what is there is a results file, and marks it "running" (keeping
-    the one a fresh run replaces as a backup). A run without benchmarks, such as the project's own
-    tests, neither locks nor touches it."""
+    the one a fresh run replaces as a backup). Under xdist, where the controller sees node ids only,
+    it checks at start that no other run holds the file and takes it over with the first row. A
+    run without benchmarks, such as the project's own tests, neither locks nor touches it."""
 
     def __init__(self, state: RunState, lock: ResultsLock):
         self.state = state
         self.lock = lock
         self.report_line: str | None = None
         self.taken_over = False
+        self.checked_free = False
         self.write_error: str | None = None
 
     def take_over(self) -> None:
@@ -98,10 +100,18 @@ class ResultsReporter:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
-        # The controller of an xdist run collects nothing itself: the workers' node ids tell.
+        # The controller of an xdist run collects nothing itself, and a node id naming a catalog model
+        # may belong to any test: it stops at start if another run holds the file, and takes the file
+        # over with the first benchmark row.
+        if self.taken_over or self.checked_free:
+            return
+        self.checked_free = True
         models = state_harness(self.state).catalog.models
-        if not self.taken_over and any(model_in_nodeid(nodeid, models) is not None for nodeid in ids):
-            self.take_over()
+        if any(model_in_nodeid(nodeid, models) is not None for nodeid in ids):
+            try:
+                self.lock.check_free()
+            except SecurityNetError as exc:
+                raise pytest.UsageError(str(exc)) from None
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -127,7 +137,10 @@ class ResultsReporter:
         if info is not None and row.get("sizes"):
             info["sizes"] = row["sizes"]
             state.writer.run.setdefault("effective", {}).setdefault("members", {})[row["model"]] = row["sizes"]["members"]
-        self.take_over()
+        try:
+            self.take_over()
+        except pytest.UsageError as exc:  # another run took the file since the start
+            pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
         try:
             state.writer.add(row, info)
         except ResultsWriteError as exc:  # a full disk: stop, as a run that cannot record has no use

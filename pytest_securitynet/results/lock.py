@@ -80,9 +80,7 @@ class ResultsLock:
             except BlockingIOError:
                 holder = read_holder(self.path)
                 os.close(fd)
-                raise ResultsBusyError(
-                    f"{self.results_path} is being written by another run ({describe_holder(holder)}; "
-                    f"lock {self.path}): wait for it to end, or write this run's results elsewhere") from None
+                raise self._busy(holder) from None
             except OSError as exc:  # e.g. ENOLCK on a file system without locks
                 os.close(fd)
                 log.warning("%s: cannot lock (%s); make sure one run writes it", self.path, exc)
@@ -96,6 +94,31 @@ class ResultsLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, data, 0)
         self._fd = fd
+
+    def check_free(self) -> None:
+        """Raise `ResultsBusyError` naming the holder if another run holds the lock; take nothing.
+
+        For a run that cannot yet tell whether it will write (an xdist controller seeing node ids):
+        it stops at start when the file is busy without leaving a lock file of its own."""
+        if self._fd is not None or fcntl is None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # no lock file: nobody holds it
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._busy(read_holder(self.path)) from None
+        except OSError:
+            return
+        finally:
+            os.close(fd)  # closing drops the probe's lock
+
+    def _busy(self, holder: dict[str, Any] | None) -> ResultsBusyError:
+        return ResultsBusyError(
+            f"{self.results_path} is being written by another run ({describe_holder(holder)}; "
+            f"lock {self.path}): wait for it to end, or write this run's results elsewhere")
 
     def release(self) -> None:
         """Remove the lock file and drop the lock (in that order: see the module docstring)."""

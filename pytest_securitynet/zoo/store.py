@@ -296,7 +296,13 @@ class FileStore:
                     bad.append(exc)
             if not need.urls or self.offline:
                 raise self._unavailable(need, bad)
-            downloaded = self._download(need)
+            try:
+                downloaded = self._download(need)
+            except MissingFileError as exc:
+                if not bad:
+                    raise
+                # The bad local copies are the news; the failed download says why none replaced them.
+                raise ChecksumError("\n".join([*(str(e) for e in bad), f"no good copy downloaded either: {exc}"])) from None
             if need.archive is None:
                 return _used(downloaded, bad)
             try:
