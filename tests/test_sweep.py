@@ -166,7 +166,8 @@ def shard_spec(project: Path, out: Path, cache_dir: Path, name: str = "shard-000
     args = selection(cache_dir, *extra)
     plan = make_plan(collect(args, project), 1, args)
     write_plan(plan, out)
-    return ShardSpec(out=str(out), name=name, pytest_args=args, cwd=str(project), stop_grace_s=120)  # a loaded CI machine may be slow to stop
+    # Two minutes to stop: a loaded CI machine may be slow to write the results and exit.
+    return ShardSpec(out=str(out), name=name, pytest_args=args, cwd=str(project), stop_grace_s=120)
 
 
 @pytest.mark.slow
