@@ -18,6 +18,23 @@ AKAMASTER_DIR = SHARED / "models" / "akamaster-cifar10"
 DATA_DIR = SHARED / "data"
 
 
+def model_toml(model_id: str, source: str, *, dataset: str = "cifar10", extra: str = "", classes: int = 10,
+               channels: int = 3) -> str:
+    """One catalog entry of an 8x8 `democnn` in TOML; `extra` adds lines (builder, sha256, train...)."""
+    stats = ", ".join(["0.5"] * channels), ", ".join(["0.25"] * channels)
+    return f"""
+[[models]]
+id = "{model_id}"
+dataset = "{dataset}"
+architecture = "democnn"
+model_type = "cnn"
+source = "{source}"
+{extra}
+preprocess = {{ input_size = [{channels}, 8, 8], mean = [{stats[0]}], std = [{stats[1]}] }}
+annotations = {{ topic_category = "t", training_set_size = 4, num_classes = {classes}, input_dims = "8x8x{channels}", purpose = "benchmark" }}
+"""
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """`SECURITYNET_CACHE` if set (CI sets it, so demo models train once), else a session temp dir."""

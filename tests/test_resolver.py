@@ -22,19 +22,9 @@ from pytest_securitynet.zoo.resolver import resolve_dataset, resolve_model
 from pytest_securitynet.zoo.store import Digest, FileStore
 from pytest_securitynet.zoo.weights import load_model
 
+from conftest import model_toml
+
 CATALOG = load_catalog([BUILTIN_CATALOG])
-def model_toml(model_id: str, source: str, dataset: str = "cifar10", extra: str = "", classes: int = 10) -> str:
-    return f"""
-[[models]]
-id = "{model_id}"
-dataset = "{dataset}"
-architecture = "democnn"
-model_type = "cnn"
-source = "{source}"
-{extra}
-preprocess = {{ input_size = [3, 8, 8], mean = [0.5, 0.5, 0.5], std = [0.25, 0.25, 0.25] }}
-annotations = {{ topic_category = "t", training_set_size = 4, num_classes = {classes}, input_dims = "8x8x3", purpose = "benchmark" }}
-"""
 
 
 def catalog_with(tmp_path: Path, text: str):
@@ -223,11 +213,11 @@ train_size = 3
 test_size = 2
 """
     builder = 'builder = "demo_cnn"\nbuilder_args = { num_classes = 2, in_channels = 3, width = 4 }'
-    text += model_toml("tiny-url", "https://example.org/w/tiny-0123.pt", "tinyjpeg",
-                       f'sha256 = "{sha256(mirror / "tiny-0123.pt")}"\n{builder}\ncheckpoint = {{ state_dict_key = "state_dict" }}', 2)
-    text += model_toml("tiny-file", "file:w.pt", "tinycub", builder, 2)
-    text += model_toml("tiny-demo", "demo", "tinybreast", f"{builder}\ntrain = {{ epochs = 1, lr = 0.01 }}", 2)
-    text += model_toml("tiny-file-svhn", "file:w.pt", "tinysvhn", builder)
+    text += model_toml("tiny-url", "https://example.org/w/tiny-0123.pt", dataset="tinyjpeg", classes=2,
+                       extra=f'sha256 = "{sha256(mirror / "tiny-0123.pt")}"\n{builder}\ncheckpoint = {{ state_dict_key = "state_dict" }}')
+    text += model_toml("tiny-file", "file:w.pt", dataset="tinycub", extra=builder, classes=2)
+    text += model_toml("tiny-demo", "demo", dataset="tinybreast", extra=f"{builder}\ntrain = {{ epochs = 1, lr = 0.01 }}", classes=2)
+    text += model_toml("tiny-file-svhn", "file:w.pt", dataset="tinysvhn", extra=builder)
     catalog = catalog_with(tmp_path, text)
     store = FileStore(cache_dir=tmp_path / "cache", mirrors=[mirror], offline=True)
     return catalog, store

@@ -29,24 +29,15 @@ from pytest_securitynet.zoo.demo import demo_network
 from pytest_securitynet.zoo.store import FileStore, Need
 from pytest_securitynet.zoo.weights import load_model
 
+from conftest import model_toml
+
 CATALOG = load_catalog([BUILTIN_CATALOG])
 BUILDER = 'builder = "demo_cnn"\nbuilder_args = { num_classes = 2, in_channels = 3, width = 4 }'
 
 
-def model_toml(model_id: str, source: str, extra: str = "", dataset: str = "tinyjpeg", classes: int = 2,
-               channels: int = 3) -> str:
-    stats = ", ".join(["0.5"] * channels), ", ".join(["0.25"] * channels)
-    return f"""
-[[models]]
-id = "{model_id}"
-dataset = "{dataset}"
-architecture = "democnn"
-model_type = "cnn"
-source = "{source}"
-{extra}
-preprocess = {{ input_size = [{channels}, 8, 8], mean = [{stats[0]}], std = [{stats[1]}] }}
-annotations = {{ topic_category = "t", training_set_size = 4, num_classes = {classes}, input_dims = "8x8x{channels}", purpose = "benchmark" }}
-"""
+def tiny_model_toml(model_id: str, source: str, extra: str) -> str:
+    """A two-class model of the `tinyjpeg` dataset below."""
+    return model_toml(model_id, source, dataset="tinyjpeg", extra=extra, classes=2)
 
 
 def dataset_toml(sha256: str) -> str:
@@ -127,7 +118,7 @@ def test_a_truncated_checkpoint_is_one_line_naming_the_entry_and_the_file(tmp_pa
     *_, store = tiny
     data = (tmp_path / "w.pt").read_bytes()
     (tmp_path / "w.pt").write_bytes(data[: len(data) // 2])
-    catalog = catalog_of(tmp_path, dataset_toml("0" * 64) + model_toml("tiny-cut", "file:w.pt", BUILDER))
+    catalog = catalog_of(tmp_path, dataset_toml("0" * 64) + tiny_model_toml("tiny-cut", "file:w.pt", BUILDER))
     with pytest.raises(UnreadableFileError) as info:
         load_model(catalog.model("tiny-cut"), catalog, store)
     message = str(info.value)
@@ -143,7 +134,7 @@ def test_a_truncated_checkpoint_is_one_line_naming_the_entry_and_the_file(tmp_pa
 def test_a_builder_that_does_not_fit_names_the_entry_the_builder_and_the_keys(tmp_path, tiny, change, expected):
     *_, net, store = tiny
     torch.save(change(net.state_dict()), tmp_path / "w.pt")
-    catalog = catalog_of(tmp_path, dataset_toml("0" * 64) + model_toml("tiny-misfit", "file:w.pt", BUILDER))
+    catalog = catalog_of(tmp_path, dataset_toml("0" * 64) + tiny_model_toml("tiny-misfit", "file:w.pt", BUILDER))
     with pytest.raises(CatalogError, match=expected) as info:
         load_model(catalog.model("tiny-misfit"), catalog, store)
     message = str(info.value)
@@ -154,7 +145,7 @@ def test_a_builder_that_does_not_fit_names_the_entry_the_builder_and_the_keys(tm
 
 def test_a_fitting_checkpoint_still_loads(tmp_path, tiny):
     *_, net, store = tiny
-    catalog = catalog_of(tmp_path, dataset_toml("0" * 64) + model_toml("tiny-fit", "file:w.pt", BUILDER))
+    catalog = catalog_of(tmp_path, dataset_toml("0" * 64) + tiny_model_toml("tiny-fit", "file:w.pt", BUILDER))
     model = load_model(catalog.model("tiny-fit"), catalog, store)
     assert all(torch.equal(a, b) for a, b in zip(model.net.state_dict().values(), net.state_dict().values()))
 
@@ -174,7 +165,7 @@ def test_a_truncated_decoded_dataset_is_decoded_again_with_a_warning(tmp_path, t
 
 
 def test_a_truncated_demo_model_is_trained_again_with_a_warning(tmp_path):
-    text = model_toml("tiny-demo", "demo", 'builder = "demo_cnn"\nbuilder_args = { num_classes = 10, in_channels = 1, width = 2 }\n'
+    text = model_toml("tiny-demo", "demo", extra='builder = "demo_cnn"\nbuilder_args = { num_classes = 10, in_channels = 1, width = 2 }\n'
                       'train = { epochs = 1, lr = 0.01, batch_size = 256 }', dataset="digits", classes=10, channels=1)
     catalog = catalog_of(tmp_path, text)
     store = FileStore(cache_dir=tmp_path / "cache", offline=True)
@@ -193,7 +184,7 @@ def test_a_read_only_cache_is_read_without_lock_files(tmp_path, tiny, monkeypatc
     mirror, sha, _, store = tiny
     weights = tmp_path / "w.pt"
     url = f"http://127.0.0.1:{closed_port()}/tiny-0123.pt"
-    text = dataset_toml(sha) + model_toml("tiny-url", url, f'{BUILDER}\nsha256 = "{hashlib.sha256(weights.read_bytes()).hexdigest()}"')
+    text = dataset_toml(sha) + tiny_model_toml("tiny-url", url, f'{BUILDER}\nsha256 = "{hashlib.sha256(weights.read_bytes()).hexdigest()}"')
     catalog = catalog_of(tmp_path, text)
     (store.cache_dir / "weights").mkdir(parents=True)
     (store.cache_dir / "weights" / "tiny-0123.pt").write_bytes(weights.read_bytes())
@@ -309,7 +300,7 @@ def test_a_benchmark_run_without_network_shows_each_message_once(pytester, tmp_p
     url = f"http://127.0.0.1:{closed_port()}/w/tiny-0123.pt"
     catalog = tmp_path / "net.toml"
     builder = 'builder = "demo_cnn"\nbuilder_args = { num_classes = 10, in_channels = 1, width = 4 }'
-    catalog.write_text(model_toml("tiny-net", url, f'{builder}\nsha256 = "{"0" * 64}"', "digits", 10, 1))
+    catalog.write_text(model_toml("tiny-net", url, extra=f'{builder}\nsha256 = "{"0" * 64}"', dataset="digits", channels=1))
     (pytester.path / "test_two.py").write_text(
         "def test_one(target_model):\n    pass\n\ndef test_two(target_model):\n    pass\n")
     result = pytester.runpytest_subprocess(
