@@ -30,7 +30,7 @@ from pytest_securitynet.errors import CatalogError, UnreadableFileError, UnsafeC
 from pytest_securitynet.zoo.checkpoints import safe_load
 from pytest_securitynet.zoo.datasets_extra import decode_image_folder, decode_medmnist
 from pytest_securitynet.zoo.resolver import fetch, resolve_dataset
-from pytest_securitynet.zoo.store import FileStore, atomic_path, link_into, unpack_archive
+from pytest_securitynet.zoo.store import FileStore, link_into, unpack_archive
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +112,8 @@ def _decode_into(cached: Path, entry: DatasetEntry, store: FileStore) -> dict[st
     files = fetch(plan, store)
     log.info("decoding dataset %s (once; cached at %s)", entry.id, cached)
     tensors = _DECODERS[plan.loader](entry, files)
-    target = store.path("datasets", cached.name)
-    try:
-        with atomic_path(target) as tmp:
-            torch.save(tensors, tmp)
-    except OSError as exc:
-        raise store.unwritable(target, exc) from None
-    stale = re.compile(rf"{re.escape(entry.id)}(-[0-9a-f]{{16}})?\.pt")
-    for old in cached.parent.glob(f"{entry.id}*.pt"):
-        if old != cached and stale.fullmatch(old.name):
-            old.unlink(missing_ok=True)
+    store.replace_version(store.path("datasets", cached.name), lambda tmp: torch.save(tensors, tmp),
+                          re.compile(rf"{re.escape(entry.id)}(-[0-9a-f]{{16}})?\.pt"))
     return tensors
 
 

@@ -24,7 +24,7 @@ from pytest_securitynet.errors import UnreadableFileError, UnsafeCheckpointError
 from pytest_securitynet.zoo.checkpoints import first_line, safe_load
 from pytest_securitynet.zoo.datasets import decoded_key, load_dataset
 from pytest_securitynet.zoo.members import member_indices
-from pytest_securitynet.zoo.store import FileStore, atomic_path
+from pytest_securitynet.zoo.store import FileStore
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +56,8 @@ def demo_network(entry: ModelEntry, catalog: Catalog, store: FileStore) -> nn.Mo
             train_demo(net, entry, data.train_images, data.train_labels)
         else:
             train_demo(net, entry, data.train_images[rows], data.train_labels[rows])
-        target = store.path("weights", "demo", cached.name)
-        try:
-            with atomic_path(target) as tmp:
-                torch.save(net.state_dict(), tmp)
-        except OSError as exc:
-            raise store.unwritable(target, exc) from None
-        stale = re.compile(rf"{re.escape(entry.id)}-[0-9a-f]{{12}}\.pt")
-        for old in cached.parent.glob(f"{entry.id}-*.pt"):
-            if old != cached and stale.fullmatch(old.name):
-                old.unlink(missing_ok=True)
+        store.replace_version(store.path("weights", "demo", cached.name), lambda tmp: torch.save(net.state_dict(), tmp),
+                              re.compile(rf"{re.escape(entry.id)}-[0-9a-f]{{12}}\.pt"))
     return net
 
 

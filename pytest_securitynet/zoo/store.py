@@ -19,6 +19,7 @@ import hashlib
 import http.client
 import logging
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -29,6 +30,7 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 from filelock import FileLock
@@ -185,6 +187,18 @@ class FileStore:
         except OSError as exc:
             raise self.unwritable(lock_path, exc) from None
         return FileLock(str(lock_path))
+
+    def replace_version(self, target: Path, write: Callable[[Path], None], older: re.Pattern[str]) -> None:
+        """Write a cache file atomically through `write(temporary path)`, then delete the older
+        versions beside it (names `older` matches in full): one cached file per id, whatever key it had."""
+        try:
+            with atomic_path(target) as tmp:
+                write(tmp)
+        except OSError as exc:
+            raise self.unwritable(target, exc) from None
+        for old in target.parent.iterdir():
+            if old != target and older.fullmatch(old.name):
+                old.unlink(missing_ok=True)
 
     def unwritable(self, path: Path, exc: OSError) -> CacheError:
         """The error for a write the cache refused: where, why, and what to do."""
