@@ -184,7 +184,7 @@ def log_probs(model, images: torch.Tensor) -> torch.Tensor:
 
 
 def attack_with_references(harness, loaded, members: LabeledSet, nonmembers: LabeledSet, seed: int = 0,
-                           attacks=None) -> dict:
+                           attacks=None, **options) -> dict:
     """What the benchmark does: every attack, with the harness's K = 4 reference models for these scored samples."""
     trainer = trainer_for(loaded.entry, tuple(loaded.data.train_images.shape[1:]))
     refs = reference_set(harness.files, loaded.data, trainer, members, nonmembers, num_classes=10, k=4, seed=seed,
@@ -198,7 +198,7 @@ def attack_with_references(harness, loaded, members: LabeledSet, nonmembers: Lab
     return run_membership_attacks(
         cache.get(members), members.labels, cache.get(nonmembers), nonmembers.labels,
         member_log_probs=cache.get_log_probs(members), nonmember_log_probs=cache.get_log_probs(nonmembers),
-        reference=reference, seed=seed, attacks=attacks,
+        reference=reference, seed=seed, attacks=attacks, **options,
     )
 
 
