@@ -9,13 +9,13 @@ from one command; docs/performance.md keeps the latest one.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.results.rows import load_results, results_exist
 
 DEFAULT_MODEL = "cifar10-resnet56-akamaster"
 DEFAULT_SELECTION = "not wrn50_2"
@@ -47,9 +47,9 @@ def run_bench(args: argparse.Namespace) -> int:
     command = bench_command(args, results)
     print("securitynet bench: " + " ".join(command), file=sys.stderr)
     code = subprocess.call(command)
-    if not results.is_file():
+    if not results_exist(results):
         raise SecurityNetError(f"bench: pytest exited {code} without writing {results}")
-    doc = json.loads(results.read_text(encoding="utf-8"))
+    doc = load_results(results)
     table = format_table(doc["results"], doc.get("run", {}))
     (args.out / "bench.md").write_text(table + "\n", encoding="utf-8")
     print(table)

@@ -27,6 +27,7 @@ from pytest_securitynet.harness.budget_rules import SmallCNN, nc_epochs, surroga
 from pytest_securitynet.plugin import estimate, progress
 from pytest_securitynet.plugin.gpus import GpuPool
 from pytest_securitynet.plugin.selection import SharedNames, may_match
+from pytest_securitynet.results.rows import SCHEMA
 from pytest_securitynet.results.summary import summary_lines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,7 +248,8 @@ def test_summary_shows_every_row_with_reasons_and_folds_passed_rows_of_a_sweep()
 
 
 def test_estimate_prefers_this_machines_previous_run(tmp_path):
-    doc = {"results": [{"model": "a", "benchmark": "b", "setting": "s", "outcome": "passed", "wall_time_s": 2.0,
+    doc = {"schema": SCHEMA, "run": {}, "models": {},
+           "results": [{"model": "a", "benchmark": "b", "setting": "s", "outcome": "passed", "wall_time_s": 2.0,
                         "setup_time_s": 1.0},
                        {"model": "a", "benchmark": "b", "setting": "t", "outcome": "failed", "wall_time_s": 9.0}]}
     (tmp_path / "r.json").write_text(json.dumps(doc))
@@ -258,6 +260,8 @@ def test_estimate_prefers_this_machines_previous_run(tmp_path):
     assert got.describe() == "about 7 s for 2 of 3 tests (from the previous run's durations and a reference run)"
     assert estimate.estimate(["x"], [previous]).describe().startswith("no estimate yet")
     assert estimate.previous_run(tmp_path / "missing.json") is None
+    (tmp_path / "bad.json").write_text('{"results": []}')  # not a results file: no estimate, no error
+    assert estimate.previous_run(tmp_path / "bad.json") is None
 
 
 def test_the_packaged_reference_covers_every_demo_test():

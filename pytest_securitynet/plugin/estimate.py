@@ -9,11 +9,13 @@ described in the file). Tests neither knows are counted as unknown, never guesse
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from pytest_securitynet.results.rows import row_key
+from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.results.rows import load_results, results_exist, row_key
 
 REFERENCE = Path(__file__).with_name("reference-durations.json")
 
@@ -50,10 +52,12 @@ def from_results(doc: dict[str, Any]) -> dict[str, float]:
 
 
 def previous_run(json_path: Path) -> Durations | None:
-    """The durations an earlier run left in `json_path`, if it holds any."""
+    """The durations an earlier run left in `json_path` (or its journal), if it holds any."""
+    if not results_exist(json_path):
+        return None
     try:
-        seconds = from_results(json.loads(Path(json_path).read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError, AttributeError):
+        seconds = from_results(load_results(json_path))
+    except (OSError, ValueError, SecurityNetError):  # unreadable or malformed: the run says so when it writes
         return None
     return Durations(seconds, "the previous run's durations") if seconds else None
 
@@ -68,8 +72,11 @@ def reference_run(path: Path = REFERENCE) -> Durations | None:
 
 
 def write_reference(results_path: Path, source: str, path: Path = REFERENCE) -> Path:
-    """Make the packaged reference from a measured run: CPU seconds (setup and call) per row key."""
-    doc = json.loads(Path(results_path).read_text(encoding="utf-8"))
+    """Make the packaged reference from a measured run: CPU seconds (setup and call) per row key.
+
+    `python3 -m pytest_securitynet.plugin.estimate RESULTS.json "SOURCE"` after a run of
+    `pytest benchmarks/ -k demo` (README gives the measured command)."""
+    doc = load_results(results_path)
     seconds = {row_key(r): round(float(r["cpu_time_s"]), 2) for r in doc.get("results", []) if "cpu_time_s" in r}
     Path(path).write_text(json.dumps({"source": source, "run": {k: doc["run"].get(k) for k in ("host", "platform",
                           "argv", "started_at", "versions")}, "seconds": dict(sorted(seconds.items()))}, indent=1) + "\n",
@@ -107,3 +114,7 @@ def _duration(seconds: float) -> str:
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+if __name__ == "__main__":
+    print(write_reference(Path(sys.argv[1]), sys.argv[2]))

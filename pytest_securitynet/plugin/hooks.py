@@ -125,7 +125,8 @@ def pytest_configure(config: pytest.Config) -> None:
     state = RunState(settings, json_path, opt("securitynet_resume") or opt("securitynet_resume_mixed"),
                    gpu_index=workerinput.get(gpus.GPU_KEY) if workerinput else None)
     state.report_dir = opt("securitynet_report") or config.getini("securitynet_report") or None
-    state.durations = [estimate.previous_run(json_path), estimate.reference_run()]
+    if workerinput is None:  # estimates are printed by the controller (or a run without xdist)
+        state.durations = [estimate.previous_run(json_path), estimate.reference_run()]
     config.stash[STATE] = state
     config.pluginmanager.register(ProgressPlugin(config, lambda item: entry_of(item) is not None,
                                                  lambda item: _expected(item, state)), "securitynet-progress")

@@ -14,14 +14,14 @@ Pure functions without pytest; the pytest wiring is `plugin/regression.py`.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from pytest_securitynet.catalog.entries import BUILTIN_CATALOG
-from pytest_securitynet.results.rows import PASSED, SCHEMA, load_results, now, plain, row_key
+from pytest_securitynet.results.journal import write_atomic
+from pytest_securitynet.results.rows import PASSED, SCHEMA, encode, load_results, now, plain, row_key
 from pytest_securitynet.results.spec import BASELINE, BenchmarkSpec
 
 REPORTED = "reported"
@@ -180,9 +180,7 @@ def baseline_document(rows: Iterable[dict[str, Any]], run: dict[str, Any] | None
 def write_baseline(path: Path, rows: Iterable[dict[str, Any]], run: dict[str, Any] | None = None,
                    benchmarks: dict[str, Any] | None = None) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(baseline_document(rows, run, benchmarks), indent=1, allow_nan=False) + "\n"
-    path.write_text(text, encoding="utf-8")
+    write_atomic(path, encode(baseline_document(rows, run, benchmarks)))
     return path
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.results.journal import write_atomic
 from pytest_securitynet.results.rows import load_results, row_key
 
 PLUGIN = "pytest_securitynet.plugin.manifest"
@@ -232,9 +232,7 @@ def write_plan(plan: Plan, out: Path) -> Path:
                    for s in plan.shards],
     }
     path = out / PLAN_FILE
-    tmp = path.with_name(path.name + f".{os.getpid()}.part")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
     return path
 
 
