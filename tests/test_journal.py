@@ -14,6 +14,7 @@ import pytest
 
 from pytest_securitynet.results.journal import CompactionPolicy, journal_path, read_journal
 from pytest_securitynet.results.rows import ResultsWriter, load_document, load_results, row_key
+from pytest_securitynet.sweep import status
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -260,3 +261,16 @@ def test_benchmark_specs_reach_the_journal_with_their_first_row(tmp_path):
     records = read_journal(journal_path(path))
     assert [sorted(r.get("benchmarks", {})) for r in records] == [["membership_inference"], []]
     assert load_results(path)["benchmarks"] == {"membership_inference": {"id": "membership_inference", "headline": ["auc"]}}
+
+
+def test_a_sweep_poll_reads_a_shard_again_only_when_its_files_changed(tmp_path, monkeypatch):
+    path = tmp_path / "shard-000.json"
+    writer = ResultsWriter(path, {"status": "running"}, policy=CompactionPolicy(interval_s=1e9))
+    writer.add(make_row(0), None)
+    reads = []
+    real = status.load_results
+    monkeypatch.setattr(status, "load_results", lambda p: reads.append(p) or real(p))
+    assert status.count_rows(path) == (1, 1) and status.count_rows(path) == (1, 1)
+    assert len(reads) == 1  # the second poll found the files as they were
+    writer.add(make_row(1), None)  # a journal append
+    assert status.count_rows(path) == (2, 2) and len(reads) == 2

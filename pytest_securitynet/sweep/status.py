@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from pytest_securitynet.results.journal import write_atomic
+from pytest_securitynet.results.journal import journal_path, write_atomic
 from pytest_securitynet.results.rows import PASSED, load_results, results_exist
 from pytest_securitynet.sweep.plan import PLAN_FILE, Plan, PlanError, ShardPlan, read_plan
 
@@ -171,13 +171,34 @@ def _exit_detail(code: Any) -> str:
     return {1: "some tests failed", 5: "nothing left to run"}.get(code, f"exit {code}")
 
 
+_counted: dict[Path, tuple[tuple, tuple[int, int]]] = {}
+"""Per results file: the sizes and times of it and its journal when last counted, and the counts."""
+
+
 def count_rows(results: Path) -> tuple[int, int]:
-    """Rows and passed rows in a shard's results file and journal (0, 0 when there is none yet)."""
+    """Rows and passed rows in a shard's results file and journal (0, 0 when there is none yet).
+
+    A sweep polls every few seconds; a shard whose files have not changed since is not read again."""
+    results = Path(results)
+    stamp = tuple(_stamp(p) for p in (results, journal_path(results)))
+    known = _counted.get(results)
+    if known is not None and known[0] == stamp:
+        return known[1]
     try:
         rows = load_results(results)["results"]
     except (OSError, ValueError):
         return 0, 0
-    return len(rows), sum(1 for r in rows if r.get("outcome") == PASSED)
+    counts = len(rows), sum(1 for r in rows if r.get("outcome") == PASSED)
+    _counted[results] = (stamp, counts)
+    return counts
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
 
 
 def sweep_status(out: Path, plan: Plan, alive: Liveness | None = None) -> list[ShardStatus]:
