@@ -33,13 +33,13 @@ from pytest_securitynet.attacks.reference_models import (
     ReferenceRecipe,
     build_reference_network,
     default_recipe,
-    inclusion_matrix,
     pool_indices,
     population_rows,
     recipe_for,
     recipe_key,
     reference_log_probs,
     train_classifier,
+    train_reference_models,
 )
 from pytest_securitynet.catalog.entries import ModelEntry
 from pytest_securitynet.harness.data import LabeledSet, take
@@ -171,9 +171,7 @@ def reference_set(store: FileStore, data: ImageData, trainer: Trainer, members: 
     if key in _IN_MEMORY:
         cached = _IN_MEMORY[key]
         return dataclasses.replace(cached, source="memory", time_s=0.0, _outputs=cached._outputs)
-    pool_parts = [take(data, split, pool[split], f"pool-{split}") for split in ("train", "test")]
-    pool_images = torch.cat([part.images for part in pool_parts])
-    pool_labels = torch.cat([part.labels for part in pool_parts])
+    n_pool = sum(len(idx) for idx in pool.values())
     start = time.perf_counter()
     path = store.path("reference", data.dataset_id, f"{key}.pt")
     with store.lock("reference", data.dataset_id, key):
@@ -182,21 +180,20 @@ def reference_set(store: FileStore, data: ImageData, trainer: Trainer, members: 
             source = "disk"
         else:
             log.info("training %d reference models for %s (once; cached at %s)", k, data.dataset_id, path)
-            in_pool = inclusion_matrix(len(pool_labels), k, seed)
-            models = []
-            for i in range(k):
-                rows = in_pool[i].nonzero().squeeze(1)
-                models.append(trainer.train(pool_images[rows], pool_labels[rows], num_classes=num_classes,
-                                            seed=seed * 1_000_003 + i, device=device).eval())
+            parts = [take(data, split, pool[split], f"pool-{split}") for split in ("train", "test")]
+            trained = train_reference_models(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                                             num_classes=num_classes, k=k, seed=seed, device=device,
+                                             train_fn=trainer.train)
+            models, in_pool = trained.models, trained.in_pool
             source = "trained"
             with atomic_path(path) as tmp:
                 torch.save({"in_pool": in_pool, "state_dicts": [m.state_dict() for m in models]}, tmp)
-    z = population_rows(len(pool_labels), n_population, seed)
+    z = population_rows(n_pool, n_population, seed)
     n_train_pool = len(pool["train"])
     population = [take(data, "train", pool["train"][z[z < n_train_pool]], "population-train"),
                   take(data, "test", pool["test"][z[z >= n_train_pool] - n_train_pool], "population-test")]
     result = ReferenceSet(key, models, in_pool, [p for p in population if len(p)], trainer.description,
-                          len(pool_labels), source, time.perf_counter() - start)
+                          n_pool, source, time.perf_counter() - start)
     while len(_IN_MEMORY) >= _KEEP_IN_MEMORY:
         _IN_MEMORY.pop(next(iter(_IN_MEMORY)))
     _IN_MEMORY[key] = result
