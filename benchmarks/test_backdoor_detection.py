@@ -48,7 +48,7 @@ from pytest_securitynet.attacks.backdoor import (
 )
 from pytest_securitynet.attacks.backdoor_neural_cleanse import ANOMALY_THRESHOLD
 from pytest_securitynet.harness.budget_rules import detector_inputs, nc_epochs, scale_name
-from pytest_securitynet.harness.settings import budget
+from pytest_securitynet.harness.settings import budget, budget_field
 from pytest_securitynet.results.spec import BenchmarkSpec, Metric
 from pytest_securitynet.results.tables import false_positive_rates
 
@@ -78,10 +78,11 @@ class Budget:
     """Paper defaults; `--securitynet-budget backdoor.nc_epochs=10` etc. shrink them for CPU runs."""
 
     nc_epochs: int = 0  # 0: 50 (the paper's), 20 on small data (pytest_securitynet.harness.budget_rules)
-    nc_samples: int = 1000
+    nc_samples: int = budget_field(1000, minimum=1)
     inputs: int = 0  # 0: 2000 (the paper's), 200 on small data
     sequential: bool = False  # also run the one-label-at-a-time Neural Cleanse and record the speed-up
-    datasets: str = "paper"  # "paper": CIFAR-10, SVHN and demo models (SecurityNet §4.3); "all": every model
+    datasets: str = budget_field("paper", choices=("paper", "all"))
+    """"paper": CIFAR-10, SVHN and demo models (SecurityNet §4.3); "all": every model."""
 
 
 def in_default_selection(entry, family: str) -> bool:

@@ -28,8 +28,8 @@ from pytest_securitynet.attacks.evasion import run_evasion
 from pytest_securitynet.attacks.stealing import evaluate_surrogate
 from pytest_securitynet.attacks.surrogate_cache import SurrogateCache, SurrogateRecipe
 from pytest_securitynet.results.spec import BenchmarkSpec, Metric
-from pytest_securitynet.harness.budget_rules import SurrogatePlan, surrogate_plan
-from pytest_securitynet.harness.settings import budget
+from pytest_securitynet.harness.budget_rules import SurrogatePlan, surrogate_choices, surrogate_plan
+from pytest_securitynet.harness.settings import budget, budget_field
 
 EPS = (0.01, 0.03, 0.1)
 
@@ -40,7 +40,7 @@ class Budget:
     """The transfer source; derived per model when left at 0 / "auto" (module docstring). Rows record it."""
 
     source_epochs: int = 0  # 0: 30 (the stealing default, SecurityNet §3.1), 20 on small data
-    source: str = "auto"  # auto: ResNet-18 (Appendix C), a small CNN on small data
+    source: str = budget_field("auto", choices=surrogate_choices)  # auto: ResNet-18 (Appendix C), a small CNN on small data
 
 
 @dataclass(frozen=True)
@@ -120,3 +120,69 @@ def test_accuracy_drop(target_model, test_set, auxiliary, image_data, catalog_en
            **extra)
     assert 0.0 <= result["adversarial_accuracy"] <= 1.0
     assert 0.0 <= result["clean_accuracy"] <= 1.0
+
+
+# --- AutoAttack: robust accuracy as RobustBench measures it (docs/evasion.md, "AutoAttack") ---------
+
+AUTOATTACK = {
+    "autoattack-linf-1of255": ("Linf", 1 / 255),
+    "autoattack-linf-2of255": ("Linf", 2 / 255),
+    "autoattack-robustbench-linf": ("Linf", None),  # None: RobustBench's radius for the model's dataset
+    "autoattack-robustbench-l2": ("L2", None),
+}
+"""Small L-inf radii (informative on standard models, which fall to 0 at 8/255) and RobustBench's leaderboards."""
+AUTOATTACK_GPU_POINTS, AUTOATTACK_CPU_POINTS = 10_000, 100
+
+
+@budget("autoattack")
+@dataclass(frozen=True)
+class AutoAttackBudget:
+    """How many test points AutoAttack evaluates: the first ones of the test set (rows record it)."""
+
+    points: int = 0  # 0: 10,000 (RobustBench's) on a GPU, 100 on a CPU
+
+
+AUTOATTACK_SPEC = BenchmarkSpec(
+    id="evasion.autoattack", title="AutoAttack robust accuracy", short="autoattack", position=55,
+    settings=tuple(AUTOATTACK), main_setting="autoattack-linf-1of255",
+    metrics=(Metric("robust_accuracy", label="robust accuracy", higher_is_better=True),
+             Metric("clean_accuracy", label="clean accuracy", higher_is_better=True)),
+    group_by=("setting",),
+)
+SPECS = (AUTOATTACK_SPEC,)
+
+
+def autoattack_points(requested: int, device: torch.device) -> int:
+    """The budget's points, or its default for the device (AutoAttack on a CPU is slow)."""
+    if requested > 0:
+        return requested
+    return AUTOATTACK_GPU_POINTS if device.type == "cuda" else AUTOATTACK_CPU_POINTS
+
+
+@pytest.mark.parametrize("setting", list(AUTOATTACK))
+def test_autoattack(target_model, test_set, catalog_entry, securitynet, device, seed, record, progress, setting):
+    pytest.importorskip("pyautoattack", reason="AutoAttack needs pyautoattack: pip install 'pytest-securitynet[autoattack]'")
+    from pytest_securitynet.attacks.autoattack import robustbench_radius, run_autoattack
+
+    norm, eps = AUTOATTACK[setting]
+    if eps is None:
+        eps = robustbench_radius(catalog_entry.dataset, norm)
+        if eps is None:
+            pytest.skip(f"RobustBench has no {norm} leaderboard for dataset {catalog_entry.dataset!r}")
+    requested = autoattack_points(securitynet.settings.budget(AutoAttackBudget).points, device)
+    n = min(requested, len(test_set))
+    start = time.perf_counter()
+    outcome = run_autoattack(target_model, test_set.images[:n], test_set.labels[:n], norm=norm, eps=eps,
+                             num_classes=catalog_entry.annotations.get("num_classes"), seed=seed, device=device,
+                             progress=progress)
+    per_attack = {f"robust_accuracy_{a.replace('-', '_')}": acc for a, acc in outcome.robust_accuracy_after.items()}
+    record(norm=norm, eps=eps, eps_255=eps * 255 if norm == "Linf" else None, attack="autoattack-standard",
+           attacks=outcome.attacks, clean_accuracy=outcome.clean_accuracy, robust_accuracy=outcome.robust_accuracy,
+           accuracy_drop=outcome.clean_accuracy - outcome.robust_accuracy, **per_attack,
+           robust_accuracy_after=outcome.robust_accuracy_after, flipped=outcome.flipped,
+           time_per_attack_s=outcome.attack_time_s, attack_time_s=time.perf_counter() - start,
+           n_points=n, points_budget=requested, n_test=len(test_set), max_perturbation=outcome.max_perturbation,
+           unreliable=outcome.unreliable, unreliable_reasons=outcome.unreliable_reasons,
+           implementation=f"pyautoattack {outcome.package_version}", batch_size=outcome.batch_size)
+    assert outcome.max_perturbation <= eps + 1e-5
+    assert 0.0 <= outcome.robust_accuracy <= outcome.clean_accuracy <= 1.0

@@ -29,8 +29,9 @@ from pytest_securitynet.attacks.membership import (
     run_membership_attacks,
 )
 from pytest_securitynet.attacks.reference_models import DEFAULT_K, DEFAULT_POPULATION
+from pytest_securitynet.harness.budget_rules import surrogate_choices
 from pytest_securitynet.harness.reference import reference_set, trainer_for
-from pytest_securitynet.harness.settings import budget
+from pytest_securitynet.harness.settings import budget, budget_field
 from pytest_securitynet.results.spec import BenchmarkSpec, Metric
 
 # Tolerances: 0.01 against a re-run, 0.02 for TPR at a low FPR (few samples); AUC 0.03 against the
@@ -52,12 +53,12 @@ SPEC = BenchmarkSpec(
 class Budget:
     """Reference models for RMIA and LiRA; e.g. `--securitynet-budget membership.reference_epochs=5` on a CPU."""
 
-    reference_models: int = DEFAULT_K
-    reference_architecture: str = "auto"
+    reference_models: int = budget_field(DEFAULT_K, minimum=1)
+    reference_architecture: str = budget_field("auto", choices=surrogate_choices)
     """`auto` (the target's recipe for demo models, else by input size), `small-cnn`, `resnet18`, `wrn50_2`."""
     reference_epochs: int = 0
     """0 keeps the recipe's epochs."""
-    population: int = DEFAULT_POPULATION
+    population: int = budget_field(DEFAULT_POPULATION, minimum=1)
     """RMIA's population samples z, drawn from the reference pool."""
     reference_pool: int = 0
     """At most this many (seeded) pool samples train the reference models; 0: the whole pool."""

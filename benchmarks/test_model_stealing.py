@@ -29,8 +29,8 @@ from pytest_securitynet.attacks.stealing import run_model_stealing
 from pytest_securitynet.zoo.datasets import load_dataset
 from pytest_securitynet.errors import MissingFileError, SecurityNetError
 from pytest_securitynet.results.spec import BenchmarkSpec, Metric
-from pytest_securitynet.harness.budget_rules import surrogate_plan
-from pytest_securitynet.harness.settings import budget
+from pytest_securitynet.harness.budget_rules import surrogate_choices, surrogate_plan
+from pytest_securitynet.harness.settings import budget, budget_field
 
 
 @budget("stealing")
@@ -39,7 +39,7 @@ class Budget:
     """Derived per model when left at 0 / "auto" (module docstring); `stealing.epochs=5` for a quick CPU look."""
 
     epochs: int = 0  # 0: 30 (the paper's), 20 on small data
-    surrogate: str = "auto"  # auto: ResNet-18 (the paper's), a small CNN on small data
+    surrogate: str = budget_field("auto", choices=surrogate_choices)  # auto: ResNet-18 (the paper's), a small CNN on small data
 
 
 LR, MOMENTUM, WEIGHT_DECAY, SCHEDULE = 0.01, 0.9, 5e-4, "cosine"

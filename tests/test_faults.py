@@ -368,3 +368,71 @@ def test_a_catalog_edit_replaces_its_cache_file(tmp_path):
         assert json.loads(reader.read())["models"]  # ... still reads one whole file
     assert load_catalog([BUILTIN_CATALOG], cache).models  # another selection keeps its own file
     assert len(list((cache / "catalog").iterdir())) == 2
+
+
+# --- Round 3: every input checked before work starts (issue 20) -----------------------------------
+
+BENCHMARK_FILES = ("test_backdoor_detection.py", "test_model_stealing.py", "test_evasion.py",
+                   "test_membership_inference.py")
+
+
+def builtin_budgets() -> dict[str, type]:
+    """The budget dataclasses the repository's benchmark files declare, imported as the plugin does."""
+    from pytest_securitynet.plugin.budgets import import_declarations
+
+    import_declarations([REPO / "benchmarks" / name for name in BENCHMARK_FILES],
+                        ["backdoor", "stealing", "evasion", "membership"])
+    from pytest_securitynet.harness.settings import declared_budgets
+
+    return {name: cls for name, cls in declared_budgets().items()
+            if name in ("backdoor", "stealing", "evasion", "membership")}
+
+
+def test_every_budget_field_refuses_a_value_of_another_type_range_or_choice():
+    import dataclasses
+    import typing
+
+    from pytest_securitynet.harness.settings import Settings, SettingsError
+
+    budgets = builtin_budgets()
+    assert set(budgets) == {"backdoor", "stealing", "evasion", "membership"}
+    checked = 0
+    for name, cls in budgets.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = hints[f.name]
+            bad = {int: ["ten", "-1", "1.5"], float: ["fast", "-1", "nan"], bool: ["maybe"],
+                   str: ["vgg99"] if f.metadata.get("choices") else []}[kind]
+            for value in bad:
+                with pytest.raises(SettingsError, match=rf"--securitynet-budget {name}\.{f.name}="):
+                    Settings(budgets={name: {f.name: value}}).budget(cls)
+                checked += 1
+            default = str(f.default).lower()  # the default given as text is always accepted
+            assert getattr(Settings(budgets={name: {f.name: default}}).budget(cls), f.name) == f.default
+    assert checked >= 30
+    allowed = Settings(budgets={"stealing": {"surrogate": "small-cnn"}}).budget(budgets["stealing"])
+    assert allowed.surrogate == "small-cnn"
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["in-process", "xdist"])
+@pytest.mark.parametrize(("override", "message"), [
+    ("backdoor.nc_epochs=-5", "backdoor.nc_epochs=-5: give a number >= 0"),
+    ("backdoor.inputs=-7", "backdoor.inputs=-7: give a number >= 0"),
+    ("stealing.surrogate=vgg99", "stealing.surrogate=vgg99: not one of auto, resnet18, wrn50_2, small-cnn"),
+    ("backdoor.datasets=some", "backdoor.datasets=some: not one of paper, all"),
+])
+def test_a_bad_budget_is_one_usage_error_before_any_test_even_under_xdist(pytester, bench, workers, override, message):
+    for name in ("test_backdoor_detection.py", "test_model_stealing.py"):
+        shutil.copy(REPO / "benchmarks" / name, pytester.path / "benchmarks" / name)
+    result = bench("benchmarks", "-k", "demo-digits-cnn", f"--securitynet-budget={override}", *workers)
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output
+    assert f"ERROR: --securitynet-budget {message}" in result.stderr.str()
+    assert "INTERNALERROR" not in output and "Traceback" not in output
+    assert not (pytester.path / "out.json").exists()
+
+
+def test_a_seed_out_of_range_is_a_usage_error_before_any_test(bench):
+    result = bench("benchmarks", "-k", "demo-digits-cnn", "--securitynet-seed=-1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --securitynet-seed -1: give a seed from 0 to 4294967295"])

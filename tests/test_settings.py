@@ -55,6 +55,8 @@ def test_settings_are_frozen_and_recorded_as_plain_values(tmp_path):
     ({"limit": 0}, "--securitynet-limit 0"),
     ({"batch_size": 0}, "--securitynet-batch-size 0"),
     ({"gpus": -1}, "--gpus -1"),
+    ({"seed": -1}, "--securitynet-seed -1: give a seed from 0"),
+    ({"seed": 2**32}, "--securitynet-seed 4294967296"),
     ({"device": "nonsense"}, "--securitynet-device 'nonsense'"),
     ({"budget": ["toy"]}, "write NAME.FIELD=VALUE"),
     ({"budget": ["toy.epochs="]}, "write NAME.FIELD=VALUE"),

@@ -69,6 +69,11 @@ def small_cnn(num_classes: int, input_size: int, in_channels: int) -> nn.Module:
 SURROGATES.setdefault("small-cnn", small_cnn)  # a name `build_surrogate`, recipes and rows can use
 
 
+def surrogate_choices() -> tuple[str, ...]:
+    """What a budget's surrogate field accepts: `auto` (the rule above) or a registered surrogate name."""
+    return ("auto", *SURROGATES)
+
+
 @dataclass(frozen=True)
 class SurrogatePlan:
     """What a surrogate is trained with: architecture name, epochs, batch and learning-rate scaling."""

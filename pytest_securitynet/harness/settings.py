@@ -8,17 +8,21 @@ Budgets are the per-benchmark knobs that trade fidelity for time (epochs, sample
 declares them as a frozen dataclass decorated with `@budget("name")`; a run changes them with
 `--securitynet-budget name.field=value` (repeatable, also the ini key `securitynet_budget` and
 `SECURITYNET_BUDGET`), and `Settings.budget(cls)` hands the benchmark the resolved values.
+Each value is checked against its field's declaration: its type, and the range and choices a
+field declares with `budget_field(...)`; a number field without one must be finite and >= 0
+(budgets count epochs and samples), so a new benchmark's budget is checked without more code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from pytest_securitynet.errors import CatalogError, SecurityNetError
 from pytest_securitynet.zoo.store import default_cache_dir
@@ -28,6 +32,9 @@ TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
 
 _BUDGETS: dict[str, type] = {}
+SEED_MAX = 2**32 - 1
+"""numpy's seeds are 0 .. 2**32 - 1; every sampled set is drawn from the run's seed."""
+_UNSET = object()
 
 
 class SettingsError(SecurityNetError):
@@ -43,6 +50,34 @@ def budget(name: str):
         _BUDGETS[name] = cls
         return cls
     return register
+
+
+def budget_field(default: Any, *, minimum: Any = _UNSET, maximum: float | None = None,
+                 choices: Iterable[str] | Callable[[], Iterable[str]] | None = None) -> Any:
+    """A budget dataclass field with the values it accepts: `minimum`/`maximum` for numbers (a number
+    field's minimum is 0 unless given; None: no bound), `choices` for text (a callable is asked when
+    a value is checked, so names registered later count)."""
+    metadata = {"maximum": maximum, "choices": choices}
+    if minimum is not _UNSET:
+        metadata["minimum"] = minimum
+    return field(default=default, metadata=metadata)
+
+
+def check_budget_value(option: str, value: Any, kind: Any, metadata: Mapping[str, Any]) -> None:
+    """Raise `SettingsError` unless `value` is in the range and choices its field declares."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingsError(f"{option}={value}: give a finite number")
+        low, high = metadata.get("minimum", 0), metadata.get("maximum")
+        if low is not None and value < low:
+            raise SettingsError(f"{option}={value}: give a number >= {low}")
+        if high is not None and value > high:
+            raise SettingsError(f"{option}={value}: give a number <= {high}")
+    choices = metadata.get("choices")
+    if choices is not None and isinstance(value, str):
+        allowed = list(choices() if callable(choices) else choices)
+        if value not in allowed:
+            raise SettingsError(f"{option}={value}: not one of {', '.join(allowed)}")
 
 
 def declared_budgets() -> dict[str, type]:
@@ -86,6 +121,8 @@ class Settings:
             raise SettingsError(f"--securitynet-timeout {self.timeout:g}: give seconds >= 0 (0: none)")
         if self.device is not None:
             check_device(self.device)
+        if not 0 <= self.seed <= SEED_MAX:
+            raise SettingsError(f"--securitynet-seed {self.seed}: give a seed from 0 to {SEED_MAX}")
 
     def as_dict(self) -> dict[str, Any]:
         """What the results file records as `run.settings`."""
@@ -112,13 +149,15 @@ class Settings:
             raise TypeError(f"{cls.__name__} is not declared with @budget(...)")
         overrides = self.budgets.get(name, {})
         hints = typing.get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name: f for f in dataclasses.fields(cls)}
         values = {}
         for key, raw in overrides.items():
             if key not in known:
                 raise SettingsError(f"--securitynet-budget {name}.{key}: {name} has no {key!r}; "
                                     f"its fields are {', '.join(sorted(known))}")
-            values[key] = _convert(f"--securitynet-budget {name}.{key}", raw, hints[key])
+            option = f"--securitynet-budget {name}.{key}"
+            values[key] = _convert(option, raw, hints[key])
+            check_budget_value(option, values[key], hints[key], known[key].metadata)
         return cls(**values)
 
     def check_budgets(self) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_securitynet.plugin import estimate, fixtures, gpus, hookspec, profiling, reporter, selection, specs, timeouts
+from pytest_securitynet.plugin import collected, estimate, fixtures, gpus, hookspec, profiling, reporter, selection, specs, timeouts
+from pytest_securitynet.plugin.budgets import check_budgets_at_start
 from pytest_securitynet.plugin import regression
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.plugin.items import benchmark_name, entry_of, item_row_key, key_of_nodeid
+from pytest_securitynet.plugin.missing import MissingFiles, missing_files
 from pytest_securitynet.plugin.overview import XdistStartLine, start_line
 from pytest_securitynet.plugin.progress import ProgressPlugin
 from pytest_securitynet.results.lock import ResultsLock, holder_info
@@ -21,6 +24,7 @@ from pytest_securitynet.plugin.runstate import STATE, RunState, harness
 from pytest_securitynet.harness.settings import Settings, declared_budgets, settings_from
 
 DEFAULT_JSON = "securitynet-results.json"
+MAX_PREFETCH_IDS = 4
 HEAVY_SKIPPED = pytest.StashKey[bool]()
 
 
@@ -78,6 +82,10 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     group.addoption("--securitynet-report", default=None, metavar="DIR",
                     help="write `securitynet report` of the results into DIR when the run ends "
                          "(also ini securitynet_report). Default: off.")
+    group.addoption("--securitynet-skip-missing", action="store_true",
+                    help="skip the tests of models whose weights or data are neither in the cache nor a mirror "
+                         "(and cannot be downloaded now). Default: off (such a run stops before its first test, "
+                         "saying how many models lack files).")
     group.addoption("--securitynet-allow-code-builders", action="store_true",
                     help="let catalog entries name a module:function builder, i.e. run code from the catalog "
                          "file (also ini securitynet_allow_code_builders). Default: registered builders only.")
@@ -136,6 +144,8 @@ def pytest_configure(config: pytest.Config) -> None:
         state.done = set(workerinput.get(gpus.DONE_KEY, ()))
         gpus.configure_worker(config, workerinput)
         return
+    if not config.option.help:
+        check_budgets_at_start(config, settings)  # on the controller: one usage error, before workers start
     lock = ResultsLock(json_path)  # one writer per results file; a fresh run takes it before its first test
     config.add_cleanup(lock.release)
     if state.resume and not (config.option.collectonly or config.option.help or config.option.markers):
@@ -151,9 +161,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(reporter.ResultsReporter(state, lock), "securitynet-results")
     if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
         pool = gpus.GpuPool(settings.gpus, per_gpu=settings.workers_per_gpu)
-        config.pluginmanager.register(gpus.XdistHooks(pool, sorted(state.done), config.option.dist == "loadgroup", state))
+        folder = collected.new_folder()  # where workers list their benchmark tests
+        config.add_cleanup(lambda: collected.remove(folder))
+        config.pluginmanager.register(gpus.XdistHooks(pool, sorted(state.done), config.option.dist == "loadgroup", state,
+                                                      collected_dir=folder))
         device = settings.device or (f"GPUs {', '.join(map(str, pool.devices))}" if pool.devices else "cpu")
-        config.pluginmanager.register(XdistStartLine(config, lambda ids: _xdist_start_line(config, ids, device)))
+        config.pluginmanager.register(XdistStartLine(config, lambda ids: _xdist_start_line(config, ids, device), folder))
 
 
 def _xdist_start_line(config: pytest.Config, ids: list[str], device: str) -> str | None:
@@ -168,6 +181,7 @@ def _xdist_start_line(config: pytest.Config, ids: list[str], device: str) -> str
         keys.append(row_key({"model": model, "benchmark": benchmark, "setting": setting}))
     if not keys:
         return None
+    _check_missing(config, [models[m] for m in dict.fromkeys(found)])
     workers = config.option.numprocesses
     return start_line(list(dict.fromkeys(found)), len(keys), len(benchmarks), f"{device}, {workers} workers",
                       state.json_path, estimate.estimate(keys, state.durations).describe() + " (summed over workers)")
@@ -283,7 +297,49 @@ def _on_cpu(config: pytest.Config) -> bool:
     return harness(config).device.type == "cpu"
 
 
-def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> str | None:
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Before the results file is taken over and the start line printed: tell an xdist controller which
+    tests are benchmarks, and find the selected models whose weights or data are missing."""
+    config = session.config
+    benchmark = [(item, entry) for item in session.items if (entry := entry_of(item)) is not None]
+    collected.write(config, [item.nodeid for item, _ in benchmark])
+    if not benchmark or config.option.collectonly:
+        return
+    runnable = [(item, entry) for item, entry in benchmark if item.get_closest_marker("skip") is None]
+    missing = _check_missing(config, list({entry.id: entry for _, entry in runnable}.values()))
+    if missing:  # only with --securitynet-skip-missing: else _check_missing stopped the run
+        for item, entry in runnable:
+            if entry.id in missing.models:
+                item.add_marker(pytest.mark.skip(reason=missing.reason(entry.id)))
+
+
+def _check_missing(config: pytest.Config, entries: list) -> MissingFiles | None:
+    """The models among `entries` that lack files; a usage error (one line) unless --securitynet-skip-missing.
+
+    An xdist worker never stops the run (its controller does, from the workers' lists) and prints nothing."""
+    h = harness(config)
+    missing = missing_files(entries, h.files, h.dataset_for)
+    if not missing:
+        return None
+    if not config.getoption("securitynet_skip_missing"):
+        if hasattr(config, "workerinput"):
+            return None
+        raise pytest.UsageError(missing.stop_line(_prefetch_selection(config, list(missing.models))))
+    if not hasattr(config, "workerinput"):
+        config.stash[STATE].notices.append(missing.skip_line())
+    return missing
+
+
+def _prefetch_selection(config: pytest.Config, model_ids: list[str]) -> str:
+    """What to give `securitynet catalog prefetch` for the models a run lacks: the run's -k, else their ids."""
+    keyword = (config.option.keyword or "").strip()
+    if keyword:
+        return f"-k {shlex.quote(keyword)}"
+    return " ".join(model_ids) if len(model_ids) <= MAX_PREFETCH_IDS else "'*'"
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> str | list[str] | None:
     """The line before the first test: models, tests, device, results file, expected time, heavy skips."""
     state = config.stash[STATE]
     benchmark_items = [(item, entry) for item in items if (entry := entry_of(item)) is not None]
@@ -294,8 +350,9 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
     keys = [item_row_key(item, entry) for item, entry in benchmark_items
             if item.get_closest_marker("skip") is None]
     heavy = sum(item.stash.get(HEAVY_SKIPPED, False) for item, _ in benchmark_items)
-    return start_line(models, len(benchmark_items), len(benchmarks), str(harness(config).device), state.json_path,
+    line = start_line(models, len(benchmark_items), len(benchmarks), str(harness(config).device), state.json_path,
                       estimate.estimate(keys, state.durations).describe(), heavy)
+    return [*state.notices, line]
 
 
 def _check_budgets(config: pytest.Config, settings: Settings) -> None:
