@@ -436,3 +436,34 @@ def test_a_seed_out_of_range_is_a_usage_error_before_any_test(bench):
     result = bench("benchmarks", "-k", "demo-digits-cnn", "--securitynet-seed=-1")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --securitynet-seed -1: give a seed from 0 to 4294967295"])
+
+
+DEMO_MODEL = (REPO / "catalog" / "models" / "demo.toml").read_text(encoding="utf-8").split("[[models]]")[1]
+
+
+@pytest.mark.parametrize(("train", "message"), [
+    ("{ epochs = -5, lr = 0.003 }", "field train.epochs: -5 is less than the minimum of 1"),
+    ('{ epochs = 4, lr = "fast" }', "field train.lr: 'fast' is not of type 'number'"),
+    ("{ epochs = 4, lr = 0.003, epoch = 9 }", "field train: Additional properties are not allowed ('epoch' was unexpected)"),
+    ("{ lr = 0.003 }", "field train: 'epochs' is a required property"),
+])
+def test_a_demo_models_train_table_is_validated_with_the_catalog(tmp_path, capsys, bench, train, message):
+    path = tmp_path / "train.toml"
+    entry = DEMO_MODEL.replace('id = "demo-digits-cnn"', 'id = "demo-digits-mine"')
+    path.write_text("[[models]]" + entry.replace(
+        "train = { epochs = 40, lr = 0.003, weight_decay = 0.0005, batch_size = 64, seed = 0 }", f"train = {train}"))
+    assert cli.main(["catalog", "validate", "--catalog", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: model 'demo-digits-mine': {message}" in err and len(err.strip().splitlines()) == 1
+    result = bench("benchmarks", "-k", "demo-digits-mine", f"--securitynet-catalog={path}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "INTERNALERROR" not in result.stdout.str()
+    assert message in result.stderr.str()
+
+
+def test_an_rbf_demo_model_needs_its_kernel_width(tmp_path):
+    path = tmp_path / "rbf.toml"
+    rbf = (REPO / "catalog" / "models" / "demo.toml").read_text(encoding="utf-8").split("[[models]]")[2]
+    path.write_text("[[models]]" + rbf.replace('id = "demo-digits-rbf-overfit"', 'id = "rbf-mine"')
+                    .replace(", width_factor = 0.4", ""))
+    with pytest.raises(CatalogError, match=r"model 'rbf-mine': field train: 'width_factor' is a required property"):
+        load_catalog([BUILTIN_CATALOG, path])

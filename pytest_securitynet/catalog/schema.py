@@ -59,6 +59,22 @@ PREPROCESS = {
     },
 }
 
+TRAIN = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["epochs", "lr"],
+    "properties": {
+        "epochs": _POS_INT,
+        "lr": {"type": "number", "exclusiveMinimum": 0},
+        "weight_decay": {"type": "number", "minimum": 0},
+        "batch_size": {"type": "integer", "minimum": 0},
+        "seed": {"type": "integer", "minimum": 0},
+        "width_factor": {"type": "number", "exclusiveMinimum": 0},
+    },
+}
+"""How a `demo` model is trained (`zoo.demo.train_demo`): Adam for `epochs` at `lr`; `batch_size` 0
+is the whole training set; `width_factor` sets the RBF kernel width (needed by `demo_rbf`)."""
+
 MODEL = {
     "type": "object",
     "additionalProperties": False,
@@ -85,7 +101,7 @@ MODEL = {
                 "only_prefixed": {"type": "boolean"},
             },
         },
-        "train": {"type": "object"},
+        "train": TRAIN,
         "members_file": {"type": "string", "minLength": 1},
         "tags": {"type": "array", "items": _ID},
         "preprocess": PREPROCESS,
@@ -100,6 +116,8 @@ MODEL = {
          "then": {"required": ["builder"]}},
         {"if": {"properties": {"source": {"const": "demo"}}},
          "then": {"required": ["train"]}},
+        {"if": {"properties": {"builder": {"const": "demo_rbf"}}, "required": ["builder", "train"]},
+         "then": {"properties": {"train": {"required": ["width_factor"]}}}},
     ],
 }
 
