@@ -104,6 +104,7 @@ class Settings:
     timeout: float | None = None  # seconds per benchmark test; None or 0: no limit
     budgets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     allow_code_builders: bool = False  # catalog builders given as module:function may run (catalog/policy.py)
+    bootstrap: int = 1000  # resamples of each metric's confidence interval (results/intervals.py); 0: none
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "catalogs", tuple(str(c) for c in self.catalogs))
@@ -121,6 +122,8 @@ class Settings:
             raise SettingsError(f"--securitynet-timeout {self.timeout:g}: give seconds >= 0 (0: none)")
         if self.device is not None:
             check_device(self.device)
+        if self.bootstrap < 0:
+            raise SettingsError(f"--securitynet-bootstrap {self.bootstrap}: give a number of resamples >= 0 (0: no intervals)")
         if not 0 <= self.seed <= SEED_MAX:
             raise SettingsError(f"--securitynet-seed {self.seed}: give a seed from 0 to {SEED_MAX}")
 
@@ -207,6 +210,7 @@ def settings_from(options: Mapping[str, Any] | None = None, ini: Mapping[str, An
                          else (ini.get("timeout") or None)),
         budgets=budgets,
         allow_code_builders=bool(given("allow_code_builders")) or _ini_bool(ini.get("allow_code_builders")),
+        bootstrap=_int("--securitynet-bootstrap", given("bootstrap"), 1000),
     )
 
 

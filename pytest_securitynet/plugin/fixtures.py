@@ -15,6 +15,7 @@ from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.plugin.items import METRICS, benchmark_name, setting_of
 from pytest_securitynet.plugin.progress import Phases, phases_of
 from pytest_securitynet.results.rows import plain
+from pytest_securitynet.results.intervals import INTERVALS, Bootstrap, split_estimates
 from pytest_securitynet.plugin.runstate import STATE, harness
 from pytest_securitynet.harness.harness import Harness
 from pytest_securitynet.harness.budget_rules import is_small
@@ -128,13 +129,24 @@ def image_data(_securitynet_loaded) -> ImageData:
 
 @pytest.fixture
 def record(request: pytest.FixtureRequest) -> Callable[..., None]:
-    """`record(name=value, ...)`: metrics for this test's row in the results JSON."""
+    """`record(name=value, ...)`: metrics for this test's row in the results JSON. A value may be an
+    `Estimate` (from the `intervals` fixture): its interval goes to `metrics["intervals"][name]`."""
     metrics = request.node.stash.setdefault(METRICS, {})
 
     def _record(**values: Any) -> None:
+        values, intervals = split_estimates(values)
         metrics.update(plain(values))
+        if intervals:
+            metrics.setdefault(INTERVALS, {}).update(plain(intervals))
 
     return _record
+
+
+@pytest.fixture
+def intervals(securitynet: Harness) -> Bootstrap:
+    """Bootstrap 95% intervals for `record`, seeded by the run's seed, with the run's resample count
+    (`--securitynet-bootstrap`): `record(auc=intervals.auc(scores, is_member))` (results/intervals.py)."""
+    return Bootstrap(securitynet.settings.seed, securitynet.settings.bootstrap)
 
 
 @pytest.fixture

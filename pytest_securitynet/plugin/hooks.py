@@ -71,6 +71,9 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     group.addoption("--securitynet-limit", type=int, default=None, metavar="N",
                     help="cap every set (members, auxiliary, train/test evaluation) at N samples, for quick runs. Default: none.")
     group.addoption("--securitynet-batch-size", type=int, default=None, metavar="N", help="inference batch size. Default: 256.")
+    group.addoption("--securitynet-bootstrap", type=int, default=None, metavar="N",
+                    help="resamples of the bootstrap 95%% interval recorded beside each headline metric "
+                         "(0: values without intervals). Default: 1000.")
     group.addoption("--securitynet-device", default=None, metavar="DEVICE",
                     help="torch device for every test, e.g. cpu or cuda:1. Default: the worker's GPU, else cpu.")
     group.addoption("--securitynet-heavy", action="store_true",
@@ -107,7 +110,7 @@ def pytest_cmdline_main(config: pytest.Config):
 def settings_of(config: pytest.Config) -> Settings:
     """The run's settings from options, ini values and environment (a usage error when one is bad)."""
     names = ("catalog", "dataset", "budget", "cache", "offline", "seed", "members", "limit", "batch_size", "device",
-             "allow_code_builders")
+             "allow_code_builders", "bootstrap")
     options = {name: config.getoption(f"securitynet_{name}") for name in names}
     options["gpus"] = config.getoption("securitynet_gpus")
     options["workers_per_gpu"] = config.getoption("securitynet_workers_per_gpu")
