@@ -20,6 +20,8 @@ import torch
 from pytest_securitynet.attacks.membership import (
     ALL_ATTACKS,
     ATTACK_OUTPUT,
+    LOW_FPR_TARGETS,
+    ONLINE_ATTACKS,
     POSTERIORS,
     REFERENCE_ATTACKS,
     RMIA_DEFAULT_A,
@@ -30,7 +32,7 @@ from pytest_securitynet.attacks.membership import (
 )
 from pytest_securitynet.attacks.reference_models import DEFAULT_K, DEFAULT_POPULATION
 from pytest_securitynet.harness.budget_rules import surrogate_choices
-from pytest_securitynet.harness.reference import reference_set, trainer_for
+from pytest_securitynet.harness.reference import online_reference_set, reference_set, trainer_for
 from pytest_securitynet.harness.settings import budget, budget_field
 from pytest_securitynet.results.spec import BenchmarkSpec, Metric
 
@@ -62,43 +64,74 @@ class Budget:
     """RMIA's population samples z, drawn from the reference pool."""
     reference_pool: int = 0
     """At most this many (seeded) pool samples train the reference models; 0: the whole pool."""
+    online_reference_models: int = 0
+    """K of the online attacks (models with a `members_file`); 0: 8 on a GPU, 4 on a CPU."""
 
 
-def accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy of posteriors or log-probabilities against labels, on the outputs' device."""
-    return (outputs.argmax(dim=-1) == labels.to(outputs.device)).double().mean().item()
+def online_k(spec: Budget, device: torch.device) -> int:
+    """The online attacks' K: the budget's, or 8 on a GPU and 4 on a CPU (each sample IN for K / 2)."""
+    if spec.online_reference_models:
+        return spec.online_reference_models
+    return 8 if device.type == "cuda" else 4
 
 
-def reference_outputs(securitynet, catalog_entry, image_data, target, members, nonmembers, seed, device):
+def estimates(intervals, half) -> dict:
+    """The ROC metrics and balanced accuracy of one attack on its scored half, with bootstrap intervals
+    (members and non-members resampled apart; the threshold re-chosen in each resample)."""
+    scores, is_member = half.scores, half.is_member
+    return {"auc": intervals.auc(scores, is_member),
+            **{name: intervals.tpr_at_fpr(scores, is_member, fpr) for name, fpr in LOW_FPR_TARGETS.items()},
+            "balanced_accuracy": intervals.balanced_accuracy(half.decisions, is_member)}
+
+
+def correct(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sample: whether the top-1 class of posteriors or log-probabilities is the label."""
+    return outputs.argmax(dim=-1) == labels.to(outputs.device)
+
+
+def reference_outputs(securitynet, catalog_entry, image_data, target, members, nonmembers, seed, device, attack):
     """RMIA / LiRA inputs: the dataset's reference models (trained once, cached) on the attacker's data and z."""
     spec = securitynet.settings.budget(Budget)
     trainer = trainer_for(catalog_entry, tuple(image_data.train_images.shape[1:]),
                           architecture=spec.reference_architecture, epochs=spec.reference_epochs)
-    refs = reference_set(securitynet.files, image_data, trainer, members, nonmembers,
-                         num_classes=target.num_classes, k=spec.reference_models, seed=seed, device=device,
-                         n_population=spec.population, max_pool=spec.reference_pool)
+    online = attack in ONLINE_ATTACKS
+    if online:
+        refs = online_reference_set(securitynet.files, image_data, trainer, members, nonmembers,
+                                    num_classes=target.num_classes, k=online_k(spec, device), seed=seed,
+                                    device=device)
+    else:
+        refs = reference_set(securitynet.files, image_data, trainer, members, nonmembers,
+                             num_classes=target.num_classes, k=spec.reference_models, seed=seed, device=device,
+                             n_population=spec.population, max_pool=spec.reference_pool)
     batch = securitynet.settings.batch_size
     population_labels = torch.cat([z.labels for z in refs.population])
     outputs = ReferenceOutputs(
         refs.log_probs(members, device, batch), refs.log_probs(nonmembers, device, batch),
         torch.cat([refs.log_probs(z, device, batch) for z in refs.population], dim=1),
         torch.cat([target.log_probs(z) for z in refs.population]), population_labels,
+        *((refs.in_pool[:, :len(members)], refs.in_pool[:, len(members):]) if online else ()),
     )
     scored = attacker_split(len(members), len(nonmembers), seed).nonmember_eval.to(device)
     held_out = outputs.nonmember_log_probs[:, scored].argmax(dim=-1) == nonmembers.labels.to(device)[scored]
-    accuracies = held_out.double().mean(dim=1).tolist()
+    if online:  # each model's accuracy on the scored non-members it never trained on
+        unseen = ~outputs.nonmember_in[:, scored.cpu()].to(device)
+        accuracies = [row[mask].double().mean().item() for row, mask in zip(held_out, unseen)]
+    else:
+        accuracies = held_out.double().mean(dim=1).tolist()
     info = dict(reference_models=len(refs.models), reference_recipe=refs.description,
+                reference_match=refs.description.get("match"), reference_mode="online" if online else "offline",
                 reference_test_accuracy=sum(accuracies) / len(accuracies), reference_test_accuracies=accuracies,
                 reference_train_sizes=refs.train_sizes, reference_pool_size=refs.pool_size,
                 reference_source=refs.source, reference_time_s=refs.time_s,
-                population_size=len(population_labels), rmia_a=RMIA_DEFAULT_A, rmia_gamma=RMIA_DEFAULT_GAMMA,
+                population_size=len(population_labels), rmia_a=None if online else RMIA_DEFAULT_A,
+                rmia_gamma=RMIA_DEFAULT_GAMMA,
                 lira_variance="global")
     return outputs, info
 
 
 @pytest.mark.parametrize("attack", ALL_ATTACKS)
 def test_membership_inference(target, members, nonmembers, record, seed, attack, securitynet, catalog_entry,
-                              image_data, device):
+                              image_data, device, intervals):
     """One attack's AUC, TPR at 1% / 0.1% FPR and balanced accuracy, beside the overfitting gap.
 
     `overfit_gap` is accuracy on the attacker's members minus accuracy on its non-members, from the
@@ -108,20 +141,25 @@ def test_membership_inference(target, members, nonmembers, record, seed, attack,
     read = target.posteriors if output == POSTERIORS else target.log_probs
     member_out, nonmember_out = read(members), read(nonmembers)
     reference, extra = None, {}
+    if attack in ONLINE_ATTACKS and catalog_entry.members is None:
+        pytest.skip("online attacks need the training members (a catalog entry with members_file); "
+                    "the offline ones run on every model")
     if attack in REFERENCE_ATTACKS:
         reference, extra = reference_outputs(securitynet, catalog_entry, image_data, target, members, nonmembers,
-                                             seed, device)
+                                             seed, device, attack)
     posteriors = (member_out, nonmember_out) if output == POSTERIORS else (None, None)
     log_probs = (None, None) if output == POSTERIORS else (member_out, nonmember_out)
     result = run_membership_attacks(
         posteriors[0], members.labels, posteriors[1], nonmembers.labels,
         member_log_probs=log_probs[0], nonmember_log_probs=log_probs[1], reference=reference,
-        attacks=[attack], seed=seed, device=target.device,
+        attacks=[attack], seed=seed, device=target.device, scored=(scored := {}),
     )[attack]
-    member_acc, nonmember_acc = accuracy(member_out, members.labels), accuracy(nonmember_out, nonmembers.labels)
+    result |= estimates(intervals, scored[attack])
     explicit = catalog_entry.raw.get("members")
-    record(**result, attacker_output=output, overfit_gap=member_acc - nonmember_acc, member_accuracy=member_acc,
-           nonmember_accuracy=nonmember_acc, members_held=len(members), nonmembers_held=len(nonmembers),
+    member_correct, nonmember_correct = correct(member_out, members.labels), correct(nonmember_out, nonmembers.labels)
+    record(**result, attacker_output=output, overfit_gap=intervals.difference(member_correct, nonmember_correct),
+           member_accuracy=intervals.mean(member_correct), nonmember_accuracy=intervals.mean(nonmember_correct),
+           members_held=len(members), nonmembers_held=len(nonmembers),
            explicit_members=explicit is not None, training_members=len(explicit) if explicit else None,
            queries=target.queries, **extra)
 
@@ -129,5 +167,5 @@ def test_membership_inference(target, members, nonmembers, record, seed, attack,
     assert target.queries == len(members) + len(nonmembers) + extra.get("population_size", 0)
     assert result["n_members"] == result["n_nonmembers"] == held - held // 2  # the scored half
     for name in ("auc", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "balanced_accuracy"):
-        assert 0.0 <= result[name] <= 1.0, name
+        assert 0.0 <= float(result[name]) <= 1.0, name
     assert 0.5 <= result["best_balanced_accuracy"] <= 1.0

@@ -60,3 +60,32 @@ def test_rows_record_output_reference_models_and_explicit_members(pytester, tmp_
     assert {first[s]["reference_source"] for s in ("rmia-offline", "lira-offline")} == {"trained", "memory"}
     assert {second[s]["reference_source"] for s in ("rmia-offline", "lira-offline")} == {"disk", "memory"}
     assert first["rmia-offline"]["tpr_at_fpr_1e-2"] > 0.3 and first["lira-offline"]["auc"] > 0.9
+
+
+def test_online_attacks_run_on_models_with_named_members_and_skip_the_others(pytester, tmp_path, monkeypatch):
+    """RMIA and LiRA online on the RBF network trained on 400 named digits: K = 4 on a CPU, each IN for 2.
+
+    The reference models train on halves of the 400 + 400 held digits; the demo CNN (no members
+    file) skips them, saying why.
+    """
+    monkeypatch.delenv("SECURITYNET_DATASET", raising=False)
+    (pytester.path / "benchmarks").mkdir()
+    shutil.copy(BENCHMARK, pytester.path / "benchmarks" / BENCHMARK.name)
+    catalog = subset_catalog(tmp_path, [str(i) for i in named()])
+    reference._IN_MEMORY.clear()
+    result = pytester.runpytest(
+        "benchmarks", "-k", "(digits-rbf-subset or demo-digits-cnn) and online", "-p", "no:cacheprovider", "-rs",
+        "--securitynet-offline", "--securitynet-device=cpu", f"--securitynet-cache={tmp_path / 'cache'}",
+        f"--securitynet-catalog={catalog}", f"--securitynet-json={tmp_path / 'online.json'}")
+    result.assert_outcomes(passed=2, skipped=2)
+    result.stdout.fnmatch_lines(["*online attacks need the training members*"])
+    rows = {r["setting"]: r["metrics"] for r in json.loads((tmp_path / "online.json").read_text())["results"]
+            if r["model"] == "digits-rbf-subset"}
+    assert set(rows) == {"rmia-online", "lira-online"}
+    for metrics in rows.values():
+        assert metrics["reference_mode"] == "online" and metrics["reference_models"] == 4
+        assert metrics["reference_pool_size"] == 800 and sum(metrics["reference_train_sizes"]) == 2 * 800
+        assert metrics["population_size"] == 200 and metrics["reference_match"] == "target"
+        assert metrics["reference_recipe"]["mode"] == "online"
+        assert 0.5 < metrics["reference_test_accuracy"] <= 1.0
+    assert rows["rmia-online"]["tpr_at_fpr_1e-2"] > 0.3 and rows["lira-online"]["auc"] > 0.9

@@ -20,7 +20,7 @@ import torch
 from pytest_securitynet.attacks.membership import (
     ATTACKS,
     LOG_PROB_ATTACKS,
-    REFERENCE_ATTACKS,
+    OFFLINE_ATTACKS,
     ReferenceOutputs,
     run_membership_attacks,
 )
@@ -231,9 +231,9 @@ def test_new_attacks_find_nothing_between_test_halves_on_demo_models(harness, mo
     """
     loaded = harness.loaded(harness.catalog.model(model_id))
     results = attack_with_references(harness, loaded, *halves_of_test_split(loaded),
-                                     attacks=LOG_PROB_ATTACKS + REFERENCE_ATTACKS)
+                                     attacks=LOG_PROB_ATTACKS + OFFLINE_ATTACKS)
     bound = 4 * null_auc_sd(225, 225)
-    for name in LOG_PROB_ATTACKS + REFERENCE_ATTACKS:
+    for name in LOG_PROB_ATTACKS + OFFLINE_ATTACKS:
         assert abs(results[name]["auc"] - 0.5) <= bound, (name, results[name]["auc"])
         assert results[name]["tpr_at_fpr_1e-2"] <= 0.07, (name, results[name]["tpr_at_fpr_1e-2"])
 
@@ -277,7 +277,7 @@ def test_new_attacks_find_nothing_with_members_never_trained_on(harness):
                                       nonmember_log_probs=nonmember_lp, reference=reference)
 
     null = attack(fresh_a)
-    assert list(null) == list(LOG_PROB_ATTACKS + REFERENCE_ATTACKS)
+    assert list(null) == list(LOG_PROB_ATTACKS + OFFLINE_ATTACKS)
     for name, metrics in null.items():
         assert metrics["n_members"] == 2500
         assert abs(metrics["auc"] - 0.5) <= 0.03, (name, metrics["auc"])

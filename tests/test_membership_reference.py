@@ -10,7 +10,7 @@ import torch
 from pytest_securitynet.attacks.membership import (
     ATTACKS,
     LOG_PROB_ATTACKS,
-    REFERENCE_ATTACKS,
+    OFFLINE_ATTACKS,
     ReferenceOutputs,
     attacker_split,
     run_membership_attacks,
@@ -97,7 +97,7 @@ def test_lira_reaches_its_analytic_tpr_where_the_paper_attacks_cannot(leaking_wo
     lira_expected = normal_sf(2.326 - 3 / math.sqrt(1.25))
     assert loss_expected == pytest.approx(0.084, abs=1e-3) and lira_expected == pytest.approx(0.64, abs=1e-2)
     results = leaking_world
-    assert set(results) == set(ATTACKS + LOG_PROB_ATTACKS + REFERENCE_ATTACKS)
+    assert set(results) == set(ATTACKS + LOG_PROB_ATTACKS + OFFLINE_ATTACKS)
     assert results["loss"]["tpr_at_fpr_1e-2"] == pytest.approx(loss_expected, abs=0.03)
     assert results["lira-offline"]["tpr_at_fpr_1e-2"] == pytest.approx(lira_expected, abs=0.06)
     best_paper = max(results[name]["tpr_at_fpr_1e-2"] for name in ATTACKS)
@@ -119,7 +119,7 @@ def test_rmia_beats_every_paper_attack(leaking_world):
 
 def test_no_signal_no_leak():
     """Members the target never trained on: 0.5 +- 0.03 (sd 0.008 at 2,500 + 2,500) and TPR at 1% FPR in [0, 3%]."""
-    results = World(5000, 2000, shift=0.0, seed=1).attack(attacks=LOG_PROB_ATTACKS + REFERENCE_ATTACKS)
+    results = World(5000, 2000, shift=0.0, seed=1).attack(attacks=LOG_PROB_ATTACKS + OFFLINE_ATTACKS)
     for name, metrics in results.items():
         assert metrics["n_members"] == metrics["n_nonmembers"] == 2500
         assert abs(metrics["auc"] - 0.5) < 0.03, (name, metrics["auc"])
@@ -192,7 +192,7 @@ def test_reference_attacks_read_only_the_scored_rows():
     nonmember_ref[:, split.nonmember_train] = noise_n[:, split.nonmember_train]
     changed = World(400, 100, shift=3.0, seed=2)
     changed.reference = changed.reference._replace(member_log_probs=member_ref, nonmember_log_probs=nonmember_ref)
-    assert world.attack(attacks=REFERENCE_ATTACKS) == changed.attack(attacks=REFERENCE_ATTACKS)
+    assert world.attack(attacks=OFFLINE_ATTACKS) == changed.attack(attacks=OFFLINE_ATTACKS)
 
 
 def test_reference_shapes_are_checked():

@@ -7,7 +7,7 @@ import torch
 
 from pytest_securitynet.attacks.membership import attacker_split
 from pytest_securitynet.attacks.reference_models import CIFAR_RECIPE, SMALL_INPUT_RECIPE
-from pytest_securitynet.harness.reference import reference_set, scored_indices, trainer_for
+from pytest_securitynet.harness.reference import MATCHED_CIFAR_RESNET, reference_set, scored_indices, trainer_for
 from pytest_securitynet.harness.target import BlackBoxTarget
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -37,11 +37,39 @@ def test_reference_recipe_follows_the_entry_and_the_input_size(harness):
     cnn = harness.catalog.model(CNN)
     assert trainer_for(cnn, (1, 8, 8)).description["like"] == CNN  # a demo entry: its own recipe
     assert trainer_for(cnn, (1, 8, 8), architecture="small-cnn").description["recipe"]["architecture"] == "small-cnn"
+    assert trainer_for(cnn, (1, 8, 8)).description["match"] == "target"
     akamaster = harness.catalog.model("cifar10-resnet20-akamaster")
-    auto = trainer_for(akamaster, (3, 32, 32)).description["recipe"]
-    assert auto == {**CIFAR_RECIPE.__dict__}
-    small = trainer_for(akamaster, (3, 32, 32), architecture="small-cnn", epochs=5).description["recipe"]
-    assert small == {**SMALL_INPUT_RECIPE.__dict__, "augment": True, "epochs": 5}
+    auto = trainer_for(akamaster, (3, 32, 32)).description
+    assert auto["match"] == "family" and auto["family"] == "cifar-resnet"
+    assert auto["recipe"] == {**MATCHED_CIFAR_RESNET.__dict__} and auto["recipe"]["architecture"] == "cifar-resnet20"
+    assert auto["preprocess"] == {"mean": akamaster.preprocess["mean"], "std": akamaster.preprocess["std"]}
+    # One set per dataset and family: ResNet-56 shares ResNet-20's models; another zoo's preprocessing does not.
+    assert trainer_for(harness.catalog.model("cifar10-resnet56-akamaster"), (3, 32, 32)).description == auto
+    pytorchcv = trainer_for(harness.catalog.model("cifar10-resnet20-pytorchcv"), (3, 32, 32)).description
+    assert pytorchcv["recipe"] == auto["recipe"] and pytorchcv["preprocess"] != auto["preprocess"]
+    assert trainer_for(akamaster, (3, 32, 32), epochs=3).description["recipe"]["epochs"] == 3
+    chosen = trainer_for(akamaster, (3, 32, 32), architecture="cifar-resnet32").description
+    assert chosen["match"] == "chosen" and chosen["recipe"]["architecture"] == "cifar-resnet32"
+    small = trainer_for(akamaster, (3, 32, 32), architecture="small-cnn", epochs=5).description
+    assert small["recipe"] == {**SMALL_INPUT_RECIPE.__dict__, "augment": True, "epochs": 5} and small["match"] == "chosen"
+    other = next(m for m in harness.catalog.models.values()
+                 if m.dataset == "cifar10" and m.model_type not in ("resnet", "preresnet", "wrn", "resnext"))
+    assert trainer_for(other, (3, 32, 32)).description == {"match": "fallback", "recipe": {**CIFAR_RECIPE.__dict__}}
+
+
+def test_matched_cifar_resnet_trains_through_the_targets_preprocessing_and_reloads(harness):
+    """The family trainer builds a CIFAR ResNet-20 behind the target's mean / std; the cache skeleton loads it."""
+    entry = harness.catalog.model("cifar10-resnet20-akamaster")
+    trainer = trainer_for(entry, (3, 32, 32), epochs=1)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    model = trainer.train(images, torch.arange(32) % 10, num_classes=10, seed=0, device="cpu")
+    assert model.mean.flatten().tolist() == pytest.approx(entry.preprocess["mean"])
+    assert type(model.net).__name__ == "CifarResNet" and len(model.net.layer1) == 3  # depth 20: 3 blocks a stage
+    skeleton = trainer.skeleton(32)
+    skeleton.load_state_dict(model.state_dict())
+    x = images[:4].float() / 255
+    assert torch.allclose(skeleton.eval()(x), model(x))
 
 
 def test_scored_indices_are_the_evaluation_halves(harness):

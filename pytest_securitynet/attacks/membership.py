@@ -46,7 +46,9 @@ from .membership_reference import (
     RMIA_DEFAULT_A,
     RMIA_DEFAULT_GAMMA,
     lira_offline_scores,
+    lira_online_scores,
     rmia_offline_scores,
+    rmia_online_scores,
 )
 
 __all__ = [
@@ -55,6 +57,8 @@ __all__ = [
     "ATTACK_OUTPUT",
     "LOG_PROBS",
     "LOG_PROB_ATTACKS",
+    "OFFLINE_ATTACKS",
+    "ONLINE_ATTACKS",
     "POSTERIORS",
     "REFERENCE_ATTACKS",
     "AttackerSplit",
@@ -99,7 +103,14 @@ LOG_PROB_ATTACKS: tuple[str, ...] = (
 )
 """The threshold attacks on log-probabilities: no saturation at p = 1."""
 
-REFERENCE_ATTACKS: tuple[str, ...] = ("rmia-offline", "lira-offline")
+OFFLINE_ATTACKS: tuple[str, ...] = ("rmia-offline", "lira-offline")
+"""Calibrated by reference models that never trained on the scored samples (`ReferenceOutputs` without IN masks)."""
+
+ONLINE_ATTACKS: tuple[str, ...] = ("rmia-online", "lira-online")
+"""Calibrated by reference models trained on random halves of the attacker's members and non-members
+(`ReferenceOutputs` with `member_in` / `nonmember_in`)."""
+
+REFERENCE_ATTACKS: tuple[str, ...] = OFFLINE_ATTACKS + ONLINE_ATTACKS
 """Attacks calibrated by reference models, on log-probabilities (need `ReferenceOutputs`)."""
 
 ALL_ATTACKS: tuple[str, ...] = ATTACKS + LOG_PROB_ATTACKS + REFERENCE_ATTACKS
@@ -329,6 +340,9 @@ class ReferenceOutputs(NamedTuple):
     samples z are scored by the target (`target_population_log_probs` [Z, C]) and by the
     reference models (`population_log_probs` [K, Z, C]); each z should be IN for about half of
     the reference models.
+
+    Online reference models also trained on the scored samples: `member_in` [K, n_members] and
+    `nonmember_in` [K, n_nonmembers] say which models did; offline they are None.
     """
 
     member_log_probs: torch.Tensor
@@ -336,6 +350,20 @@ class ReferenceOutputs(NamedTuple):
     population_log_probs: torch.Tensor
     target_population_log_probs: torch.Tensor
     population_labels: torch.Tensor
+    member_in: torch.Tensor | None = None
+    nonmember_in: torch.Tensor | None = None
+
+    @property
+    def online(self) -> bool:
+        return self.member_in is not None
+
+
+class ScoredHalf(NamedTuple):
+    """One attack on the scored half: membership score and decision per sample, and the truth."""
+
+    scores: torch.Tensor
+    decisions: torch.Tensor
+    is_member: torch.Tensor
 
 
 class _Group(NamedTuple):
@@ -345,6 +373,7 @@ class _Group(NamedTuple):
     log_probs: torch.Tensor | None
     labels: torch.Tensor
     reference_log_probs: torch.Tensor | None
+    reference_in: torch.Tensor | None = None
 
 
 class _Half(NamedTuple):
@@ -355,6 +384,7 @@ class _Half(NamedTuple):
     labels: torch.Tensor
     is_member: torch.Tensor
     reference_log_probs: torch.Tensor | None
+    reference_in: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -395,6 +425,7 @@ def _make_half(members: _Group, member_idx: torch.Tensor, nonmembers: _Group, no
         labels,
         flags,
         rows(members.reference_log_probs, nonmembers.reference_log_probs, dim=1),
+        rows(members.reference_in, nonmembers.reference_in, dim=1),
     )
 
 
@@ -588,6 +619,31 @@ def _lira_attack(
     return result.scores, result.decisions
 
 
+def _rmia_online_attack(
+    train: _Half, evaluation: _Half, *, reference: ReferenceOutputs, rmia_gamma: float, **_: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMIA online on the evaluation half: the reference models trained on random halves of all held samples."""
+    assert evaluation.reference_log_probs is not None
+    result = rmia_online_scores(
+        evaluation.output(LOG_PROBS), evaluation.reference_log_probs, evaluation.labels,
+        reference.target_population_log_probs, reference.population_log_probs, reference.population_labels,
+        gamma=rmia_gamma,
+    )
+    return result.scores, result.decisions
+
+
+def _lira_online_attack(
+    train: _Half, evaluation: _Half, *, lira_global_variance: bool, **_: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LiRA online on the evaluation half: per-sample IN and OUT Gaussians."""
+    assert evaluation.reference_log_probs is not None and evaluation.reference_in is not None
+    result = lira_online_scores(
+        evaluation.output(LOG_PROBS), evaluation.reference_log_probs, evaluation.labels, evaluation.reference_in,
+        global_variance=lira_global_variance,
+    )
+    return result.scores, result.decisions
+
+
 _AttackFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 _ATTACK_FUNCTIONS: dict[str, _AttackFn] = {
@@ -610,6 +666,8 @@ _ATTACK_FUNCTIONS: dict[str, _AttackFn] = {
     "loss-logp": partial(_global_threshold_attack, LOG_PROBS, "loss-logp"),
     "rmia-offline": _rmia_attack,
     "lira-offline": _lira_attack,
+    "rmia-online": _rmia_online_attack,
+    "lira-online": _lira_online_attack,
 }
 
 
@@ -654,15 +712,22 @@ def _check_reference(reference: ReferenceOutputs, n_members: int, n_nonmembers: 
         if tuple(tensor.shape) != shape:
             raise ValueError(f"reference {name} must have shape {shape}, got {tuple(tensor.shape)}")
         check_log_probs(tensor, f"reference {name}")
+    if (reference.member_in is None) != (reference.nonmember_in is None):
+        raise ValueError("pass reference member_in and nonmember_in together (online), or neither (offline)")
+    for name, mask, n in (("member_in", reference.member_in, n_members),
+                          ("nonmember_in", reference.nonmember_in, n_nonmembers)):
+        if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (k, n)):
+            raise ValueError(f"reference {name} must be bool of shape {(k, n)}, got {mask.dtype} {tuple(mask.shape)}")
     _check_labels(reference.population_labels, n_classes, "population")
 
 
-def _available(has_posteriors: bool, has_log_probs: bool, has_reference: bool) -> tuple[str, ...]:
-    """Every attack the given outputs allow, in ALL_ATTACKS order."""
+def _available(has_posteriors: bool, has_log_probs: bool, reference: ReferenceOutputs | None) -> tuple[str, ...]:
+    """Every attack the given outputs allow, in ALL_ATTACKS order (offline or online ones by the reference's kind)."""
+    usable = () if reference is None else ONLINE_ATTACKS if reference.online else OFFLINE_ATTACKS
     return tuple(
         name for name in ALL_ATTACKS
         if (has_posteriors if ATTACK_OUTPUT[name] == POSTERIORS else has_log_probs)
-        and (has_reference or name not in REFERENCE_ATTACKS)
+        and (name in usable or name not in REFERENCE_ATTACKS)
     )
 
 
@@ -681,7 +746,8 @@ def _resolve_attacks(attacks: Sequence[str] | None, available: tuple[str, ...]) 
     if missing:
         raise ValueError(
             f"attacks {missing} need outputs that were not given: {', '.join(sorted({ATTACK_OUTPUT[n] for n in missing}))}"
-            + (" and reference outputs" if any(n in REFERENCE_ATTACKS for n in missing) else "")
+            + (" and reference outputs" if any(n in OFFLINE_ATTACKS for n in missing) else "")
+            + (" and online reference outputs (with IN masks)" if any(n in ONLINE_ATTACKS for n in missing) else "")
         )
     return tuple(attacks)
 
@@ -707,8 +773,12 @@ def run_membership_attacks(
     rmia_a: float = RMIA_DEFAULT_A,
     rmia_gamma: float = RMIA_DEFAULT_GAMMA,
     lira_global_variance: bool = True,
+    scored: dict[str, ScoredHalf] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run membership inference attacks (SecurityNet Sec. 3.2 and beyond) and return metrics per attack name.
+
+    `scored`, when given, receives each attack's per-sample scores, decisions and membership on the
+    scored half (`ScoredHalf`), from which a benchmark computes bootstrap intervals of the metrics.
 
     The paper's attacks read the posteriors, the others the log-probabilities (`ATTACK_OUTPUT`);
     RMIA and LiRA also need `reference`. Either output may be None when no requested attack
@@ -738,19 +808,21 @@ def run_membership_attacks(
         _check_reference(reference, member_labels.numel(), nonmember_labels.numel(), n_classes)
     if min_class_samples < 1:
         raise ValueError("min_class_samples must be at least 1")
-    names = _resolve_attacks(attacks, _available(POSTERIORS in given, LOG_PROBS in given, reference is not None))
+    names = _resolve_attacks(attacks, _available(POSTERIORS in given, LOG_PROBS in given, reference))
     first = next(iter(given.values()))[0]
     assert first is not None
     target = torch.device(device) if device is not None else first.device
     if reference is not None:
-        reference = ReferenceOutputs(*(t.to(target) for t in reference))
+        reference = ReferenceOutputs(*(None if t is None else t.to(target) for t in reference))
     members = _Group(
         _move(member_posteriors, target), _move(member_log_probs, target), member_labels.to(target),
         reference.member_log_probs if reference is not None else None,
+        reference.member_in if reference is not None else None,
     )
     nonmembers = _Group(
         _move(nonmember_posteriors, target), _move(nonmember_log_probs, target), nonmember_labels.to(target),
         reference.nonmember_log_probs if reference is not None else None,
+        reference.nonmember_in if reference is not None else None,
     )
     split = attacker_split(member_labels.numel(), nonmember_labels.numel(), seed)
     train = _make_half(members, split.member_train, nonmembers, split.nonmember_train)
@@ -763,4 +835,6 @@ def run_membership_attacks(
             reference=reference, rmia_a=rmia_a, rmia_gamma=rmia_gamma, lira_global_variance=lira_global_variance,
         )
         results[name] = _metrics(scores, decisions, evaluation.is_member)
+        if scored is not None:
+            scored[name] = ScoredHalf(scores, decisions, evaluation.is_member)
     return results

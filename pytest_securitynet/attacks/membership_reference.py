@@ -23,6 +23,13 @@ phi(x) is too large to be OUT. The score is the standardised statistic (phi_targ
 monotone in the test's p-value (1 - Phi(score)) but without its rounding to 0 in the tail. With few
 reference models one variance for all samples is better than one per sample (Carlini et al.,
 Sec. VI), so that is the default.
+
+Online (both papers' stronger setting, for targets whose training members the attacker knows to
+audit): the reference models train on random halves of the attacker's members and non-members, so
+each scored x is IN for about half of them. RMIA then needs no approximation, Pr(x) is the mean
+of p_y(x) over all K models, and the population samples z are members of half of them too. LiRA
+fits two Gaussians per sample, one to the IN models' phi(x) and one to the OUT models', and scores
+the log-likelihood ratio of the target's phi(x) under them.
 """
 
 from __future__ import annotations
@@ -38,9 +45,11 @@ __all__ = [
     "RMIA_DEFAULT_A",
     "RMIA_DEFAULT_GAMMA",
     "lira_offline_scores",
+    "lira_online_scores",
     "log_pr_offline",
     "rmia_log_ratio",
     "rmia_offline_scores",
+    "rmia_online_scores",
     "ReferenceScores",
 ]
 
@@ -108,11 +117,7 @@ def rmia_offline_scores(
     lp_z, _ = true_class_log_terms(population_reference_log_probs, population_labels)
     log_pr_z = _log_mean_exp(lp_z, dim=0)
     log_ratio_z = rmia_log_ratio(population_target_log_probs, population_labels, log_pr_z)
-    sorted_z = torch.sort(log_ratio_z).values
-    # ratio(x) / ratio(z) > gamma  <=>  log ratio(z) < log ratio(x) - log gamma.
-    below = torch.searchsorted(sorted_z, log_ratio_x - math.log(gamma), side="left")
-    scores = below.to(torch.float64) / sorted_z.numel()
-    return ReferenceScores(scores, scores > 0.5)
+    return _rmia_score(log_ratio_x, log_ratio_z, gamma)
 
 
 def lira_offline_scores(
@@ -143,4 +148,88 @@ def lira_offline_scores(
         # A sample every model scores identically has zero spread; a floor keeps the score finite.
         sigma = variance.clamp_min(1e-12).sqrt()
     scores = (lp_t - lc_t - mu) / sigma
+    return ReferenceScores(scores, scores > 0)
+
+
+def _rmia_score(log_ratio_x: torch.Tensor, log_ratio_z: torch.Tensor, gamma: float) -> ReferenceScores:
+    """Fraction of z with ratio(x) / ratio(z) > gamma, by one sorted search; decision: above 1/2."""
+    # ratio(x) / ratio(z) > gamma  <=>  log ratio(z) < log ratio(x) - log gamma.
+    sorted_z = torch.sort(log_ratio_z).values
+    below = torch.searchsorted(sorted_z, log_ratio_x - math.log(gamma), side="left")
+    scores = below.to(torch.float64) / sorted_z.numel()
+    return ReferenceScores(scores, scores > 0.5)
+
+
+def rmia_online_scores(
+    target_log_probs: torch.Tensor,
+    reference_log_probs: torch.Tensor,
+    labels: torch.Tensor,
+    population_target_log_probs: torch.Tensor,
+    population_reference_log_probs: torch.Tensor,
+    population_labels: torch.Tensor,
+    *,
+    gamma: float = RMIA_DEFAULT_GAMMA,
+) -> ReferenceScores:
+    """RMIA online (Zarifzadeh et al. 2024): Pr(x) is the mean p_y(x) over all K models, IN and OUT alike.
+
+    Every x and z must be IN for about half of the reference models (random halves of a pool that
+    holds them); which ones does not enter the score. Shapes as `rmia_offline_scores`.
+    """
+    if gamma <= 0:
+        raise ValueError(f"RMIA's gamma must be positive, got {gamma}")
+    if population_labels.numel() == 0:
+        raise ValueError("RMIA needs at least one population sample z")
+    lp_x, _ = true_class_log_terms(reference_log_probs, labels)
+    lp_z, _ = true_class_log_terms(population_reference_log_probs, population_labels)
+    log_ratio_x = rmia_log_ratio(target_log_probs, labels, _log_mean_exp(lp_x, dim=0))
+    log_ratio_z = rmia_log_ratio(population_target_log_probs, population_labels, _log_mean_exp(lp_z, dim=0))
+    return _rmia_score(log_ratio_x, log_ratio_z, gamma)
+
+
+def _gaussian_fit(phi: torch.Tensor, mask: torch.Tensor, global_variance: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mean and standard deviation of phi [K, N] over the models where mask [K, N] holds.
+
+    The global variance pools every sample's squared deviations (sum over samples of n - 1 degrees
+    of freedom); a sample with fewer than two models uses the pooled one even per sample.
+    """
+    weights = mask.to(phi.dtype)
+    n = weights.sum(dim=0)
+    if bool((n < 1).any()):
+        raise ValueError("online LiRA needs every scored sample IN for at least one model and OUT for another")
+    mu = (phi * weights).sum(dim=0) / n
+    squares = ((phi - mu) ** 2 * weights).sum(dim=0)
+    dof = (n - 1).sum()
+    pooled = squares.sum() / dof if float(dof) > 0 else torch.ones((), dtype=phi.dtype, device=phi.device)
+    if global_variance:
+        variance = pooled.expand_as(mu)
+    else:
+        variance = torch.where(n >= 2, squares / (n - 1).clamp_min(1), pooled)
+    return mu, variance.clamp_min(1e-12).sqrt()
+
+
+def lira_online_scores(
+    target_log_probs: torch.Tensor,
+    reference_log_probs: torch.Tensor,
+    labels: torch.Tensor,
+    reference_in: torch.Tensor,
+    *,
+    global_variance: bool = True,
+) -> ReferenceScores:
+    """LiRA online (Carlini et al. 2022): log N(phi; mu_IN, s_IN) - log N(phi; mu_OUT, s_OUT), per sample.
+
+    `reference_in` [K, N] says which models trained on each sample. The means are per sample; the
+    variances are one per side (IN, OUT) by default, as Carlini et al. advise below 64 models, or
+    per sample. Decision: member iff the ratio is above 0 (IN more likely).
+    """
+    if tuple(reference_in.shape) != tuple(reference_log_probs.shape[:2]):
+        raise ValueError(f"reference_in must have shape {tuple(reference_log_probs.shape[:2])}, "
+                         f"got {tuple(reference_in.shape)}")
+    lp_ref, lc_ref = true_class_log_terms(reference_log_probs, labels)
+    lp_t, lc_t = true_class_log_terms(target_log_probs, labels)
+    phi_ref, phi_t = lp_ref - lc_ref, lp_t - lc_t
+    reference_in = reference_in.to(phi_ref.device, torch.bool)
+    mu_in, s_in = _gaussian_fit(phi_ref, reference_in, global_variance)
+    mu_out, s_out = _gaussian_fit(phi_ref, ~reference_in, global_variance)
+    scores = (0.5 * ((phi_t - mu_out) / s_out) ** 2 + torch.log(s_out)
+              - 0.5 * ((phi_t - mu_in) / s_in) ** 2 - torch.log(s_in))
     return ReferenceScores(scores, scores > 0)

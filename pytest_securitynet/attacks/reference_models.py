@@ -145,8 +145,12 @@ def train_classifier(
     seed: int,
     device: torch.device | str = "cpu",
     recipe: ReferenceRecipe | None = None,
+    network: Callable[[], nn.Module] | None = None,
 ) -> nn.Module:
     """Train one classifier from scratch with `recipe` (default: by input size); deterministic for a seed on CPU.
+
+    `network` builds the untrained model (taking [0, 1] images) instead of the recipe's
+    architecture, e.g. a copy of the target's; it is called under the seed.
 
     SGD recipes go through model stealing's fast path (`training.train_classifier_fast`: on CUDA,
     bf16 autocast, channels_last and a fused step; momentum 0.9, per-step cosine decay); the Adam
@@ -163,7 +167,8 @@ def train_classifier(
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_reference_network(recipe, num_classes, height, in_channels).to(device)
+        model = network() if network is not None else build_reference_network(recipe, num_classes, height, in_channels)
+        model = model.to(device)
     # Dropout draws from the global generator: fork it so training is seeded and leaves the caller's state.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode(False), \
             torch.enable_grad():

@@ -8,9 +8,15 @@ target, so they are kept in memory for every target of the dataset in this proce
 (`<cache>/reference/<dataset>/<key>.pt`, state dicts only) for later runs; the key names the
 dataset, the recipe, K, the seed and the pool's samples.
 
-The recipe: for a `demo` catalog entry, the target's own (its builder and `train` settings,
-which the harness knows); otherwise `attacks.reference_models.default_recipe` (a small CNN under
-32 px, a CIFAR ResNet-18 from 32 px), or an architecture the run names.
+The recipe (`trainer_for`, recorded per row as `reference_match`): for a `demo` catalog entry, the
+target's own (its builder and `train` settings, which the harness knows: `target`); for a catalog
+architecture of a family the harness can build, that family with the target's preprocessing
+(`family`: CIFAR ResNets of depth 6n+2 at 32 px get a CIFAR ResNet-20, so one set serves the whole
+zoo of a dataset); otherwise `attacks.reference_models.default_recipe` (`fallback`: a small CNN
+under 32 px, a CIFAR ResNet-18 from 32 px), or an architecture the run names (`chosen`).
+
+Online sets (`online_reference_set`) train on random halves of the attacker's members and
+non-members instead, for targets whose training members the catalog names.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +37,7 @@ from torch import nn
 
 from pytest_securitynet.attacks.membership import attacker_split
 from pytest_securitynet.attacks.reference_models import (
+    CIFAR_RECIPE,
     ReferenceRecipe,
     build_reference_network,
     default_recipe,
@@ -43,7 +51,7 @@ from pytest_securitynet.attacks.reference_models import (
 )
 from pytest_securitynet.catalog.entries import ModelEntry
 from pytest_securitynet.harness.data import LabeledSet, take
-from pytest_securitynet.zoo.architectures import Normalized, build
+from pytest_securitynet.zoo.architectures import Normalized, build, cifar_resnet
 from pytest_securitynet.zoo.datasets import ImageData
 from pytest_securitynet.zoo.demo import train_demo
 from pytest_securitynet.zoo.store import FileStore, atomic_path
@@ -62,14 +70,45 @@ class Trainer:
     """`train(images_uint8, labels, *, num_classes, seed, device) -> model` in eval mode."""
 
 
-def recipe_trainer(recipe: ReferenceRecipe, num_classes: int, input_shape: tuple[int, int, int]) -> Trainer:
+MATCHED_CIFAR_RESNET = dataclasses.replace(CIFAR_RECIPE, architecture="cifar-resnet20", epochs=60, batch_size=128)
+"""CIFAR ResNets (akamaster's and pytorchcv's zoos): ResNet-20, SGD lr 0.1 cosine, crop and flip, 60 epochs (GPU-sized)."""
+
+_CIFAR_RESNET = re.compile(r"^(?:cifar-)?resnet(\d+)$")
+_RESNET_TYPES = ("resnet", "preresnet", "wrn", "resnext")
+
+
+def cifar_resnet_depth(architecture: str, side: int) -> int | None:
+    """The depth of a CIFAR ResNet name (`resnet20`, `cifar-resnet56`) at 32 px, else None (not buildable here)."""
+    match = _CIFAR_RESNET.match(architecture)
+    if match is None or side != 32 or (int(match[1]) - 2) % 6:
+        return None
+    return int(match[1])
+
+
+def recipe_trainer(recipe: ReferenceRecipe, num_classes: int, input_shape: tuple[int, int, int],
+                   match: str = "fallback") -> Trainer:
     """Reference models from a `ReferenceRecipe` (small CNN or a surrogate architecture) and the plain training loop."""
     channels, side = input_shape[0], input_shape[1]
     return Trainer(
-        {"recipe": dataclasses.asdict(recipe)},
+        {"match": match, "recipe": dataclasses.asdict(recipe)},
         lambda _n: build_reference_network(recipe, num_classes, side, channels),
         partial(train_classifier, recipe=recipe),
     )
+
+
+def cifar_resnet_trainer(entry: ModelEntry, depth: int, num_classes: int, epochs: int, match: str) -> Trainer:
+    """CIFAR ResNets of `depth` taking [0, 1] images through the target's own mean / std (its preprocessing)."""
+    recipe = dataclasses.replace(MATCHED_CIFAR_RESNET, architecture=f"cifar-resnet{depth}",
+                                 epochs=epochs or MATCHED_CIFAR_RESNET.epochs)
+    mean = list(entry.preprocess.get("mean", [0.5, 0.5, 0.5]))
+    std = list(entry.preprocess.get("std", [0.5, 0.5, 0.5]))
+
+    def network() -> nn.Module:
+        return Normalized(cifar_resnet(depth, num_classes), mean, std)
+
+    description = {"match": match, "family": "cifar-resnet", "recipe": dataclasses.asdict(recipe),
+                   "preprocess": {"mean": mean, "std": std}}
+    return Trainer(description, lambda _n: network(), partial(train_classifier, recipe=recipe, network=network))
 
 
 def demo_trainer(entry: ModelEntry) -> Trainer:
@@ -91,7 +130,7 @@ def demo_trainer(entry: ModelEntry) -> Trainer:
 
     described = {k: entry.raw.get(k) for k in ("builder", "builder_args", "train", "preprocess")}
     return Trainer(
-        {"like": entry.id, **described},
+        {"match": "target", "like": entry.id, **described},
         lambda n: Normalized(network(n), entry.preprocess["mean"], entry.preprocess["std"]),
         train,
     )
@@ -99,18 +138,32 @@ def demo_trainer(entry: ModelEntry) -> Trainer:
 
 def trainer_for(entry: ModelEntry, input_shape: tuple[int, int, int], *, architecture: str = "auto",
                 epochs: int = 0) -> Trainer:
-    """The documented default (`auto`): the target's recipe for demo entries, else `default_recipe` by input size.
+    """The documented default (`auto`): models that resemble the target, as close as the harness can build.
 
-    `architecture` names `small-cnn` or a surrogate (`resnet18`, `wrn50_2`) instead, with the recipe
-    that goes with it (`recipe_for`); `epochs` > 0 replaces the recipe's number of epochs.
+    Demo entries: the target's own recipe (`target`). A CIFAR ResNet (`resnet20` ... at 32 px): a
+    CIFAR ResNet-20 with the target's mean / std (`family`); any other ResNet or wide ResNet: the CIFAR
+    ResNet-18 recipe (`family`); anything else: `default_recipe` by input size (`fallback`).
+    `architecture` names `small-cnn`, a surrogate (`resnet18`, `wrn50_2`) or `cifar-resnetN` instead
+    (`chosen`); `epochs` > 0 replaces the recipe's number of epochs.
     """
     num_classes = entry.annotations["num_classes"]
-    if architecture == "auto" and entry.source_kind == "demo":
-        return demo_trainer(entry)
-    recipe = default_recipe(input_shape[1]) if architecture == "auto" else recipe_for(architecture, input_shape[1])
+    side = input_shape[1]
+    if architecture == "auto":
+        if entry.source_kind == "demo":
+            return demo_trainer(entry)
+        if cifar_resnet_depth(entry.architecture, side) is not None:
+            return cifar_resnet_trainer(entry, 20, num_classes, epochs, "family")
+        in_family = entry.model_type in _RESNET_TYPES and side >= 32
+        recipe = CIFAR_RECIPE if in_family else default_recipe(side)
+        match = "family" if in_family else "fallback"
+    else:
+        depth = cifar_resnet_depth(architecture, side) if architecture.startswith("cifar-") else None
+        if depth is not None:
+            return cifar_resnet_trainer(entry, depth, num_classes, epochs, "chosen")
+        recipe, match = recipe_for(architecture, side), "chosen"
     if epochs > 0:
         recipe = dataclasses.replace(recipe, epochs=epochs)
-    return recipe_trainer(recipe, num_classes, input_shape)
+    return recipe_trainer(recipe, num_classes, input_shape, match)
 
 
 def scored_indices(members: LabeledSet, nonmembers: LabeledSet, seed: int) -> dict[str, torch.Tensor]:
@@ -169,35 +222,77 @@ def reference_set(store: FileStore, data: ImageData, trainer: Trainer, members: 
         pool = {"train": pool["train"][keep[keep < n_train]], "test": pool["test"][keep[keep >= n_train] - n_train]}
     key = recipe_key(data.dataset_id, trainer.description, k, seed, pool)
     if key in _IN_MEMORY:
-        cached = _IN_MEMORY[key]
-        return dataclasses.replace(cached, source="memory", time_s=0.0, _outputs=cached._outputs)
+        return _from_memory(key)
     n_pool = sum(len(idx) for idx in pool.values())
     start = time.perf_counter()
-    path = store.path("reference", data.dataset_id, f"{key}.pt")
-    with store.lock("reference", data.dataset_id, key):
-        if path.exists():
-            models, in_pool = _load(path, trainer, device)
-            source = "disk"
-        else:
-            log.info("training %d reference models for %s (once; cached at %s)", k, data.dataset_id, path)
-            parts = [take(data, split, pool[split], f"pool-{split}") for split in ("train", "test")]
-            trained = train_reference_models(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
-                                             num_classes=num_classes, k=k, seed=seed, device=device,
-                                             train_fn=trainer.train)
-            models, in_pool = trained.models, trained.in_pool
-            source = "trained"
-            with atomic_path(path) as tmp:
-                torch.save({"in_pool": in_pool, "state_dicts": [m.state_dict() for m in models]}, tmp)
+
+    def pool_data() -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [take(data, split, pool[split], f"pool-{split}") for split in ("train", "test")]
+        return torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts])
+
+    models, in_pool, source = _trained_or_loaded(store, data.dataset_id, key, trainer, pool_data,
+                                                 num_classes=num_classes, k=k, seed=seed, device=device)
     z = population_rows(n_pool, n_population, seed)
     n_train_pool = len(pool["train"])
     population = [take(data, "train", pool["train"][z[z < n_train_pool]], "population-train"),
                   take(data, "test", pool["test"][z[z >= n_train_pool] - n_train_pool], "population-test")]
-    result = ReferenceSet(key, models, in_pool, [p for p in population if len(p)], trainer.description,
-                          n_pool, source, time.perf_counter() - start)
+    return _remember(ReferenceSet(key, models, in_pool, [p for p in population if len(p)], trainer.description,
+                                  n_pool, source, time.perf_counter() - start))
+
+
+def online_reference_set(store: FileStore, data: ImageData, trainer: Trainer, members: LabeledSet,
+                         nonmembers: LabeledSet, *, num_classes: int, k: int, seed: int,
+                         device: torch.device) -> ReferenceSet:
+    """Reference models trained on random halves of `members` + `nonmembers` (online): from memory, disk, or trained.
+
+    The pool is every held sample, members first, so `in_pool[:, :len(members)]` says which
+    models trained on each member. RMIA's population samples z are the non-members of the
+    attacker's training half (`attacker_split`): never scored, IN for half of the models, and
+    non-members of the target.
+    """
+    pool = {f"members-{members.split}": members.indices, f"nonmembers-{nonmembers.split}": nonmembers.indices}
+    key = recipe_key(data.dataset_id, {**trainer.description, "mode": "online"}, k, seed, pool)
+    if key in _IN_MEMORY:
+        return _from_memory(key)
+    start = time.perf_counter()
+    models, in_pool, source = _trained_or_loaded(
+        store, data.dataset_id, key, trainer,
+        lambda: (torch.cat([members.images, nonmembers.images]), torch.cat([members.labels, nonmembers.labels])),
+        num_classes=num_classes, k=k, seed=seed, device=device)
+    population = nonmembers.subset(attacker_split(len(members), len(nonmembers), seed).nonmember_train,
+                                   "population-nonmembers")
+    return _remember(ReferenceSet(key, models, in_pool, [population], {**trainer.description, "mode": "online"},
+                                  len(members) + len(nonmembers), source, time.perf_counter() - start))
+
+
+def _from_memory(key: str) -> ReferenceSet:
+    cached = _IN_MEMORY[key]
+    return dataclasses.replace(cached, source="memory", time_s=0.0, _outputs=cached._outputs)
+
+
+def _remember(result: ReferenceSet) -> ReferenceSet:
     while len(_IN_MEMORY) >= _KEEP_IN_MEMORY:
         _IN_MEMORY.pop(next(iter(_IN_MEMORY)))
-    _IN_MEMORY[key] = result
+    _IN_MEMORY[result.key] = result
     return result
+
+
+def _trained_or_loaded(store: FileStore, dataset_id: str, key: str, trainer: Trainer,
+                       pool_data: Callable[[], tuple[torch.Tensor, torch.Tensor]], *, num_classes: int, k: int,
+                       seed: int, device: torch.device) -> tuple[list[nn.Module], torch.Tensor, str]:
+    """The models of `key` from the cache directory, or trained on `pool_data()` and saved there."""
+    path = store.path("reference", dataset_id, f"{key}.pt")
+    with store.lock("reference", dataset_id, key):
+        if path.exists():
+            models, in_pool = _load(path, trainer, device)
+            return models, in_pool, "disk"
+        log.info("training %d reference models for %s (once; cached at %s)", k, dataset_id, path)
+        images, labels = pool_data()
+        trained = train_reference_models(images, labels, num_classes=num_classes, k=k, seed=seed, device=device,
+                                         train_fn=trainer.train)
+        with atomic_path(path) as tmp:
+            torch.save({"in_pool": trained.in_pool, "state_dicts": [m.state_dict() for m in trained.models]}, tmp)
+        return trained.models, trained.in_pool, "trained"
 
 
 def _load(path: Path, trainer: Trainer, device: torch.device) -> tuple[list[nn.Module], torch.Tensor]:
