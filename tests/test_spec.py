@@ -75,7 +75,7 @@ def test_builtin_snapshot_is_what_the_benchmark_files_declare():
     declared = {s.id: s for path in sorted((REPO / "benchmarks").glob("test_*.py")) for s in module_specs(path)}
     assert declared == builtin_specs(), "rewrite it: python -m pytest_securitynet.results.spec benchmarks/test_*.py"
     assert [s.section for s in sorted(declared.values(), key=lambda s: s.position)] == [
-        "task", "stealing", "membership", "backdoor", "evasion"]
+        "task", "stealing", "membership", "backdoor", "evasion", None]  # AutoAttack: the generic section
     from pytest_securitynet.attacks.membership import ALL_ATTACKS
     assert declared["membership_inference.membership_inference"].settings == ALL_ATTACKS  # not a copy
 

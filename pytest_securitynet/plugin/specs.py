@@ -6,6 +6,7 @@ block. The spec module itself (`results/spec.py`) knows nothing of pytest."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
 
@@ -42,12 +43,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(str(exc)) from None
         for spec in declared:
             register_spec(spec)
-            if spec.id not in benchmarks:
+            if spec.id not in benchmarks | defined_benchmarks(module):
                 warnings.warn(SpecWarning(
                     f"{module.__file__}: SPEC id {spec.id!r} names none of this file's benchmarks "
                     f"({', '.join(sorted(benchmarks))}: <file without test_>.<function without test_>)"))
         registered = specs()
         collected.update({b: registered[b] for b in benchmarks if b in registered})
+
+
+def defined_benchmarks(module: ModuleType) -> set[str]:
+    """The benchmarks a file's test functions define, selected or not (a file may declare one spec per
+    function, and a selection need not reach every function)."""
+    stem = Path(module.__file__ or "").stem.removeprefix("test_")
+    return {f"{stem}.{name.removeprefix('test_')}" for name in vars(module) if name.startswith("test_")
+            and callable(vars(module)[name])}
 
 
 def spec_of(item: pytest.Item, *blocks: Mapping[str, Any] | None) -> BenchmarkSpec | None:
