@@ -160,7 +160,8 @@ def autoattack_points(requested: int, device: torch.device) -> int:
 
 
 @pytest.mark.parametrize("setting", list(AUTOATTACK))
-def test_autoattack(target_model, test_set, catalog_entry, securitynet, device, seed, record, progress, setting):
+def test_autoattack(target_model, test_set, catalog_entry, securitynet, device, seed, record, progress, intervals,
+                    setting):
     pytest.importorskip("pyautoattack", reason="AutoAttack needs pyautoattack: pip install 'pytest-securitynet[autoattack]'")
     from pytest_securitynet.attacks.autoattack import robustbench_radius, run_autoattack
 
@@ -177,8 +178,9 @@ def test_autoattack(target_model, test_set, catalog_entry, securitynet, device, 
                              progress=progress)
     per_attack = {f"robust_accuracy_{a.replace('-', '_')}": acc for a, acc in outcome.robust_accuracy_after.items()}
     record(norm=norm, eps=eps, eps_255=eps * 255 if norm == "Linf" else None, attack="autoattack-standard",
-           attacks=outcome.attacks, clean_accuracy=outcome.clean_accuracy, robust_accuracy=outcome.robust_accuracy,
-           accuracy_drop=outcome.clean_accuracy - outcome.robust_accuracy, **per_attack,
+           attacks=outcome.attacks, clean_accuracy=intervals.mean(outcome.clean.double()),
+           robust_accuracy=intervals.mean(outcome.robust.double()),
+           accuracy_drop=intervals.mean(outcome.clean.double() - outcome.robust.double()), **per_attack,
            robust_accuracy_after=outcome.robust_accuracy_after, flipped=outcome.flipped,
            time_per_attack_s=outcome.attack_time_s, attack_time_s=time.perf_counter() - start,
            n_points=n, points_budget=requested, n_test=len(test_set), max_perturbation=outcome.max_perturbation,

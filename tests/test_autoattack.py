@@ -135,3 +135,5 @@ def test_benchmark_rows(pytester, cache_dir):
         assert m["robust_accuracy"] == m["robust_accuracy_square"] <= m["robust_accuracy_apgd_ce"] <= m["clean_accuracy"]
         assert m["unreliable"] is False and m["unreliable_reasons"] == []
         assert set(m["time_per_attack_s"]) == {"apgd-ce", "apgd-t", "fab-t", "square"}
+        low, high = m["intervals"]["robust_accuracy"]["low"], m["intervals"]["robust_accuracy"]["high"]
+        assert low <= m["robust_accuracy"] <= high and m["intervals"]["robust_accuracy"]["n"] == 8

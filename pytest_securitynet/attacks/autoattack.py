@@ -92,6 +92,8 @@ class AutoAttackResult(ResultRecord):
     unreliable_reasons: list[str]
     package_warnings: list[str]
     package_version: str
+    clean: torch.Tensor = field(repr=False)
+    """Per point: correctly classified before any attack."""
     robust: torch.Tensor = field(repr=False)
     """Per point: still correctly classified after every attack."""
 
@@ -242,6 +244,7 @@ def run_autoattack(
             logits = torch.cat([model(xb) for xb in x_all.split(batch_size)])
         classes = num_classes or logits.shape[1]
         robust = logits.argmax(1) == y_all
+        clean = robust.clone()
         clean_accuracy = int(robust.sum()) / n
         adversary = standard_adversary(model, norm, eps, classes, seed, device)
         attacks = _attacks_for(classes)
@@ -283,7 +286,7 @@ def run_autoattack(
         clean_accuracy=clean_accuracy, robust_accuracy=int(robust.sum()) / n, robust_accuracy_after=after,
         flipped=flipped, attack_time_s=times, max_perturbation=max_perturbation, unreliable=bool(reasons),
         unreliable_reasons=reasons, package_warnings=package_warnings,
-        package_version=getattr(pyautoattack, "__version__", "unknown"), robust=robust.cpu(),
+        package_version=getattr(pyautoattack, "__version__", "unknown"), clean=clean.cpu(), robust=robust.cpu(),
     )
 
 
