@@ -106,7 +106,7 @@ def dataset_family(request, catalog_entry, securitynet) -> str:
 
 @pytest.mark.parametrize("detector", DETECTORS)
 def test_detection(target_model, test_set, image_data, catalog_entry, dataset_family, securitynet, device, seed,
-                   record, request, results_path, progress, detector):
+                   record, request, results_path, progress, intervals, detector):
     """One detector on one presumed-clean model: verdict, score and runtime (a row of Table 1)."""
     budget = securitynet.settings.budget(Budget)
     images, num_classes = test_set.images, catalog_entry.annotations["num_classes"]
@@ -126,6 +126,11 @@ def test_detection(target_model, test_set, image_data, catalog_entry, dataset_fa
     else:
         progress(f"neo: {min(budget.inputs, len(images))} inputs")
         metrics = run_neo(target_model, images, budget, device, seed) | {"scale": scale_name(shape, n_train)}
+    if detector != "neural-cleanse" and metrics["n_inputs"]:
+        # STRIP's and NEO's score is a fraction of the scored inputs: its interval needs only the count.
+        # (Neural Cleanse's anomaly index is one statistic over all labels, with no per-sample data.)
+        metrics["score"] = intervals.proportion(metrics["score"] * metrics["n_inputs"], metrics["n_inputs"])
+        metrics[metrics["score_name"]] = metrics["score"]
     record(detector=detector, dataset_family=dataset_family, purpose=catalog_entry.purpose,
            verdict="backdoored" if metrics["flagged"] else "clean", **metrics)
     assert metrics["runtime_s"] > 0

@@ -81,7 +81,7 @@ SPEC = BenchmarkSpec(
 
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_model_stealing(target, target_model, auxiliary, test_set, image_data, catalog_entry, securitynet,
-                        device, seed, record, progress, setting):
+                        device, seed, record, progress, intervals, setting):
     start = time.perf_counter()
     budget = securitynet.settings.budget(Budget)
     n_train = len(image_data.train_labels)
@@ -106,7 +106,9 @@ def test_model_stealing(target, target_model, auxiliary, test_set, image_data, c
         label_only=setting.label_only, device=device, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
         schedule=SCHEDULE, seed=seed, progress=progress.step, **plan.steal_kwargs())
     info, attack_time = result.training, time.perf_counter() - start
-    scores = {k: getattr(result, k) for k in ("attack_accuracy", "agreement", "target_accuracy")}
+    # Each score is a fraction of the test set: its interval needs only the count (results/intervals.py).
+    scores = {k: intervals.proportion(getattr(result, k) * len(test_set), len(test_set))
+              for k in ("attack_accuracy", "agreement", "target_accuracy")}
 
     record(**scores, queries=queries_used, budget_queries=round(setting.budget * n_train),
            budget_fraction=setting.budget, auxiliary_size=len(auxiliary), n_train=n_train, n_test=len(test_set),
@@ -117,7 +119,7 @@ def test_model_stealing(target, target_model, auxiliary, test_set, image_data, c
            train_tflop=(info.flops or 0.0) / 1e12, train_tflop_per_s=info.tflop_per_s, amp=info.amp,
            channels_last=info.channels_last, phases={**result.phases, "queries": query_time})
     assert queries_used == len(images)  # one query per sample, nothing else asked of the target
-    assert 0.0 <= scores["agreement"] <= 1.0
+    assert 0.0 <= scores["agreement"].value <= 1.0
 
 
 def seeded_positions(n_total: int, n: int, seed: int) -> torch.Tensor:

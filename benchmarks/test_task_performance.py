@@ -15,14 +15,15 @@ SPEC = BenchmarkSpec(
 )
 
 
-def top1_accuracy(target, data) -> float:
-    return (target.predict(data).cpu() == data.labels).float().mean().item()
+def top1_correct(target, data):
+    """Per sample: whether the top-1 prediction is the label."""
+    return target.predict(data).cpu() == data.labels
 
 
-def test_accuracy(target, train_set, test_set, record):
-    train_accuracy = top1_accuracy(target, train_set)
-    test_accuracy = top1_accuracy(target, test_set)
-    record(train_accuracy=train_accuracy, test_accuracy=test_accuracy,
-           overfit_gap=train_accuracy - test_accuracy,
+def test_accuracy(target, train_set, test_set, record, intervals):
+    train_correct, test_correct = top1_correct(target, train_set), top1_correct(target, test_set)
+    test_accuracy = intervals.mean(test_correct)
+    record(train_accuracy=intervals.mean(train_correct), test_accuracy=test_accuracy,
+           overfit_gap=intervals.difference(train_correct, test_correct),
            n_train=len(train_set), n_test=len(test_set))
-    assert 0.0 <= test_accuracy <= 1.0
+    assert 0.0 <= test_accuracy.value <= 1.0

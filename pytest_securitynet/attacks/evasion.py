@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -76,6 +76,10 @@ class EvasionResult(ResultRecord):
     phases: dict[str, float]
     flops: float | None
     tflop_per_s: float | None
+    clean_correct: torch.Tensor | None = field(default=None, repr=False)
+    """Per image (bool, CPU): whether the clean image is classified correctly (for intervals)."""
+    adversarial_correct: list[torch.Tensor] | None = field(default=None, repr=False)
+    """Per eps, per image: whether the adversarial image is still classified correctly."""
 
     def by_eps(self) -> dict[float, dict[str, float]]:
         """``{eps: {clean_accuracy, adversarial_accuracy, accuracy_drop}}`` (``evaluate_evasion``'s answer)."""
@@ -240,9 +244,10 @@ def _default_batch_size(device: torch.device, shape: torch.Size) -> int:
     return max(1, _ATTACK_PIXELS[device.type] // (shape[-1] * shape[-2]))
 
 
-def _accuracy_count(model: nn.Module, x: torch.Tensor, y: torch.Tensor, channels_last: bool) -> torch.Tensor:
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Per image: whether `model` classifies it correctly."""
     with torch.no_grad():
-        return (model(x.contiguous(memory_format=memory_format(channels_last))).argmax(1) == y).sum()
+        return model(x.contiguous(memory_format=memory_format(channels_last))).argmax(1) == y
 
 
 def _validate(images_uint8: torch.Tensor, labels: torch.Tensor, attack: str) -> torch.Tensor:
@@ -303,17 +308,24 @@ def run_evasion(
                            use_fast_path(cuda_graph, device) and device.type == "cuda")
             generator = seeded_generator(seed, device)
         with timer.phase("evaluation"):
-            clean_correct = sum(_accuracy_count(model, x.float().div_(255), y, fast_layout)
-                                for x, y in zip(setup.images.split(setup.batch_size), setup.labels.split(setup.batch_size)))
+            clean_mask = torch.cat([_correct(model, x.float().div_(255), y, fast_layout)
+                                    for x, y in zip(setup.images.split(setup.batch_size), setup.labels.split(setup.batch_size))])
+            clean_correct = clean_mask.sum()
         with timer.phase("attack"):
             adv_correct = torch.zeros(len(eps_values), dtype=torch.long, device=device)
+            adv_masks: list[list[torch.Tensor]] = [[] for _ in eps_values]
             pgd: dict[tuple[int, ...], _PgdSteps] = {}
             for x, y in zip(setup.images.split(setup.batch_size), setup.labels.split(setup.batch_size)):
                 x = x.float().div_(255)
                 for i, x_adv in enumerate(_adversarial_batches(setup, x, y, eps_values, attack, steps, generator, pgd)):
-                    adv_correct[i] += _accuracy_count(model, x_adv, y, fast_layout)
-    return _result(setup, attack, eps_values, steps, source_model is not None, seed, clean_correct, adv_correct,
-                   timer, graphed=any(p.run.captured for p in pgd.values()))
+                    mask = _correct(model, x_adv, y, fast_layout)
+                    adv_correct[i] += mask.sum()
+                    adv_masks[i].append(mask)
+    result = _result(setup, attack, eps_values, steps, source_model is not None, seed, clean_correct, adv_correct,
+                     timer, graphed=any(p.run.captured for p in pgd.values()))
+    result.clean_correct = clean_mask.cpu()
+    result.adversarial_correct = [torch.cat(masks).cpu() for masks in adv_masks]
+    return result
 
 
 def _result(setup: _Setup, attack: str, eps_values: list[float], steps: int, transfer: bool, seed: int,
