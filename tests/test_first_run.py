@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import linecache
 import os
 import shutil
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -25,10 +23,11 @@ from pytest_securitynet.catalog.stats import normalise_countries, records, panel
 from pytest_securitynet.cli import main
 from pytest_securitynet.harness.budget_rules import SmallCNN, nc_epochs, surrogate_plan
 from pytest_securitynet.plugin import estimate, progress
-from pytest_securitynet.plugin.gpus import GpuPool
+from pytest_securitynet.plugin import gpus
 from pytest_securitynet.plugin.selection import SharedNames, may_match
 from pytest_securitynet.results.rows import SCHEMA
 from pytest_securitynet.results.summary import summary_lines
+from conftest import AKAMASTER_DIR, DATA_DIR, needs_shared
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
@@ -297,16 +296,19 @@ def test_phases_report_their_lengths():
     assert phases.status() == "attack, epoch 0/5"
 
 
-def test_gpus_warning_and_its_source_line_agree():
-    if torch.cuda.device_count():
-        pytest.skip("a GPU is visible")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        GpuPool(2)
-    (warning,) = caught
-    assert str(warning.message) == "--gpus 2: no GPU visible; every worker runs on the CPU"
-    source = linecache.getline(warning.filename, warning.lineno)
-    assert "GpuPool(2)" in source  # the caller's line, not a line holding both messages
+def test_gpus_without_a_gpu_is_one_notice_and_one_worker_per_core(pytester, project, monkeypatch):
+    """`--gpus 4` on a CPU: a one-line notice in the header (no warning with its source line), workers capped."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(gpus, "inherited_gpus", lambda: [])
+    shutil.copy(TASK, pytester.path / "benchmarks" / TASK.name)
+    result = project("benchmarks", "-k", "demo-digits-cnn", "--gpus", "4")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["securitynet: --gpus 4: no GPU visible; 2 workers (one per CPU core, of 4 asked for) "
+                                 "run on the CPU (2 cores)", "created: 2/2 workers"])
+    out = result.stdout.str()
+    assert "UserWarning" not in out and "warnings summary" not in out
+    assert gpus.gpu_notice(4, 2, 4, 4) == "securitynet: --gpus 4: 2 GPU(s) visible; the other workers run on the CPU"
+    assert gpus.gpu_notice(2, 2, 2, 2) is None
 
 
 # --- the catalog command ------------------------------------------------------------------------
@@ -393,7 +395,76 @@ def test_readme_first_command_needs_only_pypi_and_its_examples_are_ignored():
     assert any(line.lstrip().startswith("#") and "--index-url https://download.pytorch.org/whl/cpu" in line
                and "torch==2.14.1" in line and "torchvision==0.29.1" in line for line in block)
     written = ["securitynet-results-artifacts/x.png", "report/index.html", "securitynet-results.json",
-               "securitynet-results.json.lock", "securitynet-results.json.journal.jsonl", "securitynet-results.json.bak"]
+               "securitynet-results.json.lock", "securitynet-results.json.journal.jsonl",
+               "securitynet-results-runs/0001_2026-12-07T07-30-54.json"]
     ignored = subprocess.run(["git", "check-ignore", *written], cwd=REPO, capture_output=True, text=True)
     assert ignored.stdout.split() == written
     assert subprocess.run(["git", "check-ignore", "-q", "pytest_securitynet/results/new.py"], cwd=REPO).returncode == 1
+
+
+# --- models whose weights are missing -----------------------------------------------------------
+
+
+def test_missing_weights_stop_the_run_before_the_first_test(pytester, project, monkeypatch, tmp_path):
+    """Offline with no weights: one line naming how many models lack them and what to do, no test, exit 4."""
+    shutil.copy(TASK, pytester.path / "benchmarks" / TASK.name)
+    monkeypatch.delenv("SECURITYNET_MIRROR", raising=False)
+    result = project("benchmarks", "-k", "akamaster or demo-digits-cnn", "--securitynet-offline",
+                     f"--securitynet-cache={tmp_path}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([
+        "ERROR: 4 of 5 selected models need weights or data that are not in the cache or a mirror (offline); run "
+        "`securitynet catalog prefetch -k 'akamaster or demo-digits-cnn'` where the network is reachable (*), "
+        "or pass --securitynet-skip-missing"])
+    out = result.stdout.str() + result.stderr.str()
+    assert "PASSED" not in out and "passed" not in out and "missing file" not in out  # not one test ran
+    assert not (pytester.path / "out.json").exists()
+    assert len(out.splitlines()) < 15
+
+    skipping = project("benchmarks", "-k", "akamaster or demo-digits-cnn", "--securitynet-offline",
+                       f"--securitynet-cache={tmp_path}", "--securitynet-skip-missing", "-rs")
+    skipping.assert_outcomes(passed=1, skipped=4)
+    skipping.stdout.fnmatch_lines([
+        "securitynet: the tests of 4 of 5 selected models skip: their weights or data are not in the cache or a "
+        "mirror (offline; --securitynet-skip-missing): cifar10-resnet20-akamaster, *",
+        "securitynet: 5 tests of 1 benchmark on 5 models *",
+        "*cifar10-resnet20-akamaster: resnet20-12fca82f.th, * not in the cache or a mirror (offline)*"])
+
+
+def test_missing_weights_stop_an_xdist_run_from_its_controller(pytester, project, monkeypatch, tmp_path):
+    shutil.copy(TASK, pytester.path / "benchmarks" / TASK.name)
+    monkeypatch.setenv("SECURITYNET_MIRROR", str(tmp_path / "empty"))
+    result = project("benchmarks", "-k", "resnet20 and akamaster", "-n", "2", "--securitynet-offline",
+                     f"--securitynet-cache={tmp_path}", subprocess=True)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: 1 of 1 selected models need weights or data that are not in the cache or a "
+                                 "mirror (offline); run `securitynet catalog prefetch -k 'resnet20 and akamaster'`*"])
+    assert "error" not in result.stdout.str().lower().replace("errors", "")  # no test error rows
+
+
+@needs_shared(AKAMASTER_DIR, DATA_DIR)
+def test_online_missing_files_stop_only_when_their_host_cannot_be_reached(harness):
+    from pytest_securitynet.plugin.missing import missing_files
+    from pytest_securitynet.zoo.store import FileStore
+
+    entry = harness.catalog.models["cifar10-resnet20-akamaster"]
+    store = FileStore(cache_dir=harness.files.cache_dir / "empty-online", mirrors=[], offline=False)
+    asked = []
+    down = missing_files([entry], store, harness.dataset_for, reachable=lambda host: asked.append(host) or False)
+    assert list(down.models) == [entry.id] and "github.com" in down.why and down.why.endswith("cannot be reached")
+    assert "github.com" in asked
+    up = missing_files([entry], store, harness.dataset_for, reachable=lambda host: True)
+    assert not up  # reachable: the test downloads what it needs
+    mirrored = FileStore(cache_dir=store.cache_dir, mirrors=harness.files.mirrors, offline=True)
+    jpeg = harness.catalog.dataset("cifar10-jpeg")
+    assert not missing_files([entry], mirrored, lambda e: jpeg)  # the shared mirrors hold its weights and data
+
+
+def test_tests_named_after_catalog_models_print_no_start_line_under_xdist(pytester, project):
+    """The project's own tests are parametrized by model ids too; they are no benchmark run."""
+    (pytester.path / "test_own.py").write_text(
+        "import pytest\n\n@pytest.mark.parametrize('model', ['demo-digits-cnn', 'cifar10-resnet20-akamaster'])\n"
+        "def test_entry(model):\n    assert model\n")
+    result = project("test_own.py", "-n", "2", subprocess=True)
+    result.assert_outcomes(passed=2)
+    assert "securitynet:" not in result.stdout.str()

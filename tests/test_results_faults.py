@@ -19,8 +19,8 @@ from pytest_securitynet.results.journal import journal_path, read_journal
 from pytest_securitynet.results.lock import ResultsBusyError, ResultsLock, holder_info, lock_path
 from pytest_securitynet.results.merge import load_and_merge
 from pytest_securitynet.results.resume import setting_differences
-from pytest_securitynet.results.rows import (SCHEMA, ResultsWriter, backup_path, load_results, row_key,
-                                             run_info)
+from pytest_securitynet.results.archive import archived_runs, runs_dir
+from pytest_securitynet.results.rows import SCHEMA, ResultsWriter, load_results, row_key, run_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,7 +154,7 @@ def test_a_run_without_benchmarks_neither_locks_nor_touches_the_file(pytester, r
         run("tests").assert_outcomes(passed=1)
     finally:
         holder.release()
-    assert not (pytester.path / "out.json").exists() and not backup_path(pytester.path / "out.json").exists()
+    assert not (pytester.path / "out.json").exists() and not runs_dir(pytester.path / "out.json").exists()
 
 
 def test_under_xdist_a_busy_file_stops_the_run_and_tests_naming_models_take_nothing(pytester, run):
@@ -207,7 +207,7 @@ def test_a_run_refuses_to_replace_a_file_that_is_not_a_results_file(pytester, ru
     result.stderr.fnmatch_lines(["*out.json exists and is not a securitynet results file this run may replace*"
                                  "move it away or write this run's results elsewhere"])
     assert (pytester.path / "out.json").read_text() == content
-    assert not backup_path(pytester.path / "out.json").exists()
+    assert not runs_dir(pytester.path / "out.json").exists()
 
 
 def test_a_run_takes_the_file_over_at_start_and_keeps_the_one_it_replaces(pytester, run):
@@ -224,11 +224,12 @@ def test_a_run_takes_the_file_over_at_start_and_keeps_the_one_it_replaces(pytest
     now = results_of(pytester)
     assert now["run"]["status"] == "running" and now["results"] == []
     assert now["run"]["started_at"] >= first["run"]["started_at"] and now["run"]["argv"] != first["run"]["argv"]
-    assert load_results(backup_path(pytester.path / "out.json")) == first
-    # The next run replaces the empty file the killed one left; the backup still holds the rows.
+    (kept,) = archived_runs(pytester.path / "out.json")
+    assert kept.name.startswith("0001_") and load_results(kept) == first
+    # The next run replaces the empty file the killed one left: nothing to keep, the first run is still kept.
     run("benchmarks/test_rows.py", "-k", "demo and cnn").assert_outcomes(passed=3)
     assert len(results_of(pytester)["results"]) == 3
-    assert load_results(backup_path(pytester.path / "out.json")) == first
+    assert archived_runs(pytester.path / "out.json") == [kept] and load_results(kept) == first
 
 
 # --- resume with other settings -----------------------------------------------------------------
@@ -340,7 +341,7 @@ def test_results_files_are_created_as_the_umask_says(tmp_path, umask):
         writer.start()
         writer.add(make_row("a"), None)
         writer.add(make_row("b"), None)  # journaled
-        made = [path, backup_path(path), journal_path(path), lock_path(path)]
+        made = [path, writer.archived, journal_path(path), lock_path(path)]
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in made}
         writer.finish("complete")
         lock.release()
@@ -399,3 +400,91 @@ def test_duplicates_differing_only_in_times_or_cache_provenance_collapse(tmp_pat
     cached["metrics"]["auc"] = 0.9  # a result that differs is still a conflict
     merged = load_and_merge([write_results(tmp_path / "a.json", [trained]), write_results(tmp_path / "c.json", [cached])])
     assert [c.differences for c in merged.conflicts] == [["auc: 0.61 vs 0.9"]]  # kept (finished last) first
+
+
+# --- issue 20 and issue 19: every results file guarded, no run discards another's rows --------------
+
+def test_no_run_discards_another_runs_rows(pytester, run):
+    out = pytester.path / "out.json"
+    first = run("benchmarks", "-k", "demo and cnn")
+    first.assert_outcomes(passed=3)
+    assert "previous run:" not in first.stdout.str()  # nothing was replaced
+    runs = [results_of(pytester)]
+    for selection in ("demo and rbf", "demo and cnn and 1"):
+        result = run("benchmarks", "-k", selection)
+        assert result.ret == 0
+        runs.append(results_of(pytester))
+        kept = archived_runs(out)
+        result.stdout.fnmatch_lines([f"previous run: {kept[-1]} (every earlier run is kept in out-runs/, numbered)"])
+    # Newest at the path, every earlier run numbered beside it, each with all its rows.
+    assert [p.name[:5] for p in kept] == ["0001_", "0002_"]
+    assert [load_results(p) for p in kept] == runs[:2] and results_of(pytester) == runs[2]
+    assert sum(len(r["results"]) for r in runs) == 3 + 3 + 1
+    # A resumed run is the same run: it keeps its rows in place and archives nothing.
+    run("benchmarks", "-k", "demo and cnn", "--securitynet-resume").assert_outcomes(passed=2)
+    assert archived_runs(out) == kept and len(results_of(pytester)["results"]) == 3
+    # A run that records nothing leaves the file and the folder as they were.
+    assert run("benchmarks", "-k", "nothing-matches").ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    assert archived_runs(out) == kept
+
+
+def test_a_killed_runs_journal_is_kept_with_its_run(pytester, run):
+    out = pytester.path / "out.json"
+    run("benchmarks", "-k", "demo and cnn").assert_outcomes(passed=3)
+    doc = results_of(pytester)
+    journal_path(out).write_text(json.dumps({"row": dict(doc["results"][0], setting="journaled"),
+                                             "model_info": None}) + "\n")  # a row a killed run journaled
+    run("benchmarks", "-k", "demo and rbf").assert_outcomes(passed=3)
+    (kept,) = archived_runs(out)
+    assert "demo-digits-cnn::rows.row::journaled" in keys(load_results(kept)) and len(load_results(kept)["results"]) == 4
+
+
+def test_a_symlinked_results_path_is_locked_and_written_through(pytester, run):
+    target, link = pytester.path / "real.json", pytester.path / "out.json"
+    run("benchmarks", "-k", "demo and cnn", f"--securitynet-json={target}").assert_outcomes(passed=3)
+    link.symlink_to(target)
+    assert lock_path(link) == lock_path(target) and journal_path(link) == journal_path(target)
+    holder = ResultsLock(target)  # a run writing the target by its own name
+    holder.acquire(holder_info("2026-12-07T07:00:00+00:00"))
+    try:
+        busy = run("benchmarks", "-k", "demo")  # through the symlink
+    finally:
+        holder.release()
+    assert busy.ret == pytest.ExitCode.USAGE_ERROR
+    busy.stderr.fnmatch_lines(["*is being written by another run (host *, started 2026-12-07T07:00:00+00:00*"])
+    run("benchmarks", "-k", "demo").assert_outcomes(passed=6)
+    assert link.is_symlink() and len(load_results(target)["results"]) == 6  # written through, still a link
+    (kept,) = archived_runs(target)
+    assert len(load_results(kept)["results"]) == 3
+
+
+@pytest.mark.parametrize("case", ["under-a-file", "lock-is-a-folder", "path-is-a-folder", "unwritable-folder"])
+def test_an_unusable_results_path_is_one_usage_error_before_any_test(pytester, run, case):
+    (pytester.path / "afile").write_text("notes")
+    path = {"under-a-file": pytester.path / "afile" / "out.json",
+            "lock-is-a-folder": pytester.path / "locked.json",
+            "path-is-a-folder": pytester.path / "folder.json",
+            "unwritable-folder": Path("/proc/securitynet-results/out.json")}[case]
+    if case == "lock-is-a-folder":
+        lock_path(path).mkdir()
+    if case == "path-is-a-folder":
+        path.mkdir()
+    if case == "unwritable-folder" and not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc, a folder no one can write")
+    (pytester.path / "benchmarks" / "test_rows.py").write_text(ROWS.replace("record(", "open('ran', 'a').close()\n    record("))
+    result = run("benchmarks", "-k", "demo", f"--securitynet-json={path}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
+    assert len(errors) == 1 and errors[0].startswith(f"ERROR: cannot write results to {path}"), result.stderr.str()
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert not (pytester.path / "ran").exists()
+
+
+def test_under_xdist_an_unusable_results_path_is_one_usage_error(pytester, run):
+    (pytester.path / "afile").write_text("notes")
+    result = run("benchmarks", "-k", "demo", "-n", "2", f"--securitynet-json={pytester.path / 'afile' / 'out.json'}",
+                 subprocess=True)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: cannot write results to {pytester.path}/afile/out.json: "
+                                 f"{pytester.path}/afile is a file, not a folder*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()

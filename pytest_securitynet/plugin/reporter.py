@@ -15,7 +15,8 @@ from pytest_securitynet.plugin.items import (
     METRICS, benchmark_name, entry_of, key_of_nodeid, model_in_nodeid, setting_of,
 )
 from pytest_securitynet.plugin.progress import CPU_SECONDS
-from pytest_securitynet.results.lock import ResultsLock, holder_info
+from pytest_securitynet.plugin.provenance import provenance_of
+from pytest_securitynet.results.lock import ResultsLock, check_results_path, holder_info
 from pytest_securitynet.results.rows import ResultsWriteError, now, plain, replaced_results
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness, state_harness
 from pytest_securitynet.results.summary import summary_lines
@@ -60,6 +61,7 @@ def _payload(item: pytest.Item, entry: ModelEntry) -> dict[str, Any]:
         "finished_at": now(),
         **({"sizes": {name: len(part) for name, part in loaded.sets.items()}} if loaded is not None else {}),
         **({"cpu_time_s": round(cpu, 4)} if cpu is not None else {}),
+        "provenance": provenance_of(item, entry),
     })
 
 
@@ -109,6 +111,7 @@ class ResultsReporter:
         models = state_harness(self.state).catalog.models
         if any(model_in_nodeid(nodeid, models) is not None for nodeid in ids):
             try:
+                check_results_path(self.state.json_path)
                 self.lock.check_free()
             except SecurityNetError as exc:
                 raise pytest.UsageError(str(exc)) from None
@@ -174,6 +177,9 @@ class ResultsReporter:
             terminalreporter.write_line(f"securitynet: {self.write_error}", red=True)
         elif state.writer.rows:
             terminalreporter.write_line(f"results: {state.json_path} ({len(state.writer.rows)} rows)")
+            if state.writer.archived is not None:
+                terminalreporter.write_line(f"previous run: {state.writer.archived} (every earlier run is kept "
+                                            f"in {state.writer.archived.parent.name}/, numbered)")
             if self.report_line:
                 terminalreporter.write_line(self.report_line)
             elif not state.report_dir:

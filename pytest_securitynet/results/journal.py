@@ -35,8 +35,11 @@ final file in all (journal included), where rewriting after every row writes abo
 
 
 def journal_path(results_path: Path) -> Path:
-    """The journal beside a results file: `shard-017.json` -> `shard-017.journal.jsonl`."""
+    """The journal beside a results file: `shard-017.json` -> `shard-017.journal.jsonl` (beside the
+    file a symlink points to, where the writer keeps it)."""
     results_path = Path(results_path)
+    if results_path.is_symlink():
+        results_path = Path(os.path.realpath(results_path))
     return results_path.with_name(results_path.stem + JOURNAL_SUFFIX)
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,40 @@ class ResultsBusyError(SecurityNetError):
     """Another run holds the results file's lock; the message names it."""
 
 
-def lock_path(results_path: Path) -> Path:
-    """The lock beside a results file: `out.json` -> `out.json.lock`."""
+class ResultsPathError(SecurityNetError):
+    """The results file cannot be written where the run was told to write it; the message says why."""
+
+
+def check_results_path(results_path: Path) -> None:
+    """Raise `ResultsPathError` unless a run can write `results_path` and its lock: the path is not a
+    folder, its folder is one (or can be made) and is writable, the lock beside it is a file."""
     results_path = Path(results_path)
+    fix = "give --securitynet-json a path in a folder this user can write"
+    lock = lock_path(results_path)
+    for path, what in ((results_path, "the results file"), (lock, "its lock")):
+        if path.exists() and not path.is_file():
+            raise ResultsPathError(f"cannot write results to {results_path}: {path} ({what}) is not a regular file; "
+                                   f"remove it or {fix}")
+    folder = lock.parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ResultsPathError(f"cannot write results to {results_path}: {existing} is a file, not a folder; {fix}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{results_path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ResultsPathError(f"cannot write results to {results_path}: {exc.strerror or exc} "
+                               f"({exc.filename or folder}); {fix}") from None
+
+
+def lock_path(results_path: Path) -> Path:
+    """The lock beside a results file: `out.json` -> `out.json.lock`. For a symlink, beside the file
+    it points to: every run writing that file, by any path, takes the same lock."""
+    results_path = Path(results_path)
+    if results_path.is_symlink():
+        results_path = Path(os.path.realpath(results_path))
     return results_path.with_name(results_path.name + LOCK_SUFFIX)
 
 
@@ -69,12 +101,15 @@ class ResultsLock:
         """Take the lock without waiting and write `info` (see `holder_info`) into it."""
         if self._fd is not None:
             return
+        check_results_path(self.results_path)
         if fcntl is None:
             log.warning("%s: cannot lock results files on this platform; make sure one run writes it", self.results_path)
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(ATTEMPTS):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:
+                raise ResultsPathError(f"cannot write the lock {self.path}: {exc.strerror or exc}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -5,7 +5,9 @@ merge by key, and `--securitynet-resume` knows what is already done. Each finish
 to the journal beside the file at once and the document is compacted now and then (`journal`), so
 a run of n rows writes O(n) bytes; `load_results` replays a journal a killed run left behind.
 A run takes the file over before its first test (`ResultsWriter.start`): the file a fresh run
-replaces is kept as `x.json.bak`, and the file says "running" until the run ends.
+replaces is kept, numbered, in `x-runs/` (`archive`), and the file says "running" until the run
+ends. A results path that is a symlink is written through: the file it points to is the one
+locked, journaled and replaced.
 Schema: docs/results-schema.md (checked on reading by `schema.check_document`).
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import platform
 import socket
 import sys
@@ -22,11 +25,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.results.archive import next_run_path
 from pytest_securitynet.results.journal import CompactionPolicy, Journal, journal_path, load_journaled, write_atomic
 from pytest_securitynet.results.schema import SCHEMA, check_document, check_row
 
 PASSED = "passed"
-BACKUP_SUFFIX = ".bak"
 
 
 class ResultsWriteError(SecurityNetError):
@@ -121,10 +124,11 @@ def replaced_results(path: Path) -> dict[str, Any] | None:
                                f"move it away or write this run's results elsewhere") from None
 
 
-def backup_path(path: Path) -> Path:
-    """Where a fresh run keeps the results file it replaces: `out.json` -> `out.json.bak`."""
+def results_target(path: Path) -> Path:
+    """The file a results path names: the target of a symlink (so a symlinked results file is
+    written through and locked once, not replaced by a regular file), else the path itself."""
     path = Path(path)
-    return path.with_name(path.name + BACKUP_SUFFIX)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def encode(doc: dict[str, Any]) -> bytes:
@@ -143,7 +147,8 @@ class ResultsWriter:
     A run calls `start` before its first test: it takes the file over, writing the document (with
     the rows carried over by `--securitynet-resume`, which `load_results` read with any journal a
     killed run left) with the run's status "running", after keeping the file a fresh run replaces
-    (`replaces`, with rows) as `backup_path`. A run killed from then on leaves a file that says
+    (`replaces`, with rows) numbered in the runs folder (`archive`; `archived` says where). A run
+    killed from then on leaves a file that says
     "running", never the previous run's "complete". A run that ends having recorded nothing puts
     `replaces` back (or removes its file when there was none). Without `start`, nothing is written
     before the first row, whose compaction writes the document. A run that does not resume drops
@@ -157,7 +162,7 @@ class ResultsWriter:
                  policy: CompactionPolicy | None = None, durable: bool = True,
                  clock: Callable[[], float] = time.monotonic, replaces: dict[str, Any] | None = None,
                  row_settings: dict[str, Any] | None = None):
-        self.path = Path(path)
+        self.path = results_target(path)
         self.run = run
         self.models: dict[str, Any] = dict(previous.get("models", {})) if previous else {}
         self.rows: dict[str, dict[str, Any]] = {row_key(r): r for r in previous["results"]} if previous else {}
@@ -177,6 +182,7 @@ class ResultsWriter:
         self.replaces = previous if previous is not None else replaces  # the file as it was before this run
         self.row_settings = plain(row_settings) if row_settings is not None else None
         self.added = 0  # rows this run added
+        self.archived: Path | None = None  # where `start` kept the file this run replaces
         self._taken_over = False
 
     @property
@@ -185,18 +191,18 @@ class ResultsWriter:
         return self.journal.bytes_written + self.document_bytes_written
 
     def start(self) -> Path | None:
-        """Take the file over before the first test (see the class docstring); returns the backup
-        written, if any. Raises `ResultsWriteError` when the file cannot be written."""
-        backup = None
+        """Take the file over before the first test (see the class docstring); returns where the
+        replaced file was kept, if anywhere. Raises `ResultsWriteError` when a file cannot be written."""
         try:
             if self._fresh and self.replaces is not None and self.replaces.get("results"):
-                backup = backup_path(self.path)
-                write_atomic(backup, encode(self.replaces), self.durable)
+                target = next_run_path(self.path, self.replaces.get("run"))
+                write_atomic(target, encode(self.replaces), self.durable)
+                self.archived = target
             self.write()
         except OSError as exc:
-            raise ResultsWriteError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            raise ResultsWriteError(f"cannot write {exc.filename or self.path}: {exc.strerror or exc}") from exc
         self._taken_over = True
-        return backup
+        return self.archived
 
     def add(self, row: dict[str, Any], model_info: dict[str, Any] | None) -> None:
         row = plain(row)
@@ -253,6 +259,9 @@ class ResultsWriter:
         else:
             self.path.unlink(missing_ok=True)
         self.journal.remove()
+        if self.archived is not None:  # the file is back where it was: no second copy of it
+            self.archived.unlink(missing_ok=True)
+            self.archived = None
 
     def write(self) -> None:
         """Compact: rewrite the whole document atomically, then empty the journal."""

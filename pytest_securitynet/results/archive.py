@@ -1,0 +1,48 @@
+"""Earlier runs are kept, numbered, in a folder beside the results file; the newest stays at its path.
+
+A fresh run that replaces a results file holding rows (document plus journal) first copies it to
+`<stem>-runs/NNNN_<its start time>.json` beside it (`securitynet-results.json` ->
+`securitynet-results-runs/0003_2026-12-07T07-30-54.json`), numbered after the highest number
+there, so no run discards another run's rows. `securitynet merge -o` does the same before
+replacing a file whose rows the merge would lose. The run's end names the copy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any
+
+RUNS_SUFFIX = "-runs"
+_NUMBERED = re.compile(r"(\d{4,})_.*\.json")
+
+
+def runs_dir(results_path: Path) -> Path:
+    """The folder of earlier runs beside a results file: `out.json` -> `out-runs/`."""
+    results_path = Path(results_path)
+    return results_path.with_name(results_path.stem + RUNS_SUFFIX)
+
+
+def archived_runs(results_path: Path) -> list[Path]:
+    """The earlier runs kept for `results_path`, oldest first."""
+    folder = runs_dir(results_path)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NUMBERED.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def next_run_path(results_path: Path, run: dict[str, Any] | None) -> Path:
+    """Where the run `run` (the `run` block of the file being replaced) is kept: the next number,
+    and its start time (else now) in a form every file system accepts."""
+    taken = [int(_NUMBERED.fullmatch(p.name).group(1)) for p in archived_runs(results_path)]
+    return runs_dir(results_path) / f"{max(taken, default=0) + 1:04d}_{_stamp((run or {}).get('started_at'))}.json"
+
+
+def _stamp(started_at: Any) -> str:
+    try:
+        when = dt.datetime.fromisoformat(str(started_at))
+    except ValueError:
+        when = dt.datetime.now(dt.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H-%M-%S")
