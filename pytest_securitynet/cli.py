@@ -275,6 +275,8 @@ def _merge(args: argparse.Namespace) -> int:
         print(conflict.warning("securitynet merge"), file=sys.stderr)
     print(f"{args.out}: {len(merged.rows)} rows from {len(merged.sources)} file(s), "
           f"{merged.collapsed} identical duplicate(s) folded, {len(merged.conflicts)} conflict(s)")
+    if merged.replaced_kept is not None:
+        print(f"the file it replaced, whose rows the merge does not all hold, is kept as {merged.replaced_kept}")
     return 0
 
 

@@ -488,3 +488,19 @@ def test_under_xdist_an_unusable_results_path_is_one_usage_error(pytester, run):
     result.stderr.fnmatch_lines([f"ERROR: cannot write results to {pytester.path}/afile/out.json: "
                                  f"{pytester.path}/afile is a file, not a folder*"])
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_resuming_a_merge_of_other_settings_is_refused(pytester, run, capsys):
+    a, b, merged = (pytester.path / name for name in ("a.json", "b.json", "merged.json"))
+    run("benchmarks", "-k", "demo and cnn", f"--securitynet-json={a}", "--securitynet-limit=300").assert_outcomes(passed=3)
+    run("benchmarks", "-k", "demo and rbf", f"--securitynet-json={b}", "--securitynet-seed=9").assert_outcomes(passed=3)
+    assert securitynet(["merge", str(a), str(b), "-o", str(merged)]) == 0
+    refused = run("benchmarks", "-k", "demo", f"--securitynet-json={merged}", "--securitynet-resume",
+                  "--securitynet-seed=9")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(["*holds rows measured with other settings (seed: 0 in some rows, 9 now; "
+                                  "limit: 300 in some rows, None now)*"])
+    # A merge of files with one set of settings keeps them, and resumes like the files it came from.
+    assert securitynet(["merge", str(a), "-o", str(merged)]) == 0
+    run("benchmarks", "-k", "demo", f"--securitynet-json={merged}", "--securitynet-resume",
+        "--securitynet-limit=300").assert_outcomes(passed=3)

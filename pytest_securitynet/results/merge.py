@@ -9,6 +9,12 @@ per second, `reference_source`, `source_cached`) are identical, and row fields o
 and `metrics` (wall and setup times, `finished_at`, `worker`, `nodeid`, peak memory) are never
 compared. Of two conflicting rows the report keeps a passed one over one that did not pass, then
 the one that finished last, then the one from the file given last.
+
+`merge_files` never destroys rows: it refuses to write over one of its inputs or over a file that
+is not a results file, and keeps a results file it replaces in the runs folder (`archive`) when
+the merge would lose any of its rows. The merged `run.settings` are the inputs' when they all
+agree on what decides a row (`resume.ROW_SETTINGS`); otherwise every row records its file's in
+`run_settings`, so `--securitynet-resume` compares each row's settings.
 """
 
 from __future__ import annotations
@@ -19,7 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from pytest_securitynet.results.rows import PASSED, SCHEMA, ResultsWriter, load_results, now, results_exist, row_key
+from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.results.archive import next_run_path
+from pytest_securitynet.results.journal import write_atomic
+from pytest_securitynet.results.resume import row_settings
+from pytest_securitynet.results.rows import (PASSED, SCHEMA, ResultsWriter, encode, load_results, now, results_exist,
+                                             results_target, row_key)
 
 MAX_DIFF_SHOWN = 4
 """Differing metrics named per conflict in the report (all of them are in the CSV)."""
@@ -72,6 +83,7 @@ class ResultSet:
     collapsed: int = 0  # identical duplicates folded into one row
     origin: dict[str, Path] = field(default_factory=dict)  # row key -> file it was taken from
     benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)  # the files' specs by id (the later file wins)
+    replaced_kept: Path | None = None  # where `merge_files` kept the results file `-o` replaced
 
     @property
     def passed(self) -> list[dict[str, Any]]:
@@ -182,20 +194,89 @@ def _short(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else value
     return text if len(text) <= 40 else text[:37] + "..."
 
+class MergeOutputError(SecurityNetError):
+    """`-o` names a file the merge must not replace (one of its inputs, or not a results file)."""
+
+
 def merge_files(paths: Iterable[str | Path], out: str | Path) -> ResultSet:
-    """Merge the results files `paths` into `out` (written atomically); returns what the merge found."""
-    result_set = load_and_merge(paths)
+    """Merge the results files `paths` into `out` (written atomically); returns what the merge found.
+
+    `MergeOutputError` when `out` is an input or not a results file; a results file at `out` whose
+    rows the merge would lose is kept first (`ResultSet.replaced_kept` says where)."""
+    paths, out = [Path(p) for p in paths], Path(out)
+    _check_output(paths, out)
+    documents = load_documents(paths)
+    result_set = merge(_with_row_settings(documents))
     started = [s.run.get("started_at") for s in result_set.sources if s.run.get("started_at")]
     run = {
         "status": "merged",
         "merged_at": now(),
         "started_at": min(started) if started else None,
         "merged_from": [{"path": str(s.path), "rows": s.rows, "status": s.run.get("status"),
-                         "host": s.run.get("host"), "argv": s.run.get("argv")} for s in result_set.sources],
+                         "host": s.run.get("host"), "argv": s.run.get("argv"),
+                         "settings": s.run.get("settings")} for s in result_set.sources],
         "conflicts": [conflict.key for conflict in result_set.conflicts],
     }
+    common = _common_settings(documents)
+    if common is not None:
+        run["settings"] = common
     present = {row["model"] for row in result_set.rows}
     models = {m: info for m, info in result_set.models.items() if m in present}
-    ResultsWriter(Path(out), run, {"models": models, "results": result_set.rows,
-                                   "benchmarks": result_set.benchmarks}).write()
+    result_set.replaced_kept = _keep_replaced(out, result_set.rows)
+    ResultsWriter(out, run, {"models": models, "results": result_set.rows,
+                             "benchmarks": result_set.benchmarks}).write()
     return result_set
+
+
+def _check_output(paths: list[Path], out: Path) -> None:
+    """Refuse an `out` that is one of the inputs (by any path, symlinks included) or not a results file."""
+    target = results_target(out).resolve()
+    for path in paths:
+        if results_target(path).resolve() == target:
+            raise MergeOutputError(f"-o {out} is one of the files being merged; merging into it would destroy the "
+                                   f"rows that lose a conflict. Write the merge to a new file")
+    if out.exists() and not out.is_file():
+        raise MergeOutputError(f"-o {out} is not a file; give the path of the merged results file")
+    if results_exist(out):
+        try:
+            load_results(out)
+        except (ValueError, OSError) as exc:
+            raise MergeOutputError(f"-o {out} exists and is not a securitynet results file ({exc}); "
+                                   f"the merge leaves it alone: write the merge elsewhere") from None
+
+
+def _keep_replaced(out: Path, rows: list[dict[str, Any]]) -> Path | None:
+    """Keep the results file at `out` in its runs folder when the merge would lose one of its rows."""
+    if not results_exist(out):
+        return None
+    old = load_results(out)
+    merged = {row_key(row): row for row in rows}
+    if all(merged.get(row_key(row)) == row for row in old["results"]):
+        return None  # every row it holds is in the merge, unchanged (e.g. a sweep merged again)
+    kept = next_run_path(results_target(out), old.get("run"))
+    write_atomic(kept, encode(old))
+    return kept
+
+
+def _common_settings(documents: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any] | None:
+    """The inputs' `run.settings` when every input records them and they agree on what decides a row."""
+    recorded = [(doc.get("run") or {}).get("settings") for _, doc in documents]
+    if not recorded or not all(isinstance(s, dict) for s in recorded):
+        return None
+    first = row_settings(recorded[0])
+    return dict(recorded[0]) if all(row_settings(s) == first for s in recorded[1:]) else None
+
+
+def _with_row_settings(documents: list[tuple[Path, dict[str, Any]]]) -> list[tuple[Path, dict[str, Any]]]:
+    """When the inputs' settings differ (or one does not record them), each row carries its file's
+    as `run_settings`, as a mixed resume records them."""
+    if _common_settings(documents) is not None:
+        return documents
+    out = []
+    for path, doc in documents:
+        settings = (doc.get("run") or {}).get("settings")
+        if isinstance(settings, dict):
+            doc = {**doc, "results": [row if "run_settings" in row else {**row, "run_settings": row_settings(settings)}
+                                      for row in doc["results"]]}
+        out.append((path, doc))
+    return out

@@ -44,9 +44,17 @@ def check_resume(path: Path, previous: dict[str, Any], current: Mapping[str, Any
     Returns the settings new rows must record as `run_settings` (None when rows need not carry
     them): with `mixed`, or when the file already holds rows that carry theirs. Rows of `previous`
     without them get the file's `run.settings` (changed in place)."""
-    recorded = (previous.get("run") or {}).get("settings")
+    run = previous.get("run") or {}
+    recorded = run.get("settings")
     recorded = recorded if isinstance(recorded, dict) else None
     differences = setting_differences(recorded, current) if recorded is not None else []
+    if recorded is None and not mixed:  # a merge of files with other settings: each row records its own
+        differences = _row_differences(previous["results"], current)
+        if "merged_from" in run and any("run_settings" not in row for row in previous["results"]):
+            raise ResumeMismatchError(
+                f"--securitynet-resume: {path} is a merge that does not record the settings its rows were "
+                f"measured with; resuming could mix settings. Resume the files it was merged from, or use "
+                f"--securitynet-resume-mixed to keep both (each new row then records its settings in `run_settings`)")
     if differences and not mixed:
         raise ResumeMismatchError(
             f"--securitynet-resume: {path} holds rows measured with other settings ({'; '.join(differences)}); "
@@ -58,6 +66,16 @@ def check_resume(path: Path, previous: dict[str, Any], current: Mapping[str, Any
         for row in previous["results"]:
             row.setdefault("run_settings", row_settings(recorded))
     return row_settings(current)
+
+
+def _row_differences(rows: list[dict[str, Any]], current: Mapping[str, Any]) -> list[str]:
+    """`setting_differences` of every distinct `run_settings` the rows record, without repeats."""
+    seen: dict[str, None] = {}
+    for settings in {_canonical(row["run_settings"]): row["run_settings"] for row in rows
+                     if isinstance(row.get("run_settings"), dict)}.values():
+        for difference in setting_differences(settings, current):
+            seen.setdefault(difference.replace(" in the file", " in some rows"))
+    return list(seen)
 
 
 def _canonical(value: Any) -> str:
