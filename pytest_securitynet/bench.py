@@ -17,13 +17,18 @@ from typing import Any, Sequence
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.results.rows import load_results, results_exist
 
+DESCRIPTION = ("Time the default benchmark suite on one catalog model: pytest runs the benchmark files with a "
+               "results file of its own (OUT/bench.json), then one line per test is printed and written to "
+               "OUT/bench.md: wall time, the phases the test recorded, TFLOP/s where the work is counted, and "
+               "peak GPU memory. Run it from a checkout (it needs ./benchmarks).")
 DEFAULT_MODEL = "cifar10-resnet56-akamaster"
 DEFAULT_SELECTION = "not wrn50_2"
 """The default suite without the WRN-50-2 surrogate (timed on its own with `--with-wrn`)."""
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="time the default suite on one model and print a throughput table")
+    bench = sub.add_parser("bench", help="time the default suite on one model and print a throughput table",
+                           description=DESCRIPTION)
     bench.add_argument("--model", default=DEFAULT_MODEL, help=f"catalog model id. Default: {DEFAULT_MODEL}")
     bench.add_argument("--dataset", action="append", default=[], metavar="ID=OTHER",
                        help="dataset override, e.g. cifar10=cifar10-jpeg (repeatable). Default: none")

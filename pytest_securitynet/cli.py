@@ -1,4 +1,14 @@
-"""The `securitynet` command: look at, check, import, annotate and prefetch the catalog without pytest."""
+"""The `securitynet` command: the catalog, reports, timing, merging and sweeps, without writing pytest commands.
+
+subcommands:
+  catalog   list, show, validate, import, annotate, count (stats) or prefetch the catalog's models
+  report    an HTML report (figures and CSVs) of one or more results files
+  bench     time the default suite on one model and print a throughput table
+  merge     one results file from several (the shards of a sweep), by row key
+  sweep     run a selection as a Slurm job array (or locally) and merge the shards; `sweep status DIR`
+
+Benchmarks themselves run through pytest: `pytest benchmarks/ -k demo` (README.md).
+"""
 
 from __future__ import annotations
 
@@ -36,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="securitynet", description=__doc__)
+    parser = argparse.ArgumentParser(prog="securitynet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     add_report_parser(sub)
     add_bench_parser(sub)
@@ -86,8 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     stats.set_defaults(run=_stats)
 
     prefetch = actions.add_parser("prefetch", help="download the weights and data of a selection into the cache")
-    prefetch.add_argument("patterns", nargs="+", metavar="SELECTION",
+    prefetch.add_argument("patterns", nargs="*", metavar="SELECTION",
                           help="model id patterns (shell-style, e.g. 'cifar10-*-pytorchcv') or dataset ids")
+    prefetch.add_argument("-k", dest="keyword", default=None, metavar="EXPR",
+                          help="models a `pytest benchmarks/ -k EXPR` run may select, e.g. -k cifar10 or "
+                               "-k 'resnet20 and akamaster' (words that name no model property count either way)")
     prefetch.add_argument("--cache", type=Path, default=None, help="cache directory. Default: SECURITYNET_CACHE or the user cache")
     prefetch.add_argument("--offline", action="store_true", help="only check; fail naming what is missing (also SECURITYNET_OFFLINE=1)")
     prefetch.add_argument("--dry-run", action="store_true", help="list what is present and missing, download nothing")
@@ -129,6 +143,7 @@ def _load(args: argparse.Namespace) -> Catalog:
 def _list(args: argparse.Namespace) -> int:
     catalog = _catalog(args)
     datasets = _datasets_named(catalog, args.dataset) if args.dataset else None
+    listed = 0
     for entry in catalog.models.values():
         if datasets is not None and entry.dataset not in datasets:
             continue
@@ -143,8 +158,17 @@ def _list(args: argparse.Namespace) -> int:
         if args.available and entry.raw.get("unavailable"):
             continue
         state = "unavailable" if entry.raw.get("unavailable") else ""
-        print(f"{entry.id:56} {entry.dataset:15} {entry.architecture:22} {entry.purpose:10} {entry.source_kind:10} {state}".rstrip())
+        if not listed:
+            print(_list_row("model", "dataset", "architecture", "purpose", "source", "state"))
+        listed += 1
+        print(_list_row(entry.id, entry.dataset, entry.architecture, entry.purpose, entry.source_kind, state))
+    if not listed:
+        print("no model matches these filters", file=sys.stderr)
     return 0
+
+
+def _list_row(model: str, dataset: str, architecture: str, purpose: str, source: str, state: str) -> str:
+    return f"{model:56} {dataset:15} {architecture:22} {purpose:10} {source:10} {state}".rstrip()
 
 
 def _datasets_named(catalog, name: str) -> set[str]:
@@ -238,13 +262,19 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _prefetch(args: argparse.Namespace) -> int:
-    from pytest_securitynet.zoo.prefetch import plan, prefetch, select
+    from pytest_securitynet.zoo.prefetch import plan, prefetch, select, select_by_keyword
     from pytest_securitynet.zoo.store import FileStore
 
     settings = settings_from({"catalog": args.catalog, "cache": args.cache, "offline": args.offline})
     catalog = load_catalog(catalog_paths(settings.catalogs), allow_code_builders=args.allow_code_builders)
     store = FileStore(cache_dir=settings.cache_dir, mirrors=list(settings.mirrors), offline=settings.offline)
-    needs, unavailable = plan(select(catalog, args.patterns), catalog, store)
+    if not args.patterns and not args.keyword:
+        raise SecurityNetError("catalog prefetch: give model id patterns or dataset ids, or -k EXPR")
+    chosen = select(catalog, args.patterns) if args.patterns else []
+    if args.keyword:
+        chosen += [e for e in select_by_keyword(catalog, args.keyword) if e not in chosen]
+    print(f"{len(chosen)} model(s) selected", file=sys.stderr)
+    needs, unavailable = plan(chosen, catalog, store)
     for model_id, reason in unavailable.items():
         print(f"skipped {model_id} (unavailable): {reason}")
     if args.dry_run:

@@ -180,9 +180,13 @@ def test_start_line_estimate_sizes_and_report(pytester, project, tmp_path):
 
 
 def test_xdist_controller_prints_the_start_line(pytester, project):
+    """Of benchmark tests only: the project's own tests are parametrized by model ids too, and are no benchmark."""
     shutil.copy(TASK, pytester.path / "benchmarks" / TASK.name)
-    result = project("benchmarks", "-k", "demo", "-n", "2", subprocess=True)
-    result.assert_outcomes(passed=2)
+    (pytester.path / "test_own.py").write_text(
+        "import pytest\n\n@pytest.mark.parametrize('model', ['demo-digits-cnn', 'demo-digits-rbf-overfit'])\n"
+        "def test_entry(model):\n    assert model\n")
+    result = project("benchmarks", "test_own.py", "-k", "demo", "-n", "2", subprocess=True)
+    result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["securitynet: 2 tests of 1 benchmark on 2 models (demo-digits-cnn, "
                                  "demo-digits-rbf-overfit); device cpu, 2 workers; results out.json; *"])
     assert "\x1b7" not in result.stdout.str()
@@ -296,17 +300,21 @@ def test_phases_report_their_lengths():
     assert phases.status() == "attack, epoch 0/5"
 
 
-def test_gpus_without_a_gpu_is_one_notice_and_one_worker_per_core(pytester, project, monkeypatch):
-    """`--gpus 4` on a CPU: a one-line notice in the header (no warning with its source line), workers capped."""
+def test_gpus_without_a_gpu_is_one_notice_and_one_worker_per_core(pytester, monkeypatch, recwarn):
+    """`--gpus 4` on a CPU: a one-line notice in the run's header (no warning with its source line), and
+    one worker per core."""
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(gpus, "inherited_gpus", lambda: [])
-    shutil.copy(TASK, pytester.path / "benchmarks" / TASK.name)
-    result = project("benchmarks", "-k", "demo-digits-cnn", "--gpus", "4")
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["securitynet: --gpus 4: no GPU visible; 2 workers (one per CPU core, of 4 asked for) "
-                                 "run on the CPU (2 cores)", "created: 2/2 workers"])
-    out = result.stdout.str()
-    assert "UserWarning" not in out and "warnings summary" not in out
+    config = pytester.parseconfig("--gpus", "4")
+    gpus.configure_workers(config)
+    assert (config.option.numprocesses, config.option.tx, config.option.dist) == (2, ["popen", "popen"], "loadgroup")
+    assert gpus.pytest_report_header(config) == (
+        "securitynet: --gpus 4: no GPU visible; 2 workers (one per CPU core, of 4 asked for) run on the CPU (2 cores)")
+    gpus.GpuPool(4, [])
+    assert not recwarn.list
+    explicit = pytester.parseconfig("--gpus", "4", "-n", "3")
+    gpus.configure_workers(explicit)
+    assert explicit.option.numprocesses == 3 and "no GPU visible; 3 workers run on the CPU" in gpus.pytest_report_header(explicit)
     assert gpus.gpu_notice(4, 2, 4, 4) == "securitynet: --gpus 4: 2 GPU(s) visible; the other workers run on the CPU"
     assert gpus.gpu_notice(2, 2, 2, 2) is None
 
@@ -327,7 +335,7 @@ def test_list_takes_the_name_stats_prints_and_names_valid_ids(capsys):
 def test_stats_says_what_it_counts_and_merges_country_orders(capsys):
     assert main(["catalog", "stats"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("Counting the 529 models of the SecurityNet database; the catalog holds 535")
+    assert first.startswith("Counting the 529 models of the SecurityNet database; the catalog holds ")
     assert "akamaster (4), demo (2)" in first
     assert normalise_countries("USA, China") == normalise_countries("China, USA") == "China, USA"
     countries = panel_counts(records(load_catalog([BUILTIN_CATALOG])), next(p for p in PANELS if p.key == "country"))
@@ -459,12 +467,3 @@ def test_online_missing_files_stop_only_when_their_host_cannot_be_reached(harnes
     jpeg = harness.catalog.dataset("cifar10-jpeg")
     assert not missing_files([entry], mirrored, lambda e: jpeg)  # the shared mirrors hold its weights and data
 
-
-def test_tests_named_after_catalog_models_print_no_start_line_under_xdist(pytester, project):
-    """The project's own tests are parametrized by model ids too; they are no benchmark run."""
-    (pytester.path / "test_own.py").write_text(
-        "import pytest\n\n@pytest.mark.parametrize('model', ['demo-digits-cnn', 'cifar10-resnet20-akamaster'])\n"
-        "def test_entry(model):\n    assert model\n")
-    result = project("test_own.py", "-n", "2", subprocess=True)
-    result.assert_outcomes(passed=2)
-    assert "securitynet:" not in result.stdout.str()

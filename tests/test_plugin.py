@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pytest_securitynet.catalog.entries import BUILTIN_CATALOG, load_catalog
+from pytest_securitynet.plugin.missing import MissingFiles
 from pytest_securitynet.results.rows import load_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,6 +133,9 @@ def test_resume_skips_finished_rows_and_keeps_them(pytester, bench):
 
 def test_missing_file_offline_fails_at_once_naming_file_and_url(pytester, bench, monkeypatch, tmp_path):
     monkeypatch.delenv("SECURITYNET_MIRROR", raising=False)
+    # Missing before the run: it stops at once (tests/test_first_run.py). Here the file goes missing after the check.
+    monkeypatch.setattr("pytest_securitynet.plugin.hooks.missing_files",
+                        lambda *args, **kwargs: MissingFiles(selected=0))
     result = bench("benchmarks", "-k", "resnet20 and akamaster", "--securitynet-offline", f"--securitynet-cache={tmp_path}")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*missing file 'resnet20-12fca82f.th' (weights of cifar10-resnet20-akamaster): offline mode is on*"

@@ -54,7 +54,8 @@ def _record(entry: ModelEntry) -> dict[str, object]:
     notes = entry.annotations
     return {
         "table": entry.raw.get("database", {}).get("table", entry.purpose),
-        "dataset": notes.get("dataset", entry.dataset),
+        "dataset": notes.get("dataset", entry.dataset),  # the database's name, as its counts are keyed
+        "dataset_id": entry.dataset,  # the catalog's id, which the printed tables and plots show
         "year": notes.get("year", "unknown"),
         "model_type": entry.model_type,
         "country": normalise_countries(notes.get("country", "unknown")),
@@ -108,20 +109,33 @@ def panel_rows(counts: dict[str, Counter], panel: Panel) -> list[tuple[str, list
     return [(value, [counts[t][value] for t in panel.tables]) for value in order]
 
 
+def dataset_ids(recs: Iterable[dict[str, object]]) -> dict[str, str]:
+    """The catalog id (`cifar10`) each database dataset name (`CIFAR-10`) is shown as; ids joined by `/`."""
+    ids: dict[str, set[str]] = {}
+    for r in recs:
+        ids.setdefault(str(r["dataset"]), set()).add(str(r.get("dataset_id", r["dataset"])))
+    return {name: "/".join(sorted(found)) for name, found in ids.items()}
+
+
+def _label(panel: Panel, value: str, ids: dict[str, str]) -> str:
+    return ids.get(value, value) if panel.key == "dataset" else value
+
+
 def format_tables(recs: list[dict[str, object]]) -> str:
-    """Every count as plain-text tables: models per dataset and table, then each Figure 1 panel."""
+    """Every count as plain-text tables: models per dataset (by catalog id) and table, then each Figure 1 panel."""
     lines = [f"{len(recs)} models", "", "Models per dataset and table"]
     counts = dataset_table_counts(recs)
-    datasets = sorted({d for _, d in counts}, key=lambda d: (-sum(counts.get((t, d), 0) for t in TABLES), d))
+    ids = dataset_ids(recs)
+    datasets = sorted({d for _, d in counts}, key=lambda d: (-sum(counts.get((t, d), 0) for t in TABLES), ids[d]))
     lines.append(_row(["dataset", *TABLES, "total"]))
     for dataset in datasets:
         per = [counts.get((t, dataset), 0) for t in TABLES]
-        lines.append(_row([dataset, *per, sum(per)]))
+        lines.append(_row([ids[dataset], *per, sum(per)]))
     lines.append(_row(["total", *[sum(v for (t, _), v in counts.items() if t == table) for table in TABLES], len(recs)]))
     for panel in PANELS:
         lines += ["", f"{panel.title} ({panel.name})", _row([panel.key, *panel.tables])]
         for value, per in panel_rows(panel_counts(recs, panel), panel):
-            lines.append(_row([value, *per]))
+            lines.append(_row([_label(panel, value, ids), *per]))
     return "\n".join(lines)
 
 
@@ -139,6 +153,7 @@ def plot(recs: list[dict[str, object]], out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    ids = dataset_ids(recs)
     for panel in PANELS:
         rows = panel_rows(panel_counts(recs, panel), panel)
         fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
@@ -147,7 +162,7 @@ def plot(recs: list[dict[str, object]], out_dir: Path) -> list[Path]:
             xs = [x + (i - (len(panel.tables) - 1) / 2) * width for x in range(len(rows))]
             ax.bar(xs, [per[i] for _, per in rows], width=width, label=f"{table} models")
         ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels([value for value, _ in rows], rotation=45, ha="right")
+        ax.set_xticklabels([_label(panel, value, ids) for value, _ in rows], rotation=45, ha="right")
         ax.set_xlabel(panel.key.replace("_", " "))
         ax.set_ylabel("number of models")
         ax.set_title(panel.title)

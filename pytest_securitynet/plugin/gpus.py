@@ -14,11 +14,13 @@ With `--dist loadgroup` (which `--gpus` implies) the controller schedules with `
 from __future__ import annotations
 
 import logging
-import warnings
+import os
+from pathlib import Path
 
 import pytest
 
 from pytest_securitynet.harness.devices import inherited_gpus, planned_device
+from pytest_securitynet.plugin import collected
 from pytest_securitynet.plugin.items import xdist_group
 from pytest_securitynet.plugin.runstate import RunState, harness
 from pytest_securitynet.plugin.scheduler import ModelScheduling, worker_count
@@ -29,6 +31,7 @@ GPU_KEY = "securitynet_gpu"
 GPU_ID_KEY = "securitynet_gpu_id"
 DONE_KEY = "securitynet_done"
 LOADGROUP_KEY = "securitynet_loadgroup"
+NOTICE = pytest.StashKey[str | None]()
 
 
 def configure_worker(config: pytest.Config, workerinput: dict) -> None:
@@ -53,12 +56,35 @@ def configure_workers(config: pytest.Config) -> None:
             raise pytest.UsageError("--gpus needs pytest-xdist (pip install pytest-xdist)")
         return
     if gpus and config.option.numprocesses is None:
-        config.option.numprocesses = gpus
-        config.option.tx = ["popen"] * gpus
+        visible = len(inherited_gpus())
+        workers = gpus if visible else min(gpus, os.cpu_count() or 1)  # on a CPU: one worker per core at most
+        config.option.numprocesses = workers
+        config.option.tx = ["popen"] * workers
+        config.stash[NOTICE] = gpu_notice(config.getoption("securitynet_gpus"), visible, workers, gpus)
+    elif gpus:  # `-n` given: its worker count stands
+        workers = config.option.numprocesses
+        config.stash[NOTICE] = gpu_notice(config.getoption("securitynet_gpus"), len(inherited_gpus()), workers, workers)
     if gpus and config.option.dist in ("no", "load"):
         # One model's tests stay on one worker, so it is loaded and queried once. With a plain
         # `-n N` the user's --dist stands (pass --dist loadgroup for the same effect).
         config.option.dist = "loadgroup"
+
+
+def gpu_notice(requested: int, visible: int, workers: int, asked_workers: int) -> str | None:
+    """One line for the run's header when fewer GPUs are visible than `--gpus` asks for."""
+    if visible >= requested:
+        return None
+    if visible:
+        return f"securitynet: --gpus {requested}: {visible} GPU(s) visible; the other workers run on the CPU"
+    cores = os.cpu_count() or 1
+    capped = f"{workers} workers (one per CPU core, of {asked_workers} asked for)" if workers < asked_workers else (
+        f"{workers} workers")
+    return f"securitynet: --gpus {requested}: no GPU visible; {capped} run on the CPU ({cores} cores)"
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """The `--gpus` notice, in the header of the run (the controller's, under xdist)."""
+    return config.stash.get(NOTICE, None)
 
 
 class GpuPool:
@@ -67,12 +93,6 @@ class GpuPool:
     def __init__(self, requested: int, devices: list[str] | None = None, per_gpu: int = 1):
         devices = inherited_gpus() if devices is None else devices
         available = len(devices)
-        if requested and available < requested:
-            if available:
-                message = f"--gpus {requested}: {available} GPU(s) visible; the other workers run on the CPU"
-            else:
-                message = f"--gpus {requested}: no GPU visible; every worker runs on the CPU"
-            warnings.warn(message, stacklevel=2)
         self.visible = available
         self.devices = devices[:min(requested, available)]
         # Slot j of K on every GPU before slot j+1 of any: workers spread over the GPUs first.
@@ -97,7 +117,9 @@ class GpuPool:
 class XdistHooks:
     """Controller-side xdist hooks (registered only when xdist is active)."""
 
-    def __init__(self, pool: GpuPool, done: list[str], loadgroup: bool, state: RunState | None = None):
+    def __init__(self, pool: GpuPool, done: list[str], loadgroup: bool, state: RunState | None = None,
+                 collected_dir: Path | None = None):
+        self.collected_dir = collected_dir  # where each worker lists its benchmark tests (plugin/collected.py)
         self.pool = pool
         self.done = done
         self.loadgroup = loadgroup
@@ -127,6 +149,8 @@ class XdistHooks:
         # A worker decides on group suffixes from its own command line, which lacks a --dist
         # chosen here; without them the scheduler would not keep one model on one worker.
         node.workerinput[LOADGROUP_KEY] = self.loadgroup
+        if self.collected_dir is not None:
+            node.workerinput[collected.KEY] = str(self.collected_dir)
 
     @pytest.hookimpl
     def pytest_testnodedown(self, node, error) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from pytest_securitynet.plugin import collected, estimate, fixtures, gpus, hookspec, profiling, reporter, selection, specs, timeouts
+from pytest_securitynet.plugin import estimate, fixtures, gpus, hookspec, profiling, reporter, selection, specs, timeouts
+from pytest_securitynet.plugin import collected
 from pytest_securitynet.plugin.budgets import check_budgets_at_start
 from pytest_securitynet.plugin import regression
 from pytest_securitynet.errors import SecurityNetError
@@ -48,7 +49,7 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
                     help="evaluate models of dataset ID on catalogued copy OTHER, e.g. cifar10=cifar10-jpeg "
                          "(repeatable; also ini securitynet_dataset and env SECURITYNET_DATASET). Default: none.")
     group.addoption("--securitynet-budget", action="append", default=[], metavar="NAME.FIELD=VALUE",
-                    help="change a benchmark's budget, e.g. neural_cleanse.epochs=10 (repeatable; also ini "
+                    help="change a benchmark's budget, e.g. backdoor.nc_epochs=10 (repeatable; also ini "
                          "securitynet_budget and env SECURITYNET_BUDGET; every row records what was used). "
                          "Default: each benchmark's own (docs/budgets.md).")
     group.addoption("--securitynet-json", default=None, metavar="PATH",
@@ -105,6 +106,10 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
 def pytest_cmdline_main(config: pytest.Config):
     gpus.configure_workers(config)
     return (yield)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return gpus.pytest_report_header(config)
 
 
 def settings_of(config: pytest.Config) -> Settings:

@@ -7,6 +7,9 @@ from typing import Sequence
 
 import pytest
 
+from pytest_securitynet.plugin import collected
+from pytest_securitynet.plugin.runstate import STATE
+
 MAX_NAMED = 4
 
 
@@ -35,26 +38,30 @@ def _shown(path: Path) -> str:
 
 class XdistStartLine:
     """Under xdist the controller collects nothing: the start line is made from the first worker's
-    ids and printed when the first test starts, after xdist's own `N workers [M items]` line.
+    benchmark tests (the node ids it listed in `folder`, plugin/collected.py) and printed when the
+    first test starts, after xdist's own `N workers [M items]` line, below the run's notices.
 
-    `describe(ids)` returns the line (models and row keys come from the ids).
+    `describe(ids)` returns the line (models and row keys come from the ids), or None.
     """
 
-    def __init__(self, config, describe):
+    def __init__(self, config, describe, folder: Path):
         self.config = config
         self.describe = describe
+        self.folder = folder
         self.line: str | None = None
         self.described = False
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
         if not self.described:
             self.described = True
-            self.line = self.describe(ids)
+            self.line = self.describe(collected.read(self.folder, node.gateway.id) or [])
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logstart(self, nodeid: str, location) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if self.line and reporter is not None:
             reporter.ensure_newline()
-            reporter.write_line(self.line)
+            for line in (*self.config.stash[STATE].notices, self.line):
+                reporter.write_line(line)
         self.line = None

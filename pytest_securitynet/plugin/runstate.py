@@ -29,6 +29,7 @@ class RunState:
     durations: list = field(default_factory=list)  # estimate.Durations sources, first choice first
     keywords: dict[str, set[str]] = field(default_factory=dict)  # per model, computed once and shared by its tests
     worker_devices: dict[str, str] = field(default_factory=dict)  # controller: xdist worker id -> its device
+    notices: list[str] = field(default_factory=list)  # one-line notices printed above the start line
 
 
 STATE = pytest.StashKey[RunState]()

@@ -121,6 +121,23 @@ def may_match(expression: Expression, model_names: Iterable[str], model_id: str,
     return _search(expression, decide, {})
 
 
+def model_may_match(expression: Expression, model_names: Iterable[str], all_names: Iterable[str]) -> bool:
+    """Whether `expression` can hold for some test of a model, knowing only model names, for
+    `securitynet catalog prefetch -k`: a word in the model's own names (id, keywords) is true, a word
+    only other models' names hold (`all_names`) is false, and any other word (a benchmark's, a
+    setting's) is undecided."""
+    own = [n.lower() for n in model_names]
+    every = [n.lower() for n in all_names]
+
+    def decide(word: str) -> bool | None:
+        word = word.lower()
+        if any(word in n for n in own):
+            return True
+        return False if any(word in n for n in every) else None
+
+    return _search(expression, decide, {})
+
+
 def _search(expression: Expression, decide: Callable[[str], bool | None], assigned: dict[tuple, bool]) -> bool:
     def matcher(name: str, **kwargs) -> bool:
         key = (name, tuple(sorted(kwargs.items())))

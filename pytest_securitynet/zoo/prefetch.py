@@ -57,6 +57,23 @@ def select(catalog: Catalog, patterns: Iterable[str]) -> list[ModelEntry]:
     return chosen
 
 
+def select_by_keyword(catalog: Catalog, expression: str) -> list[ModelEntry]:
+    """Models some test of which `pytest -k EXPRESSION` may select, judged on the model's names alone:
+    a word in its id or keywords is true, a word only other models' names hold is false, and any other
+    word (a benchmark's or setting's) may go either way."""
+    from pytest_securitynet.plugin.selection import compile_keyword, model_may_match
+
+    compiled = compile_keyword(expression)
+    if compiled is None:
+        raise CatalogError(f"-k {expression!r}: not a valid -k expression")
+    names = {e.id: [e.id, *e.keywords()] for e in catalog.models.values()}
+    every = sorted({n for own in names.values() for n in own})
+    chosen = [e for e in catalog.models.values() if model_may_match(compiled, names[e.id], every)]
+    if not chosen:
+        raise CatalogError(f"-k {expression!r} selects no catalog model; see `securitynet catalog list`")
+    return chosen
+
+
 def needs_of(entries: Iterable[ModelEntry], catalog: Catalog, store: FileStore,
              dataset_overrides: dict[str, str] | None = None) -> tuple[list[Need], dict[str, str]]:
     """Every file the entries need (weights, then each dataset once), and the unavailable ones' reasons."""
