@@ -22,6 +22,7 @@ from pytest_securitynet.attacks.membership import (
     ATTACK_OUTPUT,
     LOW_FPR_TARGETS,
     ONLINE_ATTACKS,
+    QUANTILE_ATTACKS,
     POSTERIORS,
     REFERENCE_ATTACKS,
     RMIA_DEFAULT_A,
@@ -31,8 +32,13 @@ from pytest_securitynet.attacks.membership import (
     run_membership_attacks,
 )
 from pytest_securitynet.attacks.reference_models import DEFAULT_K, DEFAULT_POPULATION
-from pytest_securitynet.harness.budget_rules import surrogate_choices
-from pytest_securitynet.harness.reference import online_reference_set, reference_set, trainer_for
+from pytest_securitynet.harness.quantile import quantile_inputs
+from pytest_securitynet.harness.reference import (
+    online_reference_set,
+    reference_architecture_choices,
+    reference_set,
+    trainer_for,
+)
 from pytest_securitynet.harness.settings import budget, budget_field
 from pytest_securitynet.results.spec import BenchmarkSpec, Metric
 
@@ -56,15 +62,16 @@ class Budget:
     """Reference models for RMIA and LiRA; e.g. `--securitynet-budget membership.reference_epochs=5` on a CPU."""
 
     reference_models: int = budget_field(DEFAULT_K, minimum=1)
-    reference_architecture: str = budget_field("auto", choices=surrogate_choices)
-    """`auto` (the target's recipe for demo models, else by input size), `small-cnn`, `resnet18`, `wrn50_2`."""
+    reference_architecture: str = budget_field("auto", choices=reference_architecture_choices)
+    """`auto` (like the target: its recipe for demo models, its family where buildable, else by input size),
+    `small-cnn`, `resnet18`, `wrn50_2`, `cifar-resnet20` ... `cifar-resnet110`; also the quantile backbone's."""
     reference_epochs: int = 0
     """0 keeps the recipe's epochs."""
     population: int = budget_field(DEFAULT_POPULATION, minimum=1)
     """RMIA's population samples z, drawn from the reference pool."""
     reference_pool: int = 0
     """At most this many (seeded) pool samples train the reference models; 0: the whole pool."""
-    online_reference_models: int = 0
+    online_reference_models: int = budget_field(0, minimum=0)
     """K of the online attacks (models with a `members_file`); 0: 8 on a GPU, 4 on a CPU."""
 
 
@@ -140,19 +147,27 @@ def test_membership_inference(target, members, nonmembers, record, seed, attack,
     output = ATTACK_OUTPUT[attack]
     read = target.posteriors if output == POSTERIORS else target.log_probs
     member_out, nonmember_out = read(members), read(nonmembers)
-    reference, extra = None, {}
+    reference, quantile, extra = None, None, {}
     if attack in ONLINE_ATTACKS and catalog_entry.members is None:
         pytest.skip("online attacks need the training members (a catalog entry with members_file); "
                     "the offline ones run on every model")
     if attack in REFERENCE_ATTACKS:
         reference, extra = reference_outputs(securitynet, catalog_entry, image_data, target, members, nonmembers,
                                              seed, device, attack)
+    if attack in QUANTILE_ATTACKS:
+        spec = securitynet.settings.budget(Budget)
+        trainer = trainer_for(catalog_entry, tuple(image_data.train_images.shape[1:]),
+                              architecture=spec.reference_architecture, epochs=spec.reference_epochs)
+        fitted = quantile_inputs(securitynet.files, image_data, trainer, target, members, nonmembers, seed=seed,
+                                 device=device, batch_size=securitynet.settings.batch_size,
+                                 max_pool=spec.reference_pool)
+        quantile, extra = fitted.thresholds, fitted.info
     posteriors = (member_out, nonmember_out) if output == POSTERIORS else (None, None)
     log_probs = (None, None) if output == POSTERIORS else (member_out, nonmember_out)
     result = run_membership_attacks(
         posteriors[0], members.labels, posteriors[1], nonmembers.labels,
         member_log_probs=log_probs[0], nonmember_log_probs=log_probs[1], reference=reference,
-        attacks=[attack], seed=seed, device=target.device, scored=(scored := {}),
+        attacks=[attack], seed=seed, device=target.device, scored=(scored := {}), quantile=quantile,
     )[attack]
     result |= estimates(intervals, scored[attack])
     explicit = catalog_entry.raw.get("members")
@@ -164,7 +179,8 @@ def test_membership_inference(target, members, nonmembers, record, seed, attack,
            queries=target.queries, **extra)
 
     held = min(len(members), len(nonmembers))
-    assert target.queries == len(members) + len(nonmembers) + extra.get("population_size", 0)
+    assert target.queries == len(members) + len(nonmembers) + extra.get("population_size", 0) \
+        + extra.get("quantile_public_size", 0)
     assert result["n_members"] == result["n_nonmembers"] == held - held // 2  # the scored half
     for name in ("auc", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "balanced_accuracy"):
         assert 0.0 <= float(result[name]) <= 1.0, name

@@ -62,7 +62,8 @@ def test_rows_record_output_reference_models_and_explicit_members(pytester, tmp_
     assert first["rmia-offline"]["tpr_at_fpr_1e-2"] > 0.3 and first["lira-offline"]["auc"] > 0.9
 
 
-def test_online_attacks_run_on_models_with_named_members_and_skip_the_others(pytester, tmp_path, monkeypatch):
+def test_online_attacks_run_on_models_with_named_members_and_skip_the_others(pytester, tmp_path, monkeypatch,
+                                                                           cache_dir):
     """RMIA and LiRA online on the RBF network trained on 400 named digits: K = 4 on a CPU, each IN for 2.
 
     The reference models train on halves of the 400 + 400 held digits; the demo CNN (no members
@@ -75,7 +76,7 @@ def test_online_attacks_run_on_models_with_named_members_and_skip_the_others(pyt
     reference._IN_MEMORY.clear()
     result = pytester.runpytest(
         "benchmarks", "-k", "(digits-rbf-subset or demo-digits-cnn) and online", "-p", "no:cacheprovider", "-rs",
-        "--securitynet-offline", "--securitynet-device=cpu", f"--securitynet-cache={tmp_path / 'cache'}",
+        "--securitynet-offline", "--securitynet-device=cpu", f"--securitynet-cache={cache_dir}",
         f"--securitynet-catalog={catalog}", f"--securitynet-json={tmp_path / 'online.json'}")
     result.assert_outcomes(passed=2, skipped=2)
     result.stdout.fnmatch_lines(["*online attacks need the training members*"])

@@ -22,6 +22,7 @@ from pytest_securitynet.attacks.membership import (
     LOG_PROB_ATTACKS,
     LOG_PROBS,
     POSTERIORS,
+    QUANTILE_ATTACKS,
     REFERENCE_ATTACKS,
     cross_entropy_loss,
     modified_entropy,
@@ -121,9 +122,10 @@ def test_log_prob_attacks_see_what_saturated_posteriors_hide() -> None:
 
 
 def test_each_attack_reads_one_declared_output() -> None:
-    assert set(ATTACK_OUTPUT) == set(ALL_ATTACKS) == set(ATTACKS) | set(LOG_PROB_ATTACKS) | set(REFERENCE_ATTACKS)
+    assert set(ATTACK_OUTPUT) == set(ALL_ATTACKS) == \
+        set(ATTACKS) | set(LOG_PROB_ATTACKS) | set(REFERENCE_ATTACKS) | set(QUANTILE_ATTACKS)
     assert {ATTACK_OUTPUT[name] for name in ATTACKS} == {POSTERIORS}
-    assert {ATTACK_OUTPUT[name] for name in LOG_PROB_ATTACKS + REFERENCE_ATTACKS} == {LOG_PROBS}
+    assert {ATTACK_OUTPUT[name] for name in LOG_PROB_ATTACKS + REFERENCE_ATTACKS + QUANTILE_ATTACKS} == {LOG_PROBS}
     assert len(set(ALL_ATTACKS)) == len(ALL_ATTACKS)
     for name in ALL_ATTACKS:
         assert name == name.lower() and " " not in name and "@" not in name

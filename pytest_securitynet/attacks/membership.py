@@ -42,6 +42,7 @@ from .logprob_scores import (
     loss_from_log_probs,
     modified_entropy_from_log_probs,
 )
+from .membership_quantile import QuantileRegressor
 from .membership_reference import (
     RMIA_DEFAULT_A,
     RMIA_DEFAULT_GAMMA,
@@ -59,6 +60,8 @@ __all__ = [
     "LOG_PROB_ATTACKS",
     "OFFLINE_ATTACKS",
     "ONLINE_ATTACKS",
+    "QUANTILE_ATTACKS",
+    "QuantileThresholds",
     "POSTERIORS",
     "REFERENCE_ATTACKS",
     "AttackerSplit",
@@ -113,7 +116,10 @@ ONLINE_ATTACKS: tuple[str, ...] = ("rmia-online", "lira-online")
 REFERENCE_ATTACKS: tuple[str, ...] = OFFLINE_ATTACKS + ONLINE_ATTACKS
 """Attacks calibrated by reference models, on log-probabilities (need `ReferenceOutputs`)."""
 
-ALL_ATTACKS: tuple[str, ...] = ATTACKS + LOG_PROB_ATTACKS + REFERENCE_ATTACKS
+QUANTILE_ATTACKS: tuple[str, ...] = ("quantile",)
+"""Per-example thresholds from a quantile regressor fitted on public non-members (need `QuantileThresholds`)."""
+
+ALL_ATTACKS: tuple[str, ...] = ATTACKS + LOG_PROB_ATTACKS + REFERENCE_ATTACKS + QUANTILE_ATTACKS
 
 POSTERIORS, LOG_PROBS = "posteriors", "log-probs"
 ATTACK_OUTPUT: dict[str, str] = {name: POSTERIORS if name in ATTACKS else LOG_PROBS for name in ALL_ATTACKS}
@@ -366,6 +372,14 @@ class ScoredHalf(NamedTuple):
     is_member: torch.Tensor
 
 
+class QuantileThresholds(NamedTuple):
+    """A fitted quantile regressor (`membership_quantile`) and its features of the attacker's samples, row-aligned."""
+
+    regressor: QuantileRegressor
+    member_features: torch.Tensor
+    nonmember_features: torch.Tensor
+
+
 class _Group(NamedTuple):
     """Everything known about one group (members or non-members), row-aligned."""
 
@@ -374,6 +388,7 @@ class _Group(NamedTuple):
     labels: torch.Tensor
     reference_log_probs: torch.Tensor | None
     reference_in: torch.Tensor | None = None
+    quantile_features: torch.Tensor | None = None
 
 
 class _Half(NamedTuple):
@@ -385,6 +400,7 @@ class _Half(NamedTuple):
     is_member: torch.Tensor
     reference_log_probs: torch.Tensor | None
     reference_in: torch.Tensor | None = None
+    quantile_features: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -426,6 +442,7 @@ def _make_half(members: _Group, member_idx: torch.Tensor, nonmembers: _Group, no
         flags,
         rows(members.reference_log_probs, nonmembers.reference_log_probs, dim=1),
         rows(members.reference_in, nonmembers.reference_in, dim=1),
+        rows(members.quantile_features, nonmembers.quantile_features),
     )
 
 
@@ -644,6 +661,15 @@ def _lira_online_attack(
     return result.scores, result.decisions
 
 
+def _quantile_attack(
+    train: _Half, evaluation: _Half, *, quantile: QuantileThresholds, **_: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantile regression (Bertran et al. 2023): the target's phi against its predicted non-member quantiles."""
+    assert evaluation.quantile_features is not None
+    phi = logit_confidence(evaluation.output(LOG_PROBS), evaluation.labels)
+    return quantile.regressor.to(phi.device).membership_scores(evaluation.quantile_features, phi)
+
+
 _AttackFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 _ATTACK_FUNCTIONS: dict[str, _AttackFn] = {
@@ -668,6 +694,7 @@ _ATTACK_FUNCTIONS: dict[str, _AttackFn] = {
     "lira-offline": _lira_attack,
     "rmia-online": _rmia_online_attack,
     "lira-online": _lira_online_attack,
+    "quantile": _quantile_attack,
 }
 
 
@@ -721,13 +748,15 @@ def _check_reference(reference: ReferenceOutputs, n_members: int, n_nonmembers: 
     _check_labels(reference.population_labels, n_classes, "population")
 
 
-def _available(has_posteriors: bool, has_log_probs: bool, reference: ReferenceOutputs | None) -> tuple[str, ...]:
+def _available(has_posteriors: bool, has_log_probs: bool, reference: ReferenceOutputs | None,
+               has_quantile: bool = False) -> tuple[str, ...]:
     """Every attack the given outputs allow, in ALL_ATTACKS order (offline or online ones by the reference's kind)."""
     usable = () if reference is None else ONLINE_ATTACKS if reference.online else OFFLINE_ATTACKS
     return tuple(
         name for name in ALL_ATTACKS
         if (has_posteriors if ATTACK_OUTPUT[name] == POSTERIORS else has_log_probs)
         and (name in usable or name not in REFERENCE_ATTACKS)
+        and (has_quantile or name not in QUANTILE_ATTACKS)
     )
 
 
@@ -748,6 +777,7 @@ def _resolve_attacks(attacks: Sequence[str] | None, available: tuple[str, ...]) 
             f"attacks {missing} need outputs that were not given: {', '.join(sorted({ATTACK_OUTPUT[n] for n in missing}))}"
             + (" and reference outputs" if any(n in OFFLINE_ATTACKS for n in missing) else "")
             + (" and online reference outputs (with IN masks)" if any(n in ONLINE_ATTACKS for n in missing) else "")
+            + (" and quantile thresholds" if any(n in QUANTILE_ATTACKS for n in missing) else "")
         )
     return tuple(attacks)
 
@@ -774,6 +804,7 @@ def run_membership_attacks(
     rmia_gamma: float = RMIA_DEFAULT_GAMMA,
     lira_global_variance: bool = True,
     scored: dict[str, ScoredHalf] | None = None,
+    quantile: QuantileThresholds | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run membership inference attacks (SecurityNet Sec. 3.2 and beyond) and return metrics per attack name.
 
@@ -808,7 +839,11 @@ def run_membership_attacks(
         _check_reference(reference, member_labels.numel(), nonmember_labels.numel(), n_classes)
     if min_class_samples < 1:
         raise ValueError("min_class_samples must be at least 1")
-    names = _resolve_attacks(attacks, _available(POSTERIORS in given, LOG_PROBS in given, reference))
+    if quantile is not None and (quantile.member_features.shape[0] != member_labels.numel()
+                                 or quantile.nonmember_features.shape[0] != nonmember_labels.numel()):
+        raise ValueError("quantile features must have one row per member and per non-member")
+    names = _resolve_attacks(attacks, _available(POSTERIORS in given, LOG_PROBS in given, reference,
+                                                 quantile is not None))
     first = next(iter(given.values()))[0]
     assert first is not None
     target = torch.device(device) if device is not None else first.device
@@ -818,11 +853,13 @@ def run_membership_attacks(
         _move(member_posteriors, target), _move(member_log_probs, target), member_labels.to(target),
         reference.member_log_probs if reference is not None else None,
         reference.member_in if reference is not None else None,
+        _move(quantile.member_features, target) if quantile is not None else None,
     )
     nonmembers = _Group(
         _move(nonmember_posteriors, target), _move(nonmember_log_probs, target), nonmember_labels.to(target),
         reference.nonmember_log_probs if reference is not None else None,
         reference.nonmember_in if reference is not None else None,
+        _move(quantile.nonmember_features, target) if quantile is not None else None,
     )
     split = attacker_split(member_labels.numel(), nonmember_labels.numel(), seed)
     train = _make_half(members, split.member_train, nonmembers, split.nonmember_train)
@@ -833,6 +870,7 @@ def run_membership_attacks(
         scores, decisions = _ATTACK_FUNCTIONS[name](
             train, evaluation, seed=seed, mlp_epochs=mlp_epochs, min_class_samples=min_class_samples,
             reference=reference, rmia_a=rmia_a, rmia_gamma=rmia_gamma, lira_global_variance=lira_global_variance,
+            quantile=quantile,
         )
         results[name] = _metrics(scores, decisions, evaluation.is_member)
         if scored is not None:

@@ -50,6 +50,7 @@ from pytest_securitynet.attacks.reference_models import (
     train_reference_models,
 )
 from pytest_securitynet.catalog.entries import ModelEntry
+from pytest_securitynet.harness.budget_rules import surrogate_choices
 from pytest_securitynet.harness.data import LabeledSet, take
 from pytest_securitynet.zoo.architectures import Normalized, build, cifar_resnet
 from pytest_securitynet.zoo.datasets import ImageData
@@ -75,6 +76,11 @@ MATCHED_CIFAR_RESNET = dataclasses.replace(CIFAR_RECIPE, architecture="cifar-res
 
 _CIFAR_RESNET = re.compile(r"^(?:cifar-)?resnet(\d+)$")
 _RESNET_TYPES = ("resnet", "preresnet", "wrn", "resnext")
+
+
+def reference_architecture_choices() -> tuple[str, ...]:
+    """What `membership.reference_architecture` accepts: `auto`, a registered surrogate, or a CIFAR ResNet depth."""
+    return (*surrogate_choices(), *(f"cifar-resnet{depth}" for depth in (20, 32, 44, 56, 110)))
 
 
 def cifar_resnet_depth(architecture: str, side: int) -> int | None:
@@ -190,6 +196,8 @@ class ReferenceSet:
     time_s: float
     """Seconds this call took to train or load the models (0 from memory)."""
     _outputs: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict, repr=False)
+    pool: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    """Per split, the dataset indices of the pool, in `in_pool`'s column order (train first); offline sets only."""
 
     @property
     def train_sizes(self) -> list[int]:
@@ -237,7 +245,7 @@ def reference_set(store: FileStore, data: ImageData, trainer: Trainer, members: 
     population = [take(data, "train", pool["train"][z[z < n_train_pool]], "population-train"),
                   take(data, "test", pool["test"][z[z >= n_train_pool] - n_train_pool], "population-test")]
     return _remember(ReferenceSet(key, models, in_pool, [p for p in population if len(p)], trainer.description,
-                                  n_pool, source, time.perf_counter() - start))
+                                  n_pool, source, time.perf_counter() - start, pool=pool))
 
 
 def online_reference_set(store: FileStore, data: ImageData, trainer: Trainer, members: LabeledSet,
