@@ -303,9 +303,14 @@ def test_a_benchmark_run_without_network_shows_each_message_once(pytester, tmp_p
     catalog.write_text(model_toml("tiny-net", url, extra=f'{builder}\nsha256 = "{"0" * 64}"', dataset="digits", channels=1))
     (pytester.path / "test_two.py").write_text(
         "def test_one(target_model):\n    pass\n\ndef test_two(target_model):\n    pass\n")
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-k", "tiny-net", f"--securitynet-catalog={catalog}",
-        f"--securitynet-cache={tmp_path / 'cache'}", f"--securitynet-json={tmp_path / 'out.json'}", "test_two.py")
+    args = ("-p", "no:cacheprovider", "-k", "tiny-net", f"--securitynet-catalog={catalog}",
+            f"--securitynet-cache={tmp_path / 'cache'}", f"--securitynet-json={tmp_path / 'out.json'}", "test_two.py")
+    stopped = pytester.runpytest(*args)  # the host is down before the run: one line, no test
+    assert stopped.ret == pytest.ExitCode.USAGE_ERROR
+    stopped.stderr.fnmatch_lines(["ERROR: 1 of 1 selected models need weights *127.0.0.1:* cannot be reached*"])
+    # A host that answers the check and then fails: each test's error says so, once.
+    monkeypatch.setattr("pytest_securitynet.plugin.missing._reachable", lambda host: True)
+    result = pytester.runpytest(*args)
     result.assert_outcomes(errors=2)
     out = result.stdout.str()
     errors = out.split("= securitynet =")[0]  # the end-of-run table repeats each row's reason, shortened
