@@ -467,3 +467,34 @@ def test_online_missing_files_stop_only_when_their_host_cannot_be_reached(harnes
     jpeg = harness.catalog.dataset("cifar10-jpeg")
     assert not missing_files([entry], mirrored, lambda e: jpeg)  # the shared mirrors hold its weights and data
 
+
+
+def test_counted_calls_become_a_phase_with_steps():
+    phases = progress.Phases(clock=iter([0.0, 1.0, 2.0, 3.0, 4.0]).__next__)
+    train = phases.counted(lambda x: x * 2, "training 3 reference models", total=3, unit="model")
+    assert phases.status() == ""
+    assert [train(1), train(2)] == [2, 4]
+    assert phases.status() == "training 3 reference models, model 2/3"
+    assert [phase for _, phase in phases.entries] == ["training 3 reference models"]  # entered once
+
+
+def test_reference_model_training_shows_in_the_phases(pytester, project, tmp_path):
+    shutil.copy(BENCHMARKS / "test_membership_inference.py", pytester.path / "benchmarks")
+    result = project("benchmarks", "-k", "demo-digits-cnn and rmia-offline", "-rA", f"--securitynet-cache={tmp_path}",
+                     "--securitynet-members", "100", "--securitynet-budget",
+                     "membership.reference_models=2 membership.reference_pool=200 membership.population=50")
+    result.assert_outcomes(passed=1)
+    assert results(pytester)["results"][0]["metrics"]["reference_source"] == "trained"  # a fresh cache
+    result.stdout.fnmatch_lines(["*Captured securitynet phases call*", "*s  reference models: from memory or the cache*",
+                                 "*s  training 2 reference models (once; cached for later runs)",
+                                 "*s  reference models: their outputs on the attacker's data*",
+                                 "*s  rmia-offline: scoring members against non-members"])
+
+
+def test_live_status_leaves_out_an_expected_time_under_a_second():
+    status = progress.LiveStatus(-1, width=lambda: 80, column=lambda: 0)
+    status._text = lambda: "running"
+    status._since, status._expected = time.monotonic(), 0.3
+    assert status.line() == " [0s] running"
+    status._expected = 40
+    assert status.line() == " [0s of ~40s] running"

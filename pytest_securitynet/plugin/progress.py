@@ -49,6 +49,23 @@ class Phases:
         if total is not None:
             self.total = total
 
+    def counted(self, call: Callable, phase: str, total: int, unit: str = "step") -> Callable:
+        """`call`, entering `phase` at its first call and counting every call as one of `total` steps.
+
+        For work a library does in a loop it does not report, e.g. reference models trained one by one
+        through a `train` function: the status then reads `training 8 reference models, model 3/8`."""
+        calls = 0
+
+        def counted_call(*args, **kwargs):
+            nonlocal calls
+            if calls == 0:
+                self(phase, total=total, unit=unit)
+            calls += 1
+            self.step(calls)
+            return call(*args, **kwargs)
+
+        return counted_call
+
     def status(self) -> str:
         """The current phase and its count, e.g. `training the surrogate, epoch 12/20`."""
         if self.done is None or not self.total:
@@ -130,7 +147,8 @@ class LiveStatus:
     def line(self) -> str:
         """`[12s of ~40s] phase` fitted to the room left on the terminal's current line."""
         elapsed = time.monotonic() - self._since
-        clock = f"{elapsed:.0f}s" + (f" of ~{self._expected:.0f}s" if self._expected else "")
+        # An expected time under a second says nothing (`[3s of ~0s]`): the clock alone is shown.
+        clock = f"{elapsed:.0f}s" + (f" of ~{self._expected:.0f}s" if self._expected and self._expected >= 1 else "")
         text = f" [{clock}] {self._text()}".rstrip()
         room = self.width() - self.column() - 1
         return text[:room] if room >= 12 else ""
