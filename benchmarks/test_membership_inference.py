@@ -12,6 +12,7 @@ docs/membership-inference.md.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -96,20 +97,26 @@ def correct(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return outputs.argmax(dim=-1) == labels.to(outputs.device)
 
 
-def reference_outputs(securitynet, catalog_entry, image_data, target, members, nonmembers, seed, device, attack):
+def reference_outputs(securitynet, catalog_entry, image_data, target, members, nonmembers, seed, device, attack,
+                      progress):
     """RMIA / LiRA inputs: the dataset's reference models (trained once, cached) on the attacker's data and z."""
     spec = securitynet.settings.budget(Budget)
     trainer = trainer_for(catalog_entry, tuple(image_data.train_images.shape[1:]),
                           architecture=spec.reference_architecture, epochs=spec.reference_epochs)
     online = attack in ONLINE_ATTACKS
+    k = online_k(spec, device) if online else spec.reference_models
+    progress("reference models: from memory or the cache, else trained")
+    trainer = dataclasses.replace(trainer, train=progress.counted(
+        trainer.train, f"training {k} reference models (once; cached for later runs)", total=k, unit="model"))
     if online:
         refs = online_reference_set(securitynet.files, image_data, trainer, members, nonmembers,
-                                    num_classes=target.num_classes, k=online_k(spec, device), seed=seed,
+                                    num_classes=target.num_classes, k=k, seed=seed,
                                     device=device)
     else:
         refs = reference_set(securitynet.files, image_data, trainer, members, nonmembers,
-                             num_classes=target.num_classes, k=spec.reference_models, seed=seed, device=device,
+                             num_classes=target.num_classes, k=k, seed=seed, device=device,
                              n_population=spec.population, max_pool=spec.reference_pool)
+    progress("reference models: their outputs on the attacker's data and the population")
     batch = securitynet.settings.batch_size
     population_labels = torch.cat([z.labels for z in refs.population])
     outputs = ReferenceOutputs(
@@ -138,7 +145,7 @@ def reference_outputs(securitynet, catalog_entry, image_data, target, members, n
 
 @pytest.mark.parametrize("attack", ALL_ATTACKS)
 def test_membership_inference(target, members, nonmembers, record, seed, attack, securitynet, catalog_entry,
-                              image_data, device, intervals):
+                              image_data, device, intervals, progress):
     """One attack's AUC, TPR at 1% / 0.1% FPR and balanced accuracy, beside the overfitting gap.
 
     `overfit_gap` is accuracy on the attacker's members minus accuracy on its non-members, from the
@@ -153,7 +160,7 @@ def test_membership_inference(target, members, nonmembers, record, seed, attack,
                     "the offline ones run on every model")
     if attack in REFERENCE_ATTACKS:
         reference, extra = reference_outputs(securitynet, catalog_entry, image_data, target, members, nonmembers,
-                                             seed, device, attack)
+                                             seed, device, attack, progress)
     if attack in QUANTILE_ATTACKS:
         spec = securitynet.settings.budget(Budget)
         trainer = trainer_for(catalog_entry, tuple(image_data.train_images.shape[1:]),
@@ -162,6 +169,7 @@ def test_membership_inference(target, members, nonmembers, record, seed, attack,
                                  device=device, batch_size=securitynet.settings.batch_size,
                                  max_pool=spec.reference_pool)
         quantile, extra = fitted.thresholds, fitted.info
+    progress(f"{attack}: scoring members against non-members")
     posteriors = (member_out, nonmember_out) if output == POSTERIORS else (None, None)
     log_probs = (None, None) if output == POSTERIORS else (member_out, nonmember_out)
     result = run_membership_attacks(
