@@ -127,13 +127,36 @@ def test_reported_numbers_are_keyed_like_the_benchmarks_record_them():
 
 
 def test_table_shows_measured_reference_and_marks_drifts():
-    drifts = [Drift("test_accuracy", 0.1, 0.807, 0.01), Drift("train_accuracy", 0.863, 0.863, 0.01)]
+    drifts = [Drift("test_accuracy", 0.1, 0.807, 0.01, (0.08, 0.12), (0.78, 0.83)),
+              Drift("train_accuracy", 0.863, 0.863, 0.01)]
     table = format_table(drifts, "baselines/x.json")
     lines = table.splitlines()
-    assert lines[0].split() == ["metric", "measured", "reference", "delta", "tolerance"]
-    assert lines[2].split() == ["test_accuracy", "0.1000", "0.8070", "-0.7070", "0.0100", "DRIFT"]
+    assert lines[0].split() == ["metric", "measured", "reference", "delta", "gap", "tolerance"]
+    assert lines[2].split() == ["test_accuracy", "0.1000±0.0200", "0.8070±0.0250", "-0.7070", "0.6600", "0.0100",
+                                "DRIFT"]
     assert "DRIFT" not in lines[3]
     assert format_table(drifts, "reported (SecurityNet database)").splitlines()[0].split()[2] == "reported"
+
+
+def test_drift_is_decided_by_the_distance_between_intervals():
+    # 200 samples: intervals of about +-0.055; a delta of 0.06 is within sampling noise of both rows.
+    wide = Drift("auc", 0.66, 0.60, 0.01, (0.605, 0.715), (0.545, 0.655))
+    assert wide.gap == 0 and wide.ok
+    # 10,000 samples: intervals of about +-0.01; the same delta is a drift.
+    narrow = Drift("auc", 0.66, 0.60, 0.01, (0.65, 0.67), (0.59, 0.61))
+    assert narrow.gap == pytest.approx(0.04) and not narrow.ok
+    # The reported numbers have no interval: the distance from the reference value to the measured interval.
+    assert Drift("auc", 0.66, 0.60, 0.01, (0.605, 0.715), None).ok
+    assert not Drift("auc", 0.66, 0.60, 0.01, (0.63, 0.69), None).ok
+    # Without intervals (an older baseline) the tolerance alone decides: it is the floor.
+    assert Drift("auc", 0.61, 0.60, 0.01).ok and not Drift("auc", 0.62, 0.60, 0.01).ok
+    # A tolerance from the command line overrides: |delta| is held to it, intervals ignored.
+    assert not Drift("auc", 0.66, 0.60, 0.01, (0.605, 0.715), (0.545, 0.655), absolute=True).ok
+    reference_intervals = {"auc": (0.545, 0.655)}
+    metrics = {"auc": 0.66, "intervals": {"auc": {"low": 0.605, "high": 0.715}}}
+    assert [d.ok for d in compare(metrics, {"auc": 0.60}, {"auc": 0.01}, reference_intervals)] == [True]
+    assert [d.ok for d in compare(metrics, {"auc": 0.60}, {"auc": 0.01}, reference_intervals, absolute={"auc"})] == [False]
+    assert [d.absolute for d in compare(metrics, {"auc": 0.60}, {"*": 0.01}, None, absolute={"*"})] == [True]
 
 
 # --- the committed baseline and a real run ----------------------------------------------------

@@ -1,0 +1,153 @@
+"""What produced a row: checksums of the weights and data, the catalog entry, budgets, seed, code.
+
+Every row records `provenance` (docs/results-schema.md): `--securitynet-compare` fails a row whose
+baseline row was produced by something else (other weights, another copy of the data, a changed
+entry, other budgets, seed or sample sizes) before it compares a number, and
+`--securitynet-resume` refuses to put rows of two models or code versions in one file.
+
+- `weights_sha256`: sha256 of the loaded model's parameters and buffers (names, dtypes, shapes and
+  bytes, in name order), so a checkpoint re-saved in another format keeps it and a retrained
+  demo model or a swapped file changes it.
+- `dataset_sha256`: sha256 of the decoded images and labels of both splits.
+- `catalog_entry_sha256`: sha256 of the model's catalog entry (its TOML table, as JSON).
+- `budgets`: the resolved budgets of the benchmark's module; `seed`, `members`, `limit`.
+- `code_version`: the pytest-securitynet version (recorded, compared as a note only by
+  `--securitynet-compare`: a regression check exists to compare code versions).
+
+The checksums are computed once per model and dataset per process (CIFAR-10: about half a second).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Mapping
+
+import torch
+
+from pytest_securitynet.errors import SecurityNetError
+
+CODE_VERSION_FIELD = "code_version"
+FIELDS = ("weights_sha256", "dataset_sha256", "catalog_entry_sha256", "budgets", "seed", "members", "limit",
+          CODE_VERSION_FIELD)
+"""Provenance fields in the order a difference is reported."""
+
+_weights_cache: dict[int, tuple[Any, str]] = {}
+_data_cache: dict[str, tuple[Any, str]] = {}
+
+
+def code_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("pytest-securitynet")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def tensors_sha256(named: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of tensors, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(named):
+        tensor = named[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """Of the model's state dict; cached while the same model object is loaded."""
+    cached = _weights_cache.get(id(model))
+    if cached is None or cached[0] is not model:
+        _weights_cache.clear()  # one model is loaded at a time
+        cached = (model, tensors_sha256(model.state_dict()))
+        _weights_cache[id(model)] = cached
+    return cached[1]
+
+
+def dataset_sha256(data: Any) -> str:
+    """Of a dataset's decoded splits (`zoo.datasets.ImageData`); cached per loaded copy."""
+    cached = _data_cache.get(data.dataset_id)
+    if cached is None or cached[0] is not data:
+        cached = (data, tensors_sha256({"train_images": data.train_images, "train_labels": data.train_labels,
+                                        "test_images": data.test_images, "test_labels": data.test_labels}))
+        _data_cache[data.dataset_id] = cached
+    return cached[1]
+
+
+def entry_sha256(raw: Mapping[str, Any]) -> str:
+    """Of a catalog entry's table, keys sorted (paths the loader adds are left out)."""
+    kept = {k: v for k, v in raw.items() if k not in ("members_path",)}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def module_budgets(module: Any, settings: Any) -> dict[str, Any]:
+    """The resolved budgets (defaults with the run's overrides) a benchmark module declares."""
+    out = {}
+    for value in vars(module).values() if module is not None else ():
+        name = getattr(value, "budget_name", None)
+        if isinstance(value, type) and name and dataclasses.is_dataclass(value):
+            try:
+                out[name] = dataclasses.asdict(settings.budget(value))
+            except SecurityNetError:  # a bad override is reported before tests run; the row keeps the rest
+                continue
+    return dict(sorted(out.items()))
+
+
+def row_provenance(*, model: torch.nn.Module | None, data: Any, entry_raw: Mapping[str, Any], budgets: dict,
+                   settings: Any) -> dict[str, Any]:
+    """The `provenance` of a row (checksums only for what was loaded: a test that failed before
+    its model loaded records the rest)."""
+    out: dict[str, Any] = {}
+    if model is not None:
+        out["weights_sha256"] = weights_sha256(model)
+    if data is not None:
+        out["dataset_sha256"] = dataset_sha256(data)
+    out["catalog_entry_sha256"] = entry_sha256(entry_raw)
+    out["budgets"] = budgets
+    out.update(seed=settings.seed, members=settings.members, limit=settings.limit)
+    out[CODE_VERSION_FIELD] = code_version()
+    return out
+
+
+def differences(recorded: Mapping[str, Any], current: Mapping[str, Any], *, model: str = "",
+                include_code: bool = True) -> list[str]:
+    """One line per field both record with other values, weights first:
+    `weights of M changed: sha256 ab12cd34.. -> 9f8e7d6c..`."""
+    out = []
+    for name in FIELDS:
+        if name == CODE_VERSION_FIELD and not include_code:
+            continue
+        if name in recorded and name in current and _canonical(recorded[name]) != _canonical(current[name]):
+            out.append(describe(name, recorded[name], current[name], model))
+    return out
+
+
+def describe(name: str, before: Any, after: Any, model: str = "") -> str:
+    of = f" of {model}" if model else ""
+    if name == "weights_sha256":
+        return f"weights{of} changed: sha256 {_short(before)} -> {_short(after)}"
+    if name == "dataset_sha256":
+        return f"data{of} changed: sha256 of the decoded dataset {_short(before)} -> {_short(after)}"
+    if name == "catalog_entry_sha256":
+        return f"catalog entry{of} changed: sha256 {_short(before)} -> {_short(after)}"
+    if name == CODE_VERSION_FIELD:
+        return f"code version changed: pytest-securitynet {before} -> {after}"
+    if isinstance(before, dict) and isinstance(after, dict):
+        changed = [f"{key} {_show(before.get(key))} -> {_show(after.get(key))}" for key in sorted({*before, *after})
+                   if _canonical(before.get(key)) != _canonical(after.get(key))]
+        return f"{name} changed: {', '.join(changed)}"
+    return f"{name} changed: {_show(before)} -> {_show(after)}"
+
+
+def _short(value: Any) -> str:
+    return f"{str(value)[:12]}.." if isinstance(value, str) and len(value) > 12 else str(value)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
