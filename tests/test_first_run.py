@@ -498,3 +498,27 @@ def test_live_status_leaves_out_an_expected_time_under_a_second():
     assert status.line() == " [0s] running"
     status._expected = 40
     assert status.line() == " [0s of ~40s] running"
+
+
+def test_budgets_doc_lists_every_declared_budget_field(pytester):
+    """docs/budgets.md has one table row per field of every `@budget` a benchmark file declares, and no other."""
+    import dataclasses
+    import importlib
+    import re
+
+    from pytest_securitynet.harness.settings import declared_budgets
+
+    pytester.syspathinsert(BENCHMARKS)
+    modules = {path.stem for path in BENCHMARKS.glob("test_*.py")}
+    for module in modules:
+        importlib.import_module(module)  # declaring happens at import
+    declared = {(name, field.name) for name, cls in declared_budgets().items() if cls.__module__ in modules
+                for field in dataclasses.fields(cls)}
+    assert {name for name, _ in declared} >= {"backdoor", "evasion", "membership", "stealing"}
+    documented, budget = set(), None
+    for line in (REPO / "docs" / "budgets.md").read_text().splitlines():
+        row = re.match(r"\| *(?:`(\w+)`)? *\| *`(\w+)` *\|", line)
+        if row:
+            budget = row.group(1) or budget
+            documented.add((budget, row.group(2)))
+    assert documented == declared
