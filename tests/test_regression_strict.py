@@ -1,7 +1,8 @@
 """Regression checks end to end on small offline models: what used to pass silently now fails
 under --securitynet-compare-strict (a renamed setting, a misspelled tolerance, the run's own file),
 a weights swap is named as a provenance change, baselines hold no local paths, and `reported`
-works with a catalog folder that ships its paper rows."""
+works with a catalog folder that ships its paper rows. Resume compares provenance too: rows of
+other weights, of a changed catalog entry or of an older version are not mixed with new ones."""
 
 from __future__ import annotations
 
@@ -35,9 +36,9 @@ def project(pytester, cache_dir, monkeypatch, single_thread):
         model_toml(MODEL, "file:ci-net.pt", dataset="digits", channels=1, extra='builder = "demo_cnn"'))
     save_weights(catalog / "ci-net.pt", seed=0)
 
-    def run(*args: str):
+    def run(*args: str, keyword: str = MODEL):
         return pytester.runpytest(
-            "-p", "no:cacheprovider", "benchmarks", "-k", MODEL, f"--securitynet-cache={cache_dir}",
+            "-p", "no:cacheprovider", "benchmarks", "-k", keyword, f"--securitynet-cache={cache_dir}",
             f"--securitynet-catalog={catalog}", f"--securitynet-json={pytester.path / 'out.json'}",
             "--securitynet-bootstrap=200", *args)
 
@@ -153,3 +154,46 @@ def test_reported_numbers_of_a_catalog_folder_are_compared_end_to_end(pytester, 
     near = project("--securitynet-compare=reported")
     near.assert_outcomes(passed=1)
     near.stdout.fnmatch_lines(["*against reported (SecurityNet database): 1 test(s) compared, 0 drifted*"])
+
+
+# --- resume compares what produced the rows ---------------------------------------------------
+
+TWO_TESTS = """
+def test_first(target, test_set, record):
+    record(n=len(test_set))
+
+def test_second(target, test_set, record):
+    record(n=len(test_set))
+"""
+
+
+def test_resume_after_a_weights_change_stops_before_mixing_two_models(pytester, project):
+    (pytester.path / "benchmarks" / "test_two.py").write_text(TWO_TESTS)
+    project(keyword=f"{MODEL} and first").assert_outcomes(passed=1)
+    save_weights(project.catalog / "ci-net.pt", seed=0, nudge=1e-4)  # a retrained model under the same id
+    result = project("--securitynet-resume", keyword=f"{MODEL} and (first or second)")
+    assert result.ret == 4
+    result.stdout.fnmatch_lines([f"*--securitynet-resume: *out.json holds rows of {MODEL} produced by something "
+                                 f"else (weights of {MODEL} changed: sha256 *); this run stops before mixing*"])
+    assert [r["setting"] for r in json.loads((pytester.path / "out.json").read_text())["results"]] == ["default"]
+    assert "first" in json.loads((pytester.path / "out.json").read_text())["results"][0]["nodeid"]
+
+
+def test_resume_refuses_a_changed_catalog_entry_and_an_older_file(pytester, project):
+    project().assert_outcomes(passed=1)
+    entry = project.catalog / "models.toml"
+    entry.write_text(entry.read_text().replace('model_type = "cnn"', 'model_type = "cnn"\ntags = ["retrained"]'))
+    changed = project("--securitynet-resume")
+    assert changed.ret == 4
+    changed.stderr.fnmatch_lines([f"*--securitynet-resume: *out.json holds rows produced by something else "
+                                  f"(catalog entry of {MODEL} changed: sha256 *)*"])
+    doc = json.loads((pytester.path / "out.json").read_text())
+    for row in doc["results"]:
+        del row["provenance"]  # as the project's first version wrote them
+    (pytester.path / "out.json").write_text(json.dumps(doc))
+    older = project("--securitynet-resume")
+    assert older.ret == 4
+    older.stderr.fnmatch_lines(["*--securitynet-resume: *out.json holds 1 row(s) written by an older version that "
+                                "records no provenance*run without --securitynet-resume (the file is then kept, "
+                                "numbered, in out-runs/)*"])
+    assert "Traceback" not in older.stderr.str() + older.stdout.str()

@@ -18,7 +18,8 @@ from pytest_securitynet.plugin.missing import MissingFiles, missing_files
 from pytest_securitynet.plugin.overview import XdistStartLine, start_line
 from pytest_securitynet.plugin.progress import ProgressPlugin
 from pytest_securitynet.results.lock import ResultsLock, holder_info
-from pytest_securitynet.results.resume import check_resume
+from pytest_securitynet.results.resume import check_resume, check_resume_provenance
+from pytest_securitynet.harness.provenance import code_version, entry_sha256
 from pytest_securitynet.results.rows import (PASSED, ResultsWriter, load_results, now, plain, results_exist, row_key,
                                              run_info)
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness
@@ -163,6 +164,9 @@ def pytest_configure(config: pytest.Config) -> None:
                                           opt("securitynet_resume_mixed"))) if previous else None
     state.done = {row_key(r) for r in previous["results"] if r.get("outcome") == PASSED} if previous else set()
     if not config.option.collectonly:
+    if previous:  # rows of other weights, data or entries are found as they arrive (reporter)
+        _usage(lambda: check_resume_provenance(json_path, previous, _entry_hashes(config, previous), code_version(),
+                                               opt("securitynet_resume_mixed")))
         run = run_info(config.invocation_params.args, settings.as_dict())
         config.hook.pytest_securitynet_run_info(config=config, run=run)
         state.writer = ResultsWriter(json_path, plain(run), previous, row_settings=per_row)
@@ -224,6 +228,12 @@ def _usage(call):
 
 
 # --- collection -------------------------------------------------------------------------------
+def _entry_hashes(config: pytest.Config, previous: dict[str, Any]) -> dict[str, str]:
+    """sha256 of today's catalog entry of each model the file has rows of."""
+    models = harness(config).catalog.models
+    return {m: entry_sha256(models[m].raw) for m in {r["model"] for r in previous["results"]} if m in models}
+
+
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "catalog_entry" not in metafunc.fixturenames:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pytest_securitynet.harness.provenance import CODE_VERSION_FIELD, differences
+from pytest_securitynet.results.provenance import CODE_VERSION_FIELD, differences
 from pytest_securitynet.plugin.items import METRICS, benchmark_name, entry_of, setting_of
 from pytest_securitynet.plugin.provenance import provenance_of
 from pytest_securitynet.plugin.runstate import STATE, harness

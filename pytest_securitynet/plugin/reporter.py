@@ -16,6 +16,7 @@ from pytest_securitynet.plugin.items import (
 )
 from pytest_securitynet.plugin.progress import CPU_SECONDS
 from pytest_securitynet.plugin.provenance import provenance_of
+from pytest_securitynet.results.resume import resumed_row_conflict
 from pytest_securitynet.results.lock import ResultsLock, check_results_path, holder_info
 from pytest_securitynet.results.rows import ResultsWriteError, now, plain, replaced_results
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness, state_harness
@@ -144,6 +145,9 @@ class ResultsReporter:
             self.take_over()
         except pytest.UsageError as exc:  # another run took the file since the start
             pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
+        conflict = resumed_row_conflict(state.json_path, state.writer.rows.values(), row) if state.resume else None
+        if conflict:  # a resumed file holds rows of this model from other weights or data: add nothing
+            pytest.exit(conflict, returncode=pytest.ExitCode.USAGE_ERROR)
         try:
             state.writer.add(row, info)
         except ResultsWriteError as exc:  # a full disk: stop, as a run that cannot record has no use

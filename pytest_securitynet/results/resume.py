@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.results.provenance import CODE_VERSION_FIELD, describe, differences
+from pytest_securitynet.results.archive import runs_dir
 
 ROW_SETTINGS = ("seed", "members", "limit", "dataset_overrides", "budgets")
 """The settings (keys of `run.settings`) that change what a row measures."""
@@ -84,3 +86,59 @@ def _canonical(value: Any) -> str:
 
 def _show(value: Any) -> str:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+
+
+# --- what produced the rows (harness/provenance.py) ------------------------------------------
+
+PRODUCERS = ("weights_sha256", "dataset_sha256", "catalog_entry_sha256")
+"""Provenance fields that tell two models apart: rows differing in one are rows of two models."""
+
+
+def check_resume_provenance(path: Path, previous: dict[str, Any], entry_hashes: Mapping[str, str],
+                            code_version: str, mixed: bool) -> None:
+    """Refuse (`ResumeMismatchError`) to resume a file whose rows cannot be checked (written by a
+    version that records no provenance), or were produced from other catalog entries, or (unless
+    `mixed`) by another code version. Weights and data are checked as rows arrive
+    (`resumed_row_conflict`): their checksums are known once a model is loaded."""
+    rows = previous["results"]
+    unchecked = [row for row in rows if not isinstance(row.get("provenance"), dict)]
+    if unchecked:
+        raise ResumeMismatchError(
+            f"--securitynet-resume: {path} holds {len(unchecked)} row(s) written by an older version that records "
+            f"no provenance (weights and data checksums, code version), so they cannot be checked against this "
+            f"run's; run without --securitynet-resume (the file is then kept, numbered, in "
+            f"{runs_dir(path).name}/) or write elsewhere with --securitynet-json")
+    changes: dict[str, None] = {}
+    for row in rows:
+        provenance, model = row["provenance"], row["model"]
+        recorded = provenance.get("catalog_entry_sha256")
+        if recorded and model in entry_hashes and recorded != entry_hashes[model]:
+            changes.setdefault(describe("catalog_entry_sha256", recorded, entry_hashes[model], model))
+        version = provenance.get(CODE_VERSION_FIELD)
+        if version and version != code_version and not mixed:
+            changes.setdefault(describe(CODE_VERSION_FIELD, version, code_version))
+    if changes:
+        raise ResumeMismatchError(
+            f"--securitynet-resume: {path} holds rows produced by something else ({'; '.join(changes)}); resuming "
+            f"would mix them with this run's. Run without --securitynet-resume (the file is then kept, numbered, "
+            f"in {runs_dir(path).name}/) or write elsewhere with --securitynet-json")
+
+
+def resumed_row_conflict(path: Path, rows: Iterable[dict[str, Any]], row: dict[str, Any]) -> str | None:
+    """The message refusing `row` when the file holds rows of its model from other weights, data or
+    catalog entry (a retrained demo model, a changed dataset archive), else None."""
+    current = row.get("provenance")
+    if not isinstance(current, dict):
+        return None
+    for other in rows:
+        recorded = other.get("provenance")
+        if other["model"] != row["model"] or not isinstance(recorded, dict):
+            continue
+        changes = [line for line in differences(recorded, current, model=row["model"], include_code=False)
+                   if line.split(" ", 1)[0] in ("weights", "data", "catalog")]
+        if changes:
+            return (f"--securitynet-resume: {path} holds rows of {row['model']} produced by something else "
+                    f"({'; '.join(changes)}); this run stops before mixing rows of two models in one file. Run "
+                    f"without --securitynet-resume (the file is then kept, numbered, in {runs_dir(path).name}/) "
+                    f"or write elsewhere with --securitynet-json")
+    return None
