@@ -173,7 +173,7 @@ def test_start_line_estimate_sizes_and_report(pytester, project, tmp_path):
     assert doc["models"]["demo-digits-cnn"]["sizes"]["members"] == 100
 
     second = project("benchmarks", "-k", "demo", f"--securitynet-report={tmp_path / 'report'}")
-    second.stdout.fnmatch_lines(["securitynet: 2 tests * about * (from the previous run's durations)",
+    second.stdout.fnmatch_lines(["securitynet: 2 tests * about * (* cache; from the previous run's durations)",
                                  f"report: {tmp_path / 'report' / 'index.html'} (* sections: *)"])
     assert (tmp_path / "report" / "index.html").is_file()
     assert results(pytester)["run"]["effective"]["members"]["demo-digits-cnn"] == 898  # the split's size, not 5000
@@ -260,11 +260,27 @@ def test_estimate_prefers_this_machines_previous_run(tmp_path):
     reference = estimate.Durations({"a::b::s": 50.0, "a::b::t": 4.0}, "a reference run")
     got = estimate.estimate(["a::b::s", "a::b::t", "a::b::u"], [previous, reference])
     assert (got.seconds, got.known, got.total) == (7.0, 2, 3)
-    assert got.describe() == "about 7 s for 2 of 3 tests (from the previous run's durations and a reference run)"
+    assert got.describe() == "about 7 s for 2 of 3 tests (warm cache; from the previous run's durations and a reference run)"
     assert estimate.estimate(["x"], [previous]).describe().startswith("no estimate yet")
     assert estimate.previous_run(tmp_path / "missing.json") is None
     (tmp_path / "bad.json").write_text('{"results": []}')  # not a results file: no estimate, no error
     assert estimate.previous_run(tmp_path / "bad.json") is None
+
+
+def test_estimate_counts_cold_models_the_run_outside_its_tests_and_the_load(tmp_path, harness):
+    reference = estimate.Durations({"m::b::s": 30.0}, "a reference run", cold={"m": 12.0}, overhead=10.0, cpu=True)
+    assert estimate.estimate(["m::b::s"], [reference]).describe() == "about 40 s (warm cache; from a reference run)"
+    cold = estimate.estimate(["m::b::s"], [reference], cold=["m"])
+    assert cold.describe() == "about 52 s (cold cache: 1 demo model trains first, 12 s; from a reference run)"
+    assert cold.describe(load=7.0, cores=2).endswith("; load average 7.0 on 2 cores now: expect about 3 min")  # 52 s x 4
+    assert "load average" not in cold.describe(load=0.5, cores=2)
+    measured = estimate.Durations({"m::b::s": 100.0}, "the previous run's durations")  # wall seconds: load included
+    assert "load average" not in estimate.estimate(["m::b::s"], [measured]).describe(load=7.0, cores=2)
+    demo = [harness.catalog.models["demo-digits-cnn"], harness.catalog.models["demo-digits-rbf-overfit"],
+            harness.catalog.models["cifar10-resnet20-akamaster"]]
+    (tmp_path / "weights" / "demo").mkdir(parents=True)
+    (tmp_path / "weights" / "demo" / "demo-digits-cnn-0123456789ab.pt").write_bytes(b"")
+    assert estimate.cold_models(demo, tmp_path) == ["demo-digits-rbf-overfit"]
 
 
 def test_the_packaged_reference_covers_every_demo_test():

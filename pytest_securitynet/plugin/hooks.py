@@ -193,10 +193,17 @@ def _xdist_start_line(config: pytest.Config, ids: list[str], device: str) -> str
         keys.append(row_key({"model": model, "benchmark": benchmark, "setting": setting}))
     if not keys:
         return None
-    _check_missing(config, [models[m] for m in dict.fromkeys(found)])
+    entries = [models[m] for m in dict.fromkeys(found)]
+    _check_missing(config, entries)
     workers = config.option.numprocesses
     return start_line(list(dict.fromkeys(found)), len(keys), len(benchmarks), f"{device}, {workers} workers",
-                      state.json_path, estimate.estimate(keys, state.durations).describe() + " (summed over workers)")
+                      state.json_path, _estimate(config, keys, entries) + " (summed over workers)")
+
+
+def _estimate(config: pytest.Config, keys: list[str], entries: list) -> str:
+    """The start line's expected time: the tests', training the demo models not cached yet, and the current load."""
+    cold = estimate.cold_models(entries, harness(config).files.cache_dir)
+    return estimate.estimate(keys, config.stash[STATE].durations, cold).describe(*estimate.current_load())
 
 
 def _expected(item: pytest.Item, state: RunState) -> float | None:
@@ -368,8 +375,9 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
     keys = [item_row_key(item, entry) for item, entry in benchmark_items
             if item.get_closest_marker("skip") is None]
     heavy = sum(item.stash.get(HEAVY_SKIPPED, False) for item, _ in benchmark_items)
+    entries = list({entry.id: entry for _, entry in benchmark_items}.values())
     line = start_line(models, len(benchmark_items), len(benchmarks), str(harness(config).device), state.json_path,
-                      estimate.estimate(keys, state.durations).describe(), heavy)
+                      _estimate(config, keys, entries), heavy)
     return [*state.notices, line]
 
 
