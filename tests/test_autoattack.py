@@ -137,3 +137,58 @@ def test_benchmark_rows(pytester, cache_dir):
         assert set(m["time_per_attack_s"]) == {"apgd-ce", "apgd-t", "fab-t", "square"}
         low, high = m["intervals"]["robust_accuracy"]["low"], m["intervals"]["robust_accuracy"]["high"]
         assert low <= m["robust_accuracy"] <= high and m["intervals"]["robust_accuracy"]["n"] == 8
+
+
+# --- known answers: an adversarially trained twin, and pyautoattack's own ResNet-18 -----------------
+
+ROBUST_DIGITS = Path(__file__).resolve().parents[1] / "examples" / "robust-digits.toml"
+
+
+@pytest.fixture(scope="module")
+def robust_harness(cache_dir):
+    from pytest_securitynet.harness.harness import Harness
+    from pytest_securitynet.harness.settings import Settings
+
+    return Harness(Settings(cache_dir=cache_dir, catalogs=[str(ROBUST_DIGITS)]), lambda: torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_adversarial_training_raises_robust_accuracy_over_the_standard_twin(robust_harness):
+    """Same network, data, optimiser and seed; trained on PGD examples it keeps far more points at eps 0.1."""
+    twin, robust = (_points(robust_harness, model_id, 20) for model_id in ("demo-digits-cnn", "digits-cnn-pgd-at"))
+    standard_result = run_autoattack(*twin, eps=0.1, seed=0)
+    robust_result = run_autoattack(*robust, eps=0.1, seed=0)
+    assert robust_result.clean_accuracy >= 0.9
+    assert robust_result.robust_accuracy >= standard_result.robust_accuracy + 0.15
+    assert not robust_result.unreliable, robust_result.unreliable_reasons
+
+
+def test_pyautoattack_resnet18_is_a_pinned_package_file(harness):
+    from pytest_securitynet.zoo.resolver import installed_package_dir, resolve_model
+
+    entry = harness.catalog.model("cifar10-resnet18-fra31")
+    (need,) = resolve_model(entry).needs
+    assert need.at == installed_package_dir("pyautoattack") / "examples" / "model_test.pt"
+    assert need.sha256 == entry.raw["sha256"]
+    from pytest_securitynet.zoo.weights import load_model
+
+    model = load_model(entry, harness.catalog, harness.files)
+    assert sum(p.numel() for p in model.parameters()) == 11_173_962  # ResNet-18, loaded strictly
+
+
+def test_a_package_that_is_not_installed_is_named(tmp_path):
+    from pytest_securitynet.catalog.entries import load_catalog
+    from pytest_securitynet.errors import SecurityNetError
+    from pytest_securitynet.zoo.store import FileStore
+    from pytest_securitynet.zoo.resolver import fetch, resolve_model
+
+    from conftest import model_toml
+
+    (tmp_path / "m.toml").write_text(model_toml("x-missing", "package:no_such_package_xyz/w.pt",
+                                                dataset="digits",
+                                                extra='builder = "demo_cnn"\nsha256 = "' + "0" * 64 + '"'))
+    from pytest_securitynet.catalog.entries import catalog_paths
+
+    entry = load_catalog(catalog_paths([tmp_path / "m.toml"])).model("x-missing")
+    with pytest.raises(SecurityNetError, match="no_such_package_xyz.*not installed"):
+        fetch(resolve_model(entry), FileStore(cache_dir=tmp_path / "cache", offline=True))

@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -504,3 +505,73 @@ def test_resuming_a_merge_of_other_settings_is_refused(pytester, run, capsys):
     assert securitynet(["merge", str(a), "-o", str(merged)]) == 0
     run("benchmarks", "-k", "demo", f"--securitynet-json={merged}", "--securitynet-resume",
         "--securitynet-limit=300").assert_outcomes(passed=3)
+
+
+TERMINATED_AFTER_ROWS = '''
+import os, signal, time
+import pytest
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_row(catalog_entry, record, k):
+    if k == 2:
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler stopping the job
+        time.sleep(30)
+    record(k=k)
+'''
+
+
+def test_a_sigterm_ends_the_run_as_ctrl_c_does_keeping_its_rows(pytester, run):
+    (pytester.path / "benchmarks" / "test_rows.py").write_text(TERMINATED_AFTER_ROWS)
+    result = run("benchmarks", "-k", "demo-digits-cnn", subprocess=True)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    doc = results_of(pytester)
+    assert doc["run"]["status"] == "interrupted" and doc["run"]["finished_at"]
+    assert {r["setting"] for r in doc["results"]} == {"0", "1"}
+    assert not journal_path(pytester.path / "out.json").exists() and not lock_path(pytester.path / "out.json").exists()
+
+
+SLOW_TEST = '''
+import os, time
+
+def test_slow(catalog_entry, record):
+    with open(f"worker-{os.getpid()}.pid", "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(120)
+'''
+
+
+def test_xdist_workers_stop_soon_after_their_controller_is_killed(pytester, cache_dir):
+    (pytester.path / "benchmarks").mkdir()
+    (pytester.path / "benchmarks" / "test_slow.py").write_text(SLOW_TEST)
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "benchmarks", "-k", "demo", "-n", "1",
+         f"--securitynet-cache={cache_dir}", f"--securitynet-json={pytester.path / 'out.json'}"],
+        cwd=pytester.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(pytester.path.glob("worker-*.pid")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = [int(p.read_text()) for p in pytester.path.glob("worker-*.pid")]
+        assert workers, "the worker never started its test"
+    finally:
+        controller.kill()
+        controller.wait()
+    killed = time.monotonic()
+    alive = set(workers)
+    while alive and time.monotonic() - killed < 4.5:  # execnet alone waits 5 s, then 10 s more
+        alive = {pid for pid in alive if _running(pid)}
+        time.sleep(0.2)
+    for pid in alive:  # leave nothing behind whatever happened
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"workers {sorted(alive)} still ran 4.5 s after their controller was killed"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie has ended; its parent (init) reaps it when it likes
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -67,7 +67,7 @@ class ModelEntry:
 
     @property
     def source_kind(self) -> str:
-        """`pytorchcv`, `timm`, `torchvision`, `url`, `file` or `demo`."""
+        """`pytorchcv`, `timm`, `torchvision`, `url`, `file`, `package` or `demo`."""
         if self.source.startswith(("http://", "https://")):
             return "url"
         return self.source.split(":", 1)[0]

@@ -28,12 +28,17 @@ ANNOTATIONS = {
         "purpose": {"enum": ["benchmark", "security"]},
         "listed_purpose": {"enum": ["benchmark", "security", "other"]},
         "paper": {"type": "string"},
+        "training": {"type": "string", "minLength": 1},
+        "threat_model": {"type": "string", "minLength": 1},
     },
 }
 """The paper's codebook (Table 2). `dataset` is the dataset's name as the database writes it
 (e.g. "CIFAR-10"); `data_category` the database's coarse category (natural, medical, digit);
 `listed_purpose` the database's own purpose column, where `other` marks models published for
-neither benchmarking nor security, which the paper counts as benchmark models (`purpose`)."""
+neither benchmarking nor security, which the paper counts as benchmark models (`purpose`).
+Beyond the codebook, robust models say how they were trained (`training`: `standard`, or the
+adversarial-training method, e.g. `pgd-at`, `trades`) and against what (`threat_model`: `Linf`,
+`L2`, `corruptions`), as RobustBench records them."""
 
 DATABASE_ROW = {
     "type": "object",
@@ -70,10 +75,14 @@ TRAIN = {
         "batch_size": {"type": "integer", "minimum": 0},
         "seed": {"type": "integer", "minimum": 0},
         "width_factor": {"type": "number", "exclusiveMinimum": 0},
+        "adversarial_eps": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "adversarial_steps": _POS_INT,
     },
 }
 """How a `demo` model is trained (`zoo.demo.train_demo`): Adam for `epochs` at `lr`; `batch_size` 0
-is the whole training set; `width_factor` sets the RBF kernel width (needed by `demo_rbf`)."""
+is the whole training set; `width_factor` sets the RBF kernel width (needed by `demo_rbf`);
+`adversarial_eps` trains on L-inf PGD examples of that radius instead of the clean batch
+(Madry et al.'s adversarial training, `adversarial_steps` steps, default 5)."""
 
 MODEL = {
     "type": "object",
@@ -87,7 +96,7 @@ MODEL = {
         "source": {
             "type": "string",
             "pattern": "^(pytorchcv:[A-Za-z0-9_.-]+|timm:[A-Za-z0-9_./-]+|torchvision:[A-Za-z0-9_]+:[A-Za-z0-9_.]+"
-            "|https?://\\S+|file:\\S+|demo)$",
+            "|https?://\\S+|file:\\S+|package:[A-Za-z_][A-Za-z0-9_]*/[A-Za-z0-9_./-]+|demo)$",
         },
         "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         "builder": {"type": "string", "minLength": 1},

@@ -11,6 +11,7 @@ import pytest
 from pytest_securitynet.plugin import estimate, fixtures, gpus, hookspec, profiling, reporter, selection, specs, timeouts
 from pytest_securitynet.plugin import collected
 from pytest_securitynet.plugin.budgets import check_budgets_at_start
+from pytest_securitynet.plugin import signals
 from pytest_securitynet.plugin import regression
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.plugin.items import benchmark_name, entry_of, item_row_key, key_of_nodeid
@@ -135,6 +136,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "security_models: tests on models published by security papers")
     config.addinivalue_line("markers", "xdist_group(name): keep tests of one group on one xdist worker")
     config.addinivalue_line("markers", "securitynet_heavy(reason): skip on a CPU unless --securitynet-heavy")
+    signals.install(config)  # SIGTERM ends the run as Ctrl-C does; workers stop with their controller
     opt = config.getoption
     settings = settings_of(config)
     workerinput = getattr(config, "workerinput", None)

@@ -143,3 +143,55 @@ class RBFNet(nn.Module):
 @register_builder("demo_rbf")
 def demo_rbf(num_centers: int, input_dim: int, num_classes: int = 10) -> nn.Module:
     return RBFNet(num_centers, input_dim, num_classes)
+
+
+class _ProjectedBlock(nn.Module):
+    """A basic residual block whose shortcut is a 1x1 conv + BN when the shape changes (option B)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(out + self.shortcut(x))
+
+
+class SmallInputResNet18(nn.Module):
+    """ResNet-18/34 for 32x32 inputs in the layout of the kuangliu/pytorch-cifar code that many
+    adversarial-training repositories and pyautoattack's example model use: a 3x3 stem without
+    max-pooling, four stages of 64-512 channels, 4x4 average pooling and a `linear` head."""
+
+    def __init__(self, blocks: tuple[int, int, int, int], num_classes: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        planes, stages = 64, []
+        for i, (width, count) in enumerate(zip((64, 128, 256, 512), blocks)):
+            stride = 1 if i == 0 else 2
+            layers = [_ProjectedBlock(planes, width, stride)] + [_ProjectedBlock(width, width, 1) for _ in range(count - 1)]
+            stages.append(nn.Sequential(*layers))
+            planes = width
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+@register_builder("cifar_resnet_basic")
+def cifar_resnet_basic(depth: int = 18, num_classes: int = 10) -> nn.Module:
+    """`SmallInputResNet18` with depth 18 ([2, 2, 2, 2] blocks) or 34 ([3, 4, 6, 3])."""
+    blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+    if depth not in blocks:
+        raise CatalogError(f"cifar_resnet_basic: depth {depth} is not one of {', '.join(map(str, blocks))}")
+    return SmallInputResNet18(blocks[depth], num_classes)

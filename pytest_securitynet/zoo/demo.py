@@ -89,15 +89,31 @@ def train_demo(net: nn.Module, entry: ModelEntry, images: torch.Tensor, labels: 
     optimiser = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
     batch = cfg.get("batch_size") or len(x)
     generator = torch.Generator().manual_seed(cfg.get("seed", 0))
+    adversarial = _pgd_examples(cfg["adversarial_eps"], cfg.get("adversarial_steps", 5)) if "adversarial_eps" in cfg else None
     model.train()
     for _ in range(cfg["epochs"]):
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), batch):
             idx = order[start:start + batch]
+            batch_x = x[idx] if adversarial is None else adversarial(model, x[idx], labels[idx], generator)
             optimiser.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[idx]), labels[idx]).backward()
+            F.cross_entropy(model(batch_x), labels[idx]).backward()
             optimiser.step()
     model.eval()
+
+
+def _pgd_examples(eps: float, steps: int):
+    """Adversarial training's inner maximisation: L-inf PGD on the current model (in eval mode, so
+    the attack's passes leave batch-norm statistics alone), seeded through the training generator."""
+    from pytest_securitynet.attacks.evasion import pgd_linf
+
+    def examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        model.eval()
+        adversarial = pgd_linf(model, x, y, eps, steps=steps, step_size=2.5 * eps / steps, generator=generator)
+        model.train()
+        return adversarial
+
+    return examples
 
 
 def _place_rbf_centres(net: RBFNet, model: Normalized, x: torch.Tensor, width_factor: float) -> None:

@@ -80,6 +80,30 @@ def _from_file(entry: ModelEntry) -> Plan:
     return Plan(entry.id, "builder", (need,))
 
 
+def _from_package(entry: ModelEntry) -> Plan:
+    """`package:NAME/PATH`: a file an installed Python package ships (pyautoattack's example model),
+    checked against the catalog's sha256 like any other file."""
+    package, _, inner = entry.source.removeprefix("package:").partition("/")
+    root = installed_package_dir(package)
+    path = (root or Path(package)) / inner
+    hint = (f"installed with the Python package {package!r}" if root is not None
+            else f"the Python package {package!r} is not installed (pip install {package})")
+    need = Need(path.name, _weights(entry), sha256=entry.raw.get("sha256"), at=path, hint=hint)
+    return Plan(entry.id, "builder", (need,))
+
+
+def installed_package_dir(package: str) -> Path | None:
+    """The directory of an installed package, found without importing it; None when absent."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else None
+
+
 def _from_demo(entry: ModelEntry) -> Plan:
     return Plan(entry.id, "demo")  # trained by the harness from its dataset, cached by its recipe
 
@@ -144,6 +168,7 @@ def _from_timm(entry: ModelEntry) -> Plan:
 _MODEL_SOURCES: dict[str, Callable[[ModelEntry], Plan]] = {
     "url": _from_url,
     "file": _from_file,
+    "package": _from_package,
     "demo": _from_demo,
     "pytorchcv": _from_pytorchcv,
     "torchvision": _from_torchvision,
