@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import html
 import json
 import os
 import select
@@ -529,3 +530,32 @@ def test_browser_check_catches_a_broken_page(full_report, tmp_path):
     images, problems = open_page(page / "index.html", tmp_path / "profile")
     assert [i["width"] > 0 for i in images] == [True, False]
     assert any("boom" in p for p in problems)
+
+
+def test_a_figure_title_sits_above_every_panel_title():
+    """19 panels and a title of two lines: no panel title is covered by it."""
+    fig, axes = figures.panels(19)
+    for i, ax in enumerate(axes):
+        ax.plot([0, 1], [0, 1])
+        ax.set_title(f"attack {i}\nr = 0.5 (n = 6)", fontsize=9)
+    figures.lay_out(fig, "Membership inference AUC against the overfitting gap, one panel per attack " * 2)
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    assert all(ax.title.get_window_extent(renderer).y1 <= title.y0 for ax in axes)
+    plt.close(fig)
+
+
+def test_long_tables_and_reasons_are_shown_whole_in_sections_that_fold(tmp_path):
+    rows, models = planted_rows()
+    reason = ("Skipped: cifar10-resnet20-akamaster: resnet20-12fca82f.th not in the cache or a mirror (offline); "
+              "--securitynet-skip-missing skips it (`securitynet catalog prefetch` fetches it) " * 3).strip()
+    rows += [row(f"model-{i % 6}", "model_stealing.model_stealing", f"s{i}", {}, outcome="skipped", message=reason)
+             for i in range(75)]
+    report = build_report([write_doc(tmp_path / "r.json", rows, models)], tmp_path / "out", use_reported=False, dpi=DPI)
+    page = report.index.read_text(encoding="utf-8")
+    not_passed = page[page.index('id="not-passed"'):page.index("</section>", page.index('id="not-passed"'))]
+    assert not_passed.count("</tr>") == 76 and "All 75 rows; the box scrolls." in not_passed  # header + every row
+    assert not_passed.count(html.escape(reason)) == 75 and "..." not in not_passed  # every reason, whole
+    assert page.count('<details class="section" open>') == len(report.sections)
+    readme = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    assert "<details><summary>All 75 rows (click to show)</summary>" in readme and "First 60" not in readme

@@ -394,8 +394,8 @@ def test_merge_of_identical_reruns_reports_no_conflict_for_timings(tmp_path, cap
 
 def test_duplicates_differing_only_in_times_or_cache_provenance_collapse(tmp_path):
     trained, cached = make_row("s1"), make_row("s1", seconds=3.0)
-    trained["metrics"].update(reference_source="trained", source_cached=False)
-    cached["metrics"].update(reference_source="disk", source_cached=True)
+    trained["metrics"].update(reference_source="trained", quantile_backbone_source="trained", source_cached=False)
+    cached["metrics"].update(reference_source="disk", quantile_backbone_source="memory", source_cached=True)
     merged = load_and_merge([write_results(tmp_path / "a.json", [trained]), write_results(tmp_path / "b.json", [cached])])
     assert merged.collapsed == 1 and merged.conflicts == []
     cached["metrics"]["auc"] = 0.9  # a result that differs is still a conflict

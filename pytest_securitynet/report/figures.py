@@ -114,22 +114,49 @@ def panels(n: int, ncols: int = 3, panel: tuple[float, float] = PANEL):
     return fig, flat[:n]
 
 
+TITLE_LINE_IN = 0.24
+"""Height in inches of one line of a figure title at 11 pt, with its spacing."""
+
+
 def save(fig, path: Path, title: str, dpi: int = DPI) -> Path:
     """Title the figure, lay it out, write it as a PNG and close it.
 
     The PNG is cropped to what is drawn (`bbox_inches="tight"`), so no label is cut at its edge.
     """
-    chars = max(30, int(fig.get_figwidth() * 10))  # about what fits across the figure at 11 pt
-    fig.suptitle(textwrap.fill(title, chars), fontsize=11)
-    fig.tight_layout()
+    lay_out(fig, title)
     fig.savefig(path, dpi=dpi, format="png", bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     return path
 
 
+def lay_out(fig, title: str) -> None:
+    """Title the figure above its panels: `tight_layout` alone ignores a suptitle, whose lines then
+    cover the first row's panel titles, so the panels are laid out below the room the title takes."""
+    chars = max(30, int(fig.get_figwidth() * 10))  # about what fits across the figure at 11 pt
+    wrapped = textwrap.fill(title, chars)
+    fig.suptitle(wrapped, fontsize=11, y=1.0, va="top")
+    room = (wrapped.count("\n") + 1) * TITLE_LINE_IN + 0.1
+    fig.tight_layout(rect=(0, 0, 1, max(0.5, 1 - room / fig.get_figheight())))
+
+
 def color_map(groups: Sequence[str]) -> dict[str, tuple]:
     cmap = plt.get_cmap("tab10")
     return {g: cmap(i % 10) for i, g in enumerate(groups)}
+
+
+def error_bars(ax, data: pd.DataFrame, x: str, y: str) -> None:
+    """Grey 95% interval bars behind the points of `y` against `x`, for whichever of the two has its
+    interval columns (`frames.CI_LOW`, `CI_HIGH`)."""
+    bars = {}
+    for axis, name in (("xerr", x), ("yerr", y)):
+        low, high = name + CI_LOW, name + CI_HIGH
+        if low in data and high in data:
+            lo, hi, value = (pd.to_numeric(data[c], errors="coerce") for c in (low, high, name))
+            if lo.notna().any():
+                bars[axis] = [(value - lo).clip(lower=0).fillna(0).to_numpy(), (hi - value).clip(lower=0).fillna(0).to_numpy()]
+    if bars:
+        ax.errorbar(pd.to_numeric(data[x]), pd.to_numeric(data[y]), fmt="none", ecolor="0.55", elinewidth=0.7,
+                    capsize=1.5, zorder=2, **bars)
 
 
 def scatter_groups(ax, frame: pd.DataFrame, x: str, y: str, group: str | None, *, xlabel: str, ylabel: str,

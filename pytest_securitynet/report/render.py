@@ -17,19 +17,24 @@ from pytest_securitynet.report.blocks import Figure, Gallery, Section, Table, Te
 GALLERY_WIDTH = 190
 """Width in px of a gallery image in README.md (trigger PNGs are a few pixels wide)."""
 MAX_TABLE_ROWS = 60
-"""Rows shown per table on the page; the CSV always has all of them."""
+"""Tables longer than this scroll inside a box of bounded height on the page, and fold into a
+<details> element in README.md; every row is shown either way (and is in the table's CSV)."""
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1250px;
        padding: 0 1.2rem 3rem; color: #1d1d1f; line-height: 1.45; }
 header { border-bottom: 2px solid #ccc; margin-bottom: 1rem; }
-h1 { font-size: 1.6rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
+h1 { font-size: 1.6rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; display: inline-block; width: 95%; }
+details.section > summary { cursor: pointer; }
+details.section > summary::marker { font-size: 1.3rem; }
 nav ul { columns: 3; list-style: none; padding-left: 0; font-size: .95rem; }
 code { background: #f2f2f2; padding: 0 .25em; border-radius: 3px; }
 figure { margin: 1rem 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e4e4e4; }
 figcaption { font-size: .9rem; color: #444; margin: .3rem 0; }
 .scroll { overflow-x: auto; }
+.scroll.tall { max-height: 36em; overflow-y: auto; }
+.scroll.tall th { position: sticky; top: 0; }
 table.data { border-collapse: collapse; font-size: .82rem; font-variant-numeric: tabular-nums; }
 table.data th, table.data td { border: 1px solid #ddd; padding: .2rem .45rem; text-align: left; vertical-align: top; }
 table.data th { background: #f6f6f6; }
@@ -60,15 +65,17 @@ def render_html(sections: Iterable[Section], out: Path, *, title: str, subtitle:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         '<meta name="generator" content="securitynet report">', '<link rel="icon" href="data:,">',
         f"<title>{html.escape(title)}</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
-        f"<header><h1>{html.escape(title)}</h1><p>{_inline(subtitle)}</p></header>",
+        f"<header><h1>{html.escape(title)}</h1><p>{_inline(subtitle)}</p>"
+        "<p>Each section folds: click its heading.</p></header>",
         "<nav><ul>", *(f'<li><a href="#{s.id}">{html.escape(s.title)}</a></li>' for s in sections), "</ul></nav>",
         "<main>",
     ]
     for section in sections:
-        parts.append(f'<section id="{section.id}"><h2>{html.escape(section.title)}</h2>')
+        parts.append(f'<section id="{section.id}"><details class="section" open>'
+                     f'<summary><h2>{html.escape(section.title)}</h2></summary>')
         for block in section.blocks:
             parts.append(_html_block(block, out, embed))
-        parts.append("</section>")
+        parts.append("</details></section>")
     parts += ["</main>", "</body>", "</html>", ""]
     return "\n".join(parts)
 
@@ -77,12 +84,13 @@ def _html_block(block, out: Path, embed: bool) -> str:
     if isinstance(block, Text):
         return f"<p>{_inline(block.text)}</p>"
     if isinstance(block, Table):
-        shown, more = _head(block.display)
-        table = shown.to_html(index=False, escape=True, border=0, classes="data", na_rep="")
-        note = f' <span class="note">First {MAX_TABLE_ROWS} of {more} rows shown.</span>' if more else ""
+        rows = len(block.display)
+        table = block.display.to_html(index=False, escape=True, border=0, classes="data", na_rep="")
+        tall = rows > MAX_TABLE_ROWS
+        note = f' <span class="note">All {rows} rows; the box scrolls.</span>' if tall else ""
         return (f'<figure class="table"><figcaption>{_inline(block.caption)} '
                 f'(<a href="{html.escape(block.csv)}">CSV</a>){note}</figcaption>'
-                f'<div class="scroll">{table}</div></figure>')
+                f'<div class="scroll{" tall" if tall else ""}">{table}</div></figure>')
     if isinstance(block, Figure):
         image = f'<img src="{_src(out, block.png, embed)}" alt="{html.escape(block.caption)}">'
         if not embed:  # a click opens the PNG at full size
@@ -93,10 +101,6 @@ def _html_block(block, out: Path, embed: bool) -> str:
                         f"<figcaption>{_inline(caption)}</figcaption></figure>" for name, caption in block.images)
         return f'<p>{_inline(block.caption)}</p><div class="gallery">{items}</div>'
     raise TypeError(f"unknown block {type(block).__name__}")
-
-
-def _head(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    return (frame.head(MAX_TABLE_ROWS), len(frame)) if len(frame) > MAX_TABLE_ROWS else (frame, 0)
 
 
 def render_markdown(sections: Iterable[Section], *, title: str, subtitle: str) -> str:
@@ -119,9 +123,13 @@ def _md_block(block) -> list[str]:
     if isinstance(block, Text):
         return [block.text]
     if isinstance(block, Table):
-        shown, more = _head(block.display)
-        note = f" First {MAX_TABLE_ROWS} of {more} rows shown." if more else ""
-        return [f"{block.caption} ([CSV]({block.csv})){note}", "", *_md_table(shown)]
+        table = _md_table(block.display)
+        if len(block.display) <= MAX_TABLE_ROWS:
+            return [f"{block.caption} ([CSV]({block.csv}))", "", *table]
+        # GitHub renders a table inside <details> when blank lines set it apart.
+        return [f"{block.caption} ([CSV]({block.csv}))", "",
+                f"<details><summary>All {len(block.display)} rows (click to show)</summary>", "", *table, "",
+                "</details>"]
     if isinstance(block, Figure):
         return [f"![{_md_alt(block.caption)}]({block.png})", "", f"*{block.caption}*"]
     if isinstance(block, Gallery):

@@ -47,6 +47,10 @@ def duplicates(ctx: Context) -> Section | None:
     return section
 
 
+MAX_MESSAGE = 2000
+"""A skip reason or failure line is shown whole; only a longer text (a traceback) is cut."""
+
+
 def not_passed(ctx: Context) -> Section | None:
     frame = ctx.all
     if frame.empty:
@@ -57,7 +61,7 @@ def not_passed(ctx: Context) -> Section | None:
     section = Section("not-passed", "Failed, skipped and errored tests")
     section.add(Text(f"{len(bad)} row(s) did not pass; they are left out of every analysis."))
     table = bad[["model", "benchmark", "setting", "outcome", "message"]].copy()
-    table["message"] = [clip(m) for m in table["message"]]
-    section.add(ctx.table("not-passed", "Rows that did not pass, with the short reason.",
+    table["message"] = [clip(m, MAX_MESSAGE) for m in table["message"]]
+    section.add(ctx.table("not-passed", "Rows that did not pass, with their reason.",
                           table.sort_values(["outcome", "benchmark", "model", "setting"])))
     return section
