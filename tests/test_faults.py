@@ -467,3 +467,60 @@ def test_an_rbf_demo_model_needs_its_kernel_width(tmp_path):
                     .replace(", width_factor = 0.4", ""))
     with pytest.raises(CatalogError, match=r"model 'rbf-mine': field train: 'width_factor' is a required property"):
         load_catalog([BUILTIN_CATALOG, path])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_files_the_cache_creates_follow_the_umask(tmp_path, umask):
+    import stat
+
+    from pytest_securitynet.zoo.datasets import load_dataset
+    from pytest_securitynet.zoo.store import FileStore
+
+    previous = os.umask(umask)
+    try:
+        store = FileStore(cache_dir=tmp_path / "cache", offline=True)
+        load_dataset(load_catalog([BUILTIN_CATALOG]).dataset("digits"), store)  # a decoded dataset and its lock
+        store.write(store.path("reference", "x.pt"), lambda tmp: tmp.write_bytes(b"x"))
+    finally:
+        os.umask(previous)
+    files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".pt" for p in files) and any(p.suffix == ".lock" for p in files)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o666 & ~umask for p in files}
+
+
+def test_a_full_cache_disk_is_one_line_naming_the_folder_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    from pytest_securitynet.errors import CacheError
+    from pytest_securitynet.zoo.store import FileStore
+
+    store = FileStore(cache_dir=tmp_path / "cache", offline=True)
+    folder = store.path("datasets", "x.pt").parent
+
+    def torch_on_a_full_disk(obj, path):  # what torch.save raises when the disk fills
+        Path(path).write_bytes(b"PK\x03\x04 half a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr("shutil.disk_usage", lambda path: SimpleNamespace(total=1 << 30, used=1 << 30, free=0))
+    for write in (lambda tmp: torch_on_a_full_disk({}, tmp),
+                  lambda tmp: (_ for _ in ()).throw(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))):
+        with pytest.raises(CacheError) as info:
+            store.write(folder / "x.pt", write)
+        message = str(info.value)
+        assert f"(No space left on device: the disk of {folder} is full)" in message and "\n" not in message
+        assert "inline_container" not in message
+        assert list(folder.iterdir()) == []  # the temporary file went with the failure
+
+    # The catalog cache: a failed write leaves no selection-*.tmp behind.
+    cache = tmp_path / "catalog-cache"
+    real = Path.write_text
+
+    def half(self, data, *args, **kwargs):
+        if self.suffix == ".tmp":
+            real(self, data[: len(data) // 2], *args, **kwargs)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", half)
+    assert load_catalog([BUILTIN_CATALOG], cache).models  # the catalog loads; only its cache is missing
+    assert [p.name for p in (cache / "catalog").iterdir()] == []

@@ -185,14 +185,20 @@ def _write_cache(target: Path, key: str, catalog: Catalog) -> None:
            "datasets": [{"id": d.id, "raw": d.raw, "origin": d.origin} for d in catalog.datasets.values()],
            "models": [{"raw": m.raw, "origin": m.origin} for m in catalog.models.values()],
            "members_files": _file_stamps([[path] for path in members])}
+    temporary = target.with_suffix(f".{os.getpid()}.tmp")
     try:
         text = json.dumps(doc)
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, target)  # readers see the old file or the whole new one
     except (OSError, TypeError, ValueError):
-        return  # a read-only cache, or TOML values JSON cannot hold (dates), only cost speed
+        # A read-only or full cache, or TOML values JSON cannot hold (dates), only cost speed; a
+        # half-written temporary file must not stay to fill the disk.
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass
+        return
     _remove_stale(target.parent)
 
 

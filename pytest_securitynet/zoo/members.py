@@ -17,7 +17,7 @@ import torch
 from pytest_securitynet.catalog.entries import Catalog, DatasetEntry, ModelEntry
 from pytest_securitynet.errors import CatalogError, MissingFileError
 from pytest_securitynet.zoo.datasets import archive_split_names
-from pytest_securitynet.zoo.store import FileStore, atomic_path
+from pytest_securitynet.zoo.store import FileStore
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,7 @@ def _archive_index(dataset: DatasetEntry, store: FileStore) -> dict[str, int]:
         names = json.loads(cached.read_text(encoding="utf-8"))
     else:
         names = archive_split_names(dataset, store, "train")
-        with atomic_path(cached) as tmp:
-            tmp.write_text(json.dumps(names), encoding="utf-8")
+        store.write(cached, lambda tmp: tmp.write_text(json.dumps(names), encoding="utf-8"))
     return {name: index for index, name in enumerate(names)}
 
 

@@ -11,10 +11,16 @@ Reading needs no write access: files already in the cache (or a mirror) and veri
 without lock files, so a read-only shared cache works; locks are taken only to write. Every network
 call has a timeout, and a host that could not be reached is remembered for the rest of the process,
 so later downloads from it fail at once with the same reason instead of waiting on the network again.
+
+Files the cache creates get the permissions of any file the user creates (0666 less the umask), so
+a cache a group shares stays readable (and, under umask 002, writable) by the group. A write that
+fails (a full disk, a read-only folder) removes its temporary file and says which folder it could
+not write, whatever raised it (torch reports a full disk as a RuntimeError).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import logging
@@ -188,22 +194,34 @@ class FileStore:
             raise self.unwritable(lock_path, exc) from None
         return FileLock(str(lock_path))
 
-    def replace_version(self, target: Path, write: Callable[[Path], None], older: re.Pattern[str]) -> None:
-        """Write a cache file atomically through `write(temporary path)`, then delete the older
-        versions beside it (names `older` matches in full): one cached file per id, whatever key it had."""
+    def write(self, target: Path, write: Callable[[Path], None]) -> None:
+        """Write a cache file atomically through `write(temporary path)`. A failure (an `OSError`,
+        or torch's `RuntimeError` for a full disk) removes the temporary file and raises `CacheError`."""
         try:
             with atomic_path(target) as tmp:
                 write(tmp)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise self.unwritable(target, exc) from None
+
+    def replace_version(self, target: Path, write: Callable[[Path], None], older: re.Pattern[str]) -> None:
+        """Write a cache file atomically through `write(temporary path)` (`write`), then delete the
+        older versions beside it (names `older` matches in full): one cached file per id, whatever key it had."""
+        self.write(target, write)
         for old in target.parent.iterdir():
             if old != target and older.fullmatch(old.name):
                 old.unlink(missing_ok=True)
 
-    def unwritable(self, path: Path, exc: OSError) -> CacheError:
+    def unwritable(self, path: Path, exc: Exception) -> CacheError:
         """The error for a write the cache refused: where, why, and what to do."""
+        if disk_full(Path(path).parent, exc):
+            return CacheError(
+                f"cannot write {path} in the cache {self.cache_dir} (No space left on device: the disk of "
+                f"{Path(path).parent} is full). Free space there, or point SECURITYNET_CACHE (or "
+                f"--securitynet-cache) at a directory on a disk with room.")
+        text = str(exc).strip()
+        reason = getattr(exc, "strerror", None) or (text.splitlines()[0] if text else type(exc).__name__)
         return CacheError(
-            f"cannot write {path} in the cache {self.cache_dir} ({exc.strerror or exc}). Files already in a "
+            f"cannot write {path} in the cache {self.cache_dir} ({reason}). Files already in a "
             f"read-only cache are read without writing; to add files, point SECURITYNET_CACHE (or "
             f"--securitynet-cache) at a writable directory, or fill this one where it is writable "
             f"(`securitynet catalog prefetch`) and keep using it, or list it in SECURITYNET_MIRROR."
@@ -425,6 +443,7 @@ def _download(url: str, dest: Path, store: FileStore) -> None:
     log.info("downloading %s -> %s", url, dest)
     try:
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+        os.fchmod(fd, new_file_mode())
     except OSError as exc:
         raise store.unwritable(dest.parent, exc) from None
     tmp = Path(tmp_name)
@@ -462,12 +481,38 @@ def _describe(reason: object) -> str:
     return text.splitlines()[0] if text else type(reason).__name__
 
 
+FULL_DISK_FREE_BYTES = 1 << 20
+"""A write that failed with less than this free on its device is reported as a full disk (torch's
+errors for it carry no errno)."""
+
+
+def disk_full(folder: Path, exc: BaseException) -> bool:
+    """Whether a failed write into `folder` failed for lack of space."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < FULL_DISK_FREE_BYTES
+    except OSError:
+        return False
+
+
+def new_file_mode() -> int:
+    """0666 less the umask: the mode `open` gives a new file (`mkstemp` alone gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(dest: Path):
-    """Yield a temporary path beside `dest`; rename it onto `dest` only if the block succeeds."""
+    """Yield a temporary path beside `dest`; rename it onto `dest` only if the block succeeds. The file
+    gets the umask's mode, as if created by `open`."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    os.close(fd)
+    try:
+        os.fchmod(fd, new_file_mode())
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp_name)
         os.replace(tmp_name, dest)
