@@ -64,7 +64,8 @@ def quantile_inputs(store: FileStore, data: ImageData, trainer: Trainer, target,
     regressor = fit_quantile_regressor(public_features, public_scores, seed=seed)
     thresholds = QuantileThresholds(regressor, features(members), features(nonmembers))
     backbone_correct = backbone.log_probs(public, device, batch_size)[0].argmax(-1) == public.labels.to(device)
-    info = dict(quantile_backbone_recipe=backbone.description, quantile_backbone_match=backbone.description.get("match"),
+    info = dict(quantile_backbone_recipe=backbone.description,
+                quantile_backbone_match=backbone.description.get("match"),
                 quantile_backbone_source=backbone.source, quantile_backbone_time_s=backbone.time_s,
                 quantile_backbone_train_size=backbone.train_sizes[0], quantile_backbone_pool_size=backbone.pool_size,
                 quantile_backbone_test_accuracy=backbone_correct.double().mean().item(),

@@ -72,7 +72,8 @@ class Trainer:
 
 
 MATCHED_CIFAR_RESNET = dataclasses.replace(CIFAR_RECIPE, architecture="cifar-resnet20", epochs=60, batch_size=128)
-"""CIFAR ResNets (akamaster's and pytorchcv's zoos): ResNet-20, SGD lr 0.1 cosine, crop and flip, 60 epochs (GPU-sized)."""
+"""For CIFAR ResNets (akamaster's and pytorchcv's zoos): ResNet-20, SGD lr 0.1 cosine, crop and flip,
+60 epochs (GPU-sized)."""
 
 _CIFAR_RESNET = re.compile(r"^(?:cifar-)?resnet(\d+)$")
 _RESNET_TYPES = ("resnet", "preresnet", "wrn", "resnext")

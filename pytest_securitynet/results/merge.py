@@ -5,9 +5,9 @@ a duplicate: identical duplicates (same outcome and metrics) collapse into one r
 differ are *conflicts*, kept in `ResultSet.conflicts` so the report can list them. Timings and
 cache provenance are not results: reruns that differ only in how long they took or in whether a
 trained helper came from the cache (`result_metric`: not `phases`, `speedup`, names in seconds or
-per second, `reference_source`, `quantile_backbone_source`, `source_cached`) are identical, and row fields outside `outcome`
-and `metrics` (wall and setup times, `finished_at`, `worker`, `nodeid`, peak memory) are never
-compared. Of two conflicting rows the report keeps a passed one over one that did not pass, then
+per second, `reference_source`, `quantile_backbone_source`, `source_cached`) are identical, and row
+fields outside `outcome` and `metrics` (wall and setup times, `finished_at`, `worker`, `nodeid`, peak
+memory) are never compared. Of two conflicting rows the report keeps a passed one over one that did not pass, then
 the one that finished last, then the one from the file given last.
 
 `merge_files` never destroys rows: it refuses to write over one of its inputs or over a file that
