@@ -288,6 +288,7 @@ def test_the_packaged_reference_covers_every_demo_test():
     assert reference is not None and "CPU" in reference.source
     demo_keys = {k for k in reference.seconds if k.startswith("demo-digits-")}
     assert len(demo_keys) >= 60 and all(v >= 0 for v in reference.seconds.values())
+    assert set(reference.cold) == {"demo-digits-cnn", "demo-digits-rbf-overfit"} and reference.overhead > 0
 
 
 def test_live_status_draws_after_the_cursor_and_erases_itself(monkeypatch):
