@@ -524,3 +524,44 @@ def test_a_full_cache_disk_is_one_line_naming_the_folder_and_leaves_no_temporary
     monkeypatch.setattr(Path, "write_text", half)
     assert load_catalog([BUILTIN_CATALOG], cache).models  # the catalog loads; only its cache is missing
     assert [p.name for p in (cache / "catalog").iterdir()] == []
+
+
+def members_catalog(tmp_path: Path, members: str) -> Path:
+    path = tmp_path / "cat" / "members.toml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(LOCAL_MODEL.replace('builder = "demo_cnn"', f'builder = "demo_cnn"\nmembers_file = "{members}"'))
+    return path
+
+
+@pytest.mark.timeout(60)
+def test_a_members_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    (tmp_path / "cat").mkdir()
+    os.mkfifo(tmp_path / "cat" / "fifo")
+    with pytest.raises(CatalogError, match=r"field members_file: .*/cat/fifo is not a regular file"):
+        load_catalog([BUILTIN_CATALOG, members_catalog(tmp_path, "fifo")])
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"1\n2\n\xff\xfe3\n", r"members.txt is not UTF-8 text \(byte 0xff at offset 4\)"),
+    ("1\n2\n\u00b2\n".encode(), r"members.txt:3: sample '²' is not in the train split of dataset 'digits'"),
+    (b"root:x:0:0:root:/root:/bin/bash\n", r"members.txt:1: the first sample \(not shown: the file does not start like"),
+])
+def test_a_bad_members_file_is_one_catalog_error_that_quotes_only_a_members_list(tmp_path, bench, content, message):
+    catalog = members_catalog(tmp_path, "members.txt")
+    (tmp_path / "cat" / "members.txt").write_bytes(content)
+    with pytest.raises(CatalogError, match=message) as info:
+        load_catalog([BUILTIN_CATALOG, catalog])
+    assert "root:x" not in str(info.value) and "\n" not in str(info.value)
+    result = bench("benchmarks", "-k", "digits-local-cnn", f"--securitynet-catalog={catalog}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize("where", ["../../../../../../etc/passwd", "/etc/passwd", "link-out"])
+def test_a_members_file_outside_the_catalogs_folder_is_refused_naming_the_path_only(tmp_path, where):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    catalog = members_catalog(tmp_path, where)
+    (tmp_path / "cat" / "link-out").symlink_to(outside)
+    with pytest.raises(CatalogError, match=rf"field members_file: '{where}' is outside the catalog file's folder") as info:
+        load_catalog([BUILTIN_CATALOG, catalog])
+    assert "root:x" not in str(info.value)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -246,7 +247,7 @@ def _load_file(file: Path, catalog: Catalog) -> None:
         name = f"model {raw.get('id', f'#{index}')!r}" if isinstance(raw, dict) else f"model #{index}"
         _validate(raw, schema.MODEL, file, name)
         if "members_file" in raw:
-            raw["members_path"] = str((file.parent / Path(raw["members_file"]).expanduser()).resolve())
+            raw["members_path"] = str(_members_path(file, raw["members_file"], name))
         _add(catalog.models, raw["id"], _model(raw, file), file)
 
 
@@ -282,6 +283,17 @@ def _model(raw: dict, file: Path | str) -> ModelEntry:
     )
 
 
+def _members_path(file: Path, value: str, entry: str) -> Path:
+    """Where a `members_file` is: resolved (symlinks too) relative to its catalog file, and inside that
+    file's folder, so a catalog cannot make the harness read (and quote) any file on the machine."""
+    folder = file.parent.resolve()
+    path = (folder / Path(value).expanduser()).resolve()
+    if not path.is_relative_to(folder):
+        raise CatalogError(f"{file}: {entry}: field members_file: {value!r} is outside the catalog file's folder "
+                           f"{folder}; keep the members list in that folder")
+    return path
+
+
 INDEXED_SOURCES = ("torchvision", "sklearn-digits", "medmnist")
 """Dataset sources whose training split has a fixed order, so a members file lists indices into it."""
 
@@ -296,9 +308,14 @@ def read_members_file(path: Path, dataset: DatasetEntry, where: str) -> list[int
     (`zoo.members`). Errors name the members file, the line and the sample.
     """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+            raise CatalogError(f"{where}: field members_file: {path} is not a regular file")
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"{where}: field members_file: {path} is not UTF-8 text (byte "
+                           f"{exc.object[exc.start]:#04x} at offset {exc.start})") from None
     except OSError as exc:
-        raise CatalogError(f"{where}: field members_file: cannot read {path}: {exc}") from exc
+        raise CatalogError(f"{where}: field members_file: cannot read {path}: {exc.strerror or exc}") from None
     samples = [(number, line.split("#", 1)[0].strip()) for number, line in enumerate(lines, 1)]
     samples = [(number, text) for number, text in samples if text]
     if not samples:
@@ -306,18 +323,18 @@ def read_members_file(path: Path, dataset: DatasetEntry, where: str) -> list[int
     if dataset.source in INDEXED_SOURCES:
         values: list = []
         for number, text in samples:
-            if not text.isdigit() or int(text) >= dataset.train_size:
-                raise CatalogError(f"{path}:{number}: sample {text!r} is not in the train split of dataset "
+            if not re.fullmatch(r"[0-9]+", text) or int(text) >= dataset.train_size:
+                raise CatalogError(f"{path}:{number}: {_sample(text, values)} is not in the train split of dataset "
                                    f"{dataset.id!r} (indices 0 to {dataset.train_size - 1}) ({where})")
             values.append(int(text))
     elif dataset.source == "image-folder-archive":
         prefix = f"{dataset.raw['archive_root'].rstrip('/')}/train/"
         values = [text[len(prefix):] if text.startswith(prefix) else text for _, text in samples]
         classes = dataset.raw.get("class_names")
-        for (number, text), name in zip(samples, values):
+        for index, ((number, text), name) in enumerate(zip(samples, values)):
             parts = name.split("/")
             if len(parts) != 2 or not all(parts) or (classes and parts[0] not in classes):
-                raise CatalogError(f"{path}:{number}: sample {text!r} is not in the train split of dataset "
+                raise CatalogError(f"{path}:{number}: {_sample(text, values[:index])} is not in the train split of dataset "
                                    f"{dataset.id!r} (write <class>/<file>, a class among its class_names) ({where})")
     else:
         raise CatalogError(f"{where}: field members_file: dataset {dataset.id!r} ({dataset.source}) has no fixed "
@@ -328,6 +345,14 @@ def read_members_file(path: Path, dataset: DatasetEntry, where: str) -> list[int
             raise CatalogError(f"{path}:{number}: sample {text!r} is listed twice (first on line {seen[value]}) ({where})")
         seen[value] = number
     return values
+
+
+def _sample(text: str, valid_before: list) -> str:
+    """How an error shows a bad line: quoted once earlier lines showed the file is a members list;
+    a file whose first sample is bad may be any file, and its contents are not printed."""
+    if valid_before:
+        return f"sample {text!r}"
+    return "the first sample (not shown: the file does not start like a members list)"
 
 
 def _check_references(catalog: Catalog) -> None:
