@@ -32,6 +32,14 @@ def test_values_are_the_attacks_own_auc_and_tpr_at_low_fpr(seed):
             tpr_at_fpr(scores, is_member, fpr), abs=1e-12), fpr
 
 
+def test_roc_gives_auc_and_tprs_from_one_set_of_resamples():
+    scores, is_member = tied_scores(1, 300, 300)
+    both = Bootstrap(0).roc(scores, is_member, {"tpr_at_fpr_1e-2": 1e-2})
+    assert both["auc"] == Bootstrap(0).auc(scores, is_member)
+    assert both["tpr_at_fpr_1e-2"] == Bootstrap(0).tpr_at_fpr(scores, is_member, 1e-2)
+    assert both["auc"].low < both["auc"].value < both["auc"].high
+
+
 def test_intervals_are_seeded_and_hold_their_value():
     correct = torch.rand(500, generator=torch.Generator().manual_seed(0)) < 0.7
     first, again, other = Bootstrap(0).mean(correct), Bootstrap(0).mean(correct), Bootstrap(1).mean(correct)

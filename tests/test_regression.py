@@ -4,6 +4,7 @@ that passes on the akamaster ResNet-20 and fails on a copy whose final layer is 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -161,6 +162,17 @@ def test_drift_is_decided_by_the_distance_between_intervals():
 
 # --- the committed baseline and a real run ----------------------------------------------------
 
+def test_the_documented_command_makes_the_committed_baseline():
+    """docs/regression.md's command selects exactly the committed baseline's rows (the slow test
+    below runs this selection and expects one row per baseline row)."""
+    text = (REPO / "docs" / "regression.md").read_text()
+    command = re.search(r"```bash\n(SECURITYNET_MIRROR=[^`]*?--securitynet-save-baseline baselines/"
+                        r"akamaster-resnet20-cifar10-jpeg.json)\n```", text).group(1)
+    assert re.search(r'-k "([^"]+)"', command).group(1) == SELECTION
+    assert f"--securitynet-limit {LIMIT}" in command and "--securitynet-dataset cifar10=cifar10-jpeg" in command
+    assert len(load_reference(BASELINE_FILE).rows) == 9
+
+
 def test_committed_baseline_holds_the_ci_regression():
     ref = load_reference(BASELINE_FILE)
     assert {key[0] for key in ref.rows} == {MODEL}
@@ -168,6 +180,9 @@ def test_committed_baseline_holds_the_ci_regression():
     assert "correctness" in settings and "mentropy-global" in settings and not any("mlp" in s for s in settings)
     assert ref.get(MODEL, "task_performance.accuracy", "default")["n_train"] == int(LIMIT)
     assert {c["dataset_source"] for c in ref.context.values()} == {"cifar10-jpeg"}
+    # Every row says what produced it, and its headline metrics carry intervals.
+    assert all(len(c["provenance"]["weights_sha256"]) == 64 for c in ref.context.values())
+    assert all(ref.intervals[key] for key in ref.rows)
 
 
 @pytest.fixture
@@ -229,13 +244,22 @@ def test_a_model_with_a_shuffled_final_layer_fails_with_the_table(pytester, regr
     baseline = tmp_path / "baseline.json"
     baseline.write_text(json.dumps(doc))
 
+    # First the provenance says the weights are not the baseline's, before any number is compared.
+    named = regression_run("shuffled and accuracy", f"--securitynet-catalog={catalog}",
+                           f"--securitynet-compare={baseline}")
+    named.assert_outcomes(failed=1)
+    named.stdout.fnmatch_lines(["*cifar10-resnet20-shuffled task_performance.accuracy [[]default[]] was produced by "
+                                "something else than its row in *baseline.json:",
+                                "*weights of cifar10-resnet20-shuffled changed: sha256 595de7133e20.. -> *"])
+    # Told to compare anyway, the numbers fail with the table, the provenance change on top.
     result = regression_run("shuffled and (accuracy or correctness)", f"--securitynet-catalog={catalog}",
-                            f"--securitynet-compare={baseline}")
+                            f"--securitynet-compare={baseline}", "--securitynet-accept-provenance")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines([
+        "*provenance differs (accepted): weights of cifar10-resnet20-shuffled changed*",
         "*securitynet regression:*cifar10-resnet20-shuffled task_performance.accuracy [[]default[]]*",
-        "*metric*measured*reference*delta*tolerance*",
-        "*test_accuracy*0.*0.8*DRIFT*",
+        "*metric*measured*reference*delta*gap*tolerance*",
+        "*test_accuracy*0.*±*0.8*±*DRIFT*",
     ])
     result.stdout.fnmatch_lines(["*2 test(s) compared, 2 drifted*"])
     rows = json.loads((pytester.path / "out.json").read_text())["results"]

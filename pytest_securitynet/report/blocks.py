@@ -11,7 +11,7 @@ from typing import Any, Union
 import pandas as pd
 
 from pytest_securitynet.report import figures
-from pytest_securitynet.report.frames import load_reported, rows_frame
+from pytest_securitynet.report.frames import CI_HIGH, CI_LOW, load_reported, rows_frame
 from pytest_securitynet.results.merge import ResultSet
 from pytest_securitynet.results.spec import BenchmarkSpec, implied_spec, resolve_specs
 
@@ -108,11 +108,17 @@ class Context:
 
 
 def format_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Numbers as short strings (p-values in 2 significant digits, other floats with 3 decimals)."""
+    """Numbers as short strings (p-values in 2 significant digits, other floats with 3 decimals); a
+    metric with its interval columns (`frames.CI_LOW`, `CI_HIGH`) shows as `value ± half width`."""
     out = frame.copy()
+    intervals = [c for c in out.columns if f"{c}{CI_LOW}" in out.columns and f"{c}{CI_HIGH}" in out.columns]
     for column in out.columns:
         out[column] = [format_value(v, p=str(column).startswith("p_value")) for v in out[column]]
-    return out
+    for column in intervals:
+        low, high = (pd.to_numeric(frame[f"{column}{end}"], errors="coerce") for end in (CI_LOW, CI_HIGH))
+        out[column] = [f"{text} ± {(h - lo) / 2:.3f}" if text and pd.notna(lo) and pd.notna(h) else text
+                       for text, lo, h in zip(out[column], low, high)]
+    return out.drop(columns=[f"{c}{end}" for c in intervals for end in (CI_LOW, CI_HIGH)])
 
 
 def format_value(value: Any, p: bool = False) -> str:

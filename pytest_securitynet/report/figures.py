@@ -27,6 +27,7 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from pytest_securitynet.report import points as P  # noqa: E402
+from pytest_securitynet.report.frames import CI_HIGH, CI_LOW  # noqa: E402
 
 DPI = 110
 PANEL = (4.2, 3.4)  # inches per subplot
@@ -175,6 +176,7 @@ def scatter_groups(ax, frame: pd.DataFrame, x: str, y: str, group: str | None, *
     models = P.identified(data[label_col]) if label_col and label_col in data else []
     styles = P.model_styles(models)
     ax.margins(MARGIN)
+    error_bars(ax, data, x, y)
     out: dict[str, Corr] = {}
     handles = []
     for i, name in enumerate(groups):

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from pytest_securitynet.catalog.entries import BUILTIN_CATALOG
+from pytest_securitynet.results.intervals import interval_of
 from pytest_securitynet.results.rows import row_key
 from pytest_securitynet.results.merge import ResultSet
 
@@ -23,6 +24,8 @@ BASE_COLUMNS = ("key", "model", "benchmark", "setting", "outcome", "dataset", "d
                 "year", "venue", "venue_type", "model_type", "architecture", "device", "seed", "worker",
                 "wall_time_s", "message", "file")
 REPORTED_COLUMNS = ("model", "benchmark", "setting", "metric", "value")
+CI_LOW, CI_HIGH = "__ci_low", "__ci_high"
+"""Suffixes of the columns holding a metric's 95% interval (`auc__ci_low`), beside the metric's column."""
 BUILTIN_REPORTED = BUILTIN_CATALOG / "reported"
 
 
@@ -50,9 +53,14 @@ def rows_frame(result_set: ResultSet) -> pd.DataFrame:
             "file": str(result_set.origin.get(key, "")),
         }
         record["data"] = data_label(record["dataset"], record["dataset_source"])
-        for name, value in (row.get("metrics") or {}).items():
+        metrics = row.get("metrics") or {}
+        for name, value in metrics.items():
             if value is None or isinstance(value, (bool, int, float, str)):
-                record[f"metric_{name}" if name in BASE_COLUMNS else name] = value
+                column = f"metric_{name}" if name in BASE_COLUMNS else name
+                record[column] = value
+                interval = interval_of(metrics, name)
+                if interval is not None:
+                    record[column + CI_LOW], record[column + CI_HIGH] = interval
         records.append(record)
     frame = pd.DataFrame.from_records(records, columns=None if records else list(BASE_COLUMNS))
     return frame
@@ -88,7 +96,7 @@ def numeric_metrics(frame: pd.DataFrame) -> list[str]:
     """Metric columns of `frame` holding numbers (not booleans)."""
     out = []
     for column in frame.columns:
-        if column in BASE_COLUMNS:
+        if column in BASE_COLUMNS or str(column).endswith((CI_LOW, CI_HIGH)):
             continue
         values = frame[column].dropna()
         if len(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):

@@ -33,7 +33,8 @@ LEVEL = 0.95
 INTERVALS = "intervals"
 """The key of a row's `metrics` that holds the intervals, by metric name."""
 METHOD = "percentile bootstrap"
-_CHUNK_ELEMENTS = 2_000_000  # resamples x samples per vectorised step (about 16 MB of int64)
+_CHUNK_ELEMENTS = 2_000_000  # resamples x samples per vectorised step (about 8 MB of int32)
+_FEW_KINDS = 16
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,7 @@ class Bootstrap:
         """The mean of per-sample values (accuracy from 0/1 correctness, a paired difference ...)."""
         x = _array(values, np.float64)
         _need(len(x), "mean")
-        stats = np.concatenate([x[idx].mean(axis=1) for idx in self._indices(len(x), 0)]) if self.resamples else None
-        return self._estimate(float(x.mean()), stats, len(x))
+        return self._estimate(float(x.mean()), self._means(x, 0) if self.resamples else None, len(x))
 
     def proportion(self, successes: float, n: int) -> Estimate:
         """A fraction of `n` samples given as a count (or the fraction times n, rounded): resampling
@@ -96,11 +96,7 @@ class Bootstrap:
         """mean(a) - mean(b) of two independent samples (train minus test accuracy)."""
         xa, xb = _array(a, np.float64), _array(b, np.float64)
         _need(min(len(xa), len(xb)), "difference")
-        stats = None
-        if self.resamples:
-            ma = np.concatenate([xa[i].mean(axis=1) for i in self._indices(len(xa), 1, len(xa) + len(xb))])
-            mb = np.concatenate([xb[i].mean(axis=1) for i in self._indices(len(xb), 2, len(xa) + len(xb))])
-            stats = ma - mb
+        stats = self._means(xa, 1) - self._means(xb, 2) if self.resamples else None
         return self._estimate(float(xa.mean() - xb.mean()), stats, [len(xa), len(xb)])
 
     def balanced_accuracy(self, decisions: Any, is_member: Any) -> Estimate:
@@ -108,49 +104,48 @@ class Bootstrap:
         d, m = _array(decisions, bool), _array(is_member, bool)
         pos, neg = d[m].astype(np.float64), (~d[~m]).astype(np.float64)
         _need(min(len(pos), len(neg)), "balanced accuracy")
-        stats = None
-        if self.resamples:
-            tpr = np.concatenate([pos[i].mean(axis=1) for i in self._indices(len(pos), 1, len(pos) + len(neg))])
-            tnr = np.concatenate([neg[i].mean(axis=1) for i in self._indices(len(neg), 2, len(pos) + len(neg))])
-            stats = (tpr + tnr) / 2
+        stats = (self._means(pos, 1) + self._means(neg, 2)) / 2 if self.resamples else None
         return self._estimate(float((pos.mean() + neg.mean()) / 2), stats, [len(pos), len(neg)])
 
-    def auc(self, scores: Any, is_member: Any) -> Estimate:
-        """ROC AUC of "member iff score >= t", ties counted half (members and non-members resampled apart)."""
+    def roc(self, scores: Any, is_member: Any, fprs: Mapping[str, float] | None = None) -> dict[str, Estimate]:
+        """`auc` and a TPR at each of `fprs` ({name: fpr}) of "member iff score >= t", from one set of
+        resamples (members and non-members resampled apart, the threshold re-chosen in each).
+
+        AUC counts ties half; the TPR at an FPR is the largest of one threshold whose FPR is at most
+        it, not interpolated: both as `attacks.membership` computes them."""
         pos, neg_sorted, lo, hi = self._ranked(scores, is_member)
         n_pos, n_neg = len(pos), len(neg_sorted)
-        point = float((hi + lo).sum() / 2 / (n_pos * n_neg))  # lo: negatives below, hi - lo: tied
-        stats = None
+        fprs = dict(fprs or {})
+        allowed = {name: math.floor((fpr + 1e-12) * n_neg) for name, fpr in fprs.items()}  # false positives
+        pos_sorted = np.sort(pos)
+        points = {"auc": float((hi + lo).sum() / 2 / (n_pos * n_neg))}  # lo: negatives below, hi - lo: tied
+        for name, k in allowed.items():
+            limit = neg_sorted[n_neg - 1 - k] if k < n_neg else -np.inf  # the threshold must exceed it
+            points[name] = float(n_pos - np.searchsorted(pos_sorted, limit, side="right")) / n_pos
+        stats: dict[str, list[np.ndarray]] = {name: [] for name in points}
         if self.resamples:
-            parts = []
-            for cp, cn in zip(self._counts(n_pos, 1, n_pos + n_neg), self._counts(n_neg, 2, n_pos + n_neg)):
-                below = _cumulative(cn)  # [b, n_neg + 1]: resampled negatives among the lowest j
-                weighted = (below[:, lo] + below[:, hi]) / 2  # below + half the ties, per positive
-                parts.append((cp * weighted).sum(axis=1) / (n_pos * n_neg))
-            stats = np.concatenate(parts)
-        return self._estimate(point, stats, [n_pos, n_neg])
+            width = n_pos + n_neg
+            for drawn, counts in zip(self._indices(n_pos, 1, width), self._counts(n_neg, 2, width)):
+                below = _cumulative(counts)  # [b, n_neg + 1]: resampled negatives among the lowest j
+                ties = np.take_along_axis(below, lo[drawn], 1) + np.take_along_axis(below, hi[drawn], 1)
+                stats["auc"].append(ties.sum(axis=1) / (2 * n_pos * n_neg))
+                drawn_scores = pos[drawn]
+                for name, k in allowed.items():
+                    # The (k+1)-th highest resampled negative: the last sorted position with at
+                    # least k + 1 resampled negatives at or above it (none when k >= n_neg).
+                    last = (below[:, :n_neg] <= n_neg - k - 1).sum(axis=1) - 1
+                    limit = np.where(last >= 0, neg_sorted[np.maximum(last, 0)], -np.inf)
+                    stats[name].append((drawn_scores > limit[:, None]).mean(axis=1))
+        return {name: self._estimate(points[name], np.concatenate(stats[name]) if self.resamples else None,
+                                     [n_pos, n_neg]) for name in points}
+
+    def auc(self, scores: Any, is_member: Any) -> Estimate:
+        """ROC AUC of "member iff score >= t", ties counted half (`roc`)."""
+        return self.roc(scores, is_member)["auc"]
 
     def tpr_at_fpr(self, scores: Any, is_member: Any, fpr: float) -> Estimate:
-        """The largest TPR of one threshold whose FPR is at most `fpr`, not interpolated (as
-        `attacks.membership.tpr_at_fpr` computes it), with the threshold re-chosen in each resample."""
-        pos, neg_sorted, _, _ = self._ranked(scores, is_member)
-        pos_sorted = np.sort(pos)
-        n_pos, n_neg = len(pos), len(neg_sorted)
-        allowed = math.floor((fpr + 1e-12) * n_neg)  # false positives the FPR allows
-        neg_desc = neg_sorted[::-1]
-        point = _tpr_above(pos_sorted, neg_desc[allowed] if allowed < n_neg else -np.inf, n_pos)
-        stats = None
-        if self.resamples:
-            parts = []
-            for cp, cn in zip(self._counts(n_pos, 1, n_pos + n_neg), self._counts(n_neg, 2, n_pos + n_neg)):
-                from_top = np.cumsum(cn[:, ::-1], axis=1)  # resampled negatives at or above each score
-                cut = (from_top <= allowed).sum(axis=1)  # the first negative the threshold must exceed
-                limit = np.where(cut < n_neg, neg_desc[np.minimum(cut, n_neg - 1)], -np.inf)
-                at_or_below = np.searchsorted(pos_sorted, limit, side="right")
-                kept = _cumulative(cp)[np.arange(len(cp)), at_or_below]
-                parts.append((n_pos - kept) / n_pos)
-            stats = np.concatenate(parts)
-        return self._estimate(point, stats, [n_pos, n_neg])
+        """The largest TPR of one threshold whose FPR is at most `fpr`, not interpolated (`roc`)."""
+        return self.roc(scores, is_member, {"tpr": fpr})["tpr"]
 
     # --- machinery -------------------------------------------------------------------------
 
@@ -161,6 +156,16 @@ class Bootstrap:
         low, high = np.quantile(stats, [alpha, 1 - alpha])
         # The percentile interval of a skewed statistic can miss its own value by rounding: widen.
         return Estimate(value, float(min(low, value)), float(max(high, value)), self.level, self.resamples, n)
+
+    def _means(self, x: np.ndarray, stream: int) -> np.ndarray:
+        """`resamples` means of x resampled with replacement. Values of few kinds (0/1 correctness,
+        a paired difference in -1/0/1) are resampled as counts per kind, Multinomial(n, shares): the
+        same distribution in O(resamples x kinds) instead of O(resamples x n)."""
+        kinds, counts = np.unique(x, return_counts=True)
+        rng = self._rng(len(x), stream)
+        if len(kinds) <= _FEW_KINDS:
+            return rng.multinomial(len(x), counts / len(x), size=self.resamples) @ kinds / len(x)
+        return np.concatenate([x[idx].mean(axis=1) for idx in self._indices(len(x), stream)])
 
     def _rng(self, n: int, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, n, stream])
@@ -174,7 +179,7 @@ class Bootstrap:
         samples, so two groups resampled side by side get chunks of one size)."""
         rng = self._rng(n, stream)
         for b in self._chunks(max(n, width)):
-            yield rng.integers(0, n, size=(b, n))
+            yield rng.integers(0, n, size=(b, n), dtype=np.int32)
 
     def _counts(self, n: int, stream: int, width: int = 0):
         """How often each sample is drawn, [b, n] per chunk (the same resamples as `_indices`)."""
@@ -196,13 +201,9 @@ class Bootstrap:
                 np.searchsorted(neg_sorted, pos, side="right"))
 
 
-def _tpr_above(pos_sorted: np.ndarray, limit: float, n_pos: int) -> float:
-    return float(n_pos - np.searchsorted(pos_sorted, limit, side="right")) / n_pos
-
-
 def _cumulative(counts: np.ndarray) -> np.ndarray:
     """Row-wise cumulative sums with a leading 0: out[:, j] = counts[:, :j].sum(1)."""
-    out = np.zeros((counts.shape[0], counts.shape[1] + 1), dtype=np.int64)
+    out = np.zeros((counts.shape[0], counts.shape[1] + 1), dtype=np.int32)
     np.cumsum(counts, axis=1, out=out[:, 1:])
     return out
 

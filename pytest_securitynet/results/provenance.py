@@ -18,14 +18,21 @@ FIELDS = ("weights_sha256", "dataset_sha256", "catalog_entry_sha256", "budgets",
 def differences(recorded: Mapping[str, Any], current: Mapping[str, Any], *, model: str = "",
                 include_code: bool = True) -> list[str]:
     """One line per field both record with other values, weights first:
-    `weights of M changed: sha256 ab12cd34.. -> 9f8e7d6c..`."""
+    `weights of M changed: sha256 ab12cd34.. -> 9f8e7d6c..`. Within `budgets`, only fields both
+    record are compared (a field added since is no change)."""
     out = []
     for name in FIELDS:
         if name == CODE_VERSION_FIELD and not include_code:
             continue
-        if name in recorded and name in current and _canonical(recorded[name]) != _canonical(current[name]):
+        if name in recorded and name in current and _changed(recorded[name], current[name]):
             out.append(describe(name, recorded[name], current[name], model))
     return out
+
+
+def _changed(before: Any, after: Any) -> bool:
+    if isinstance(before, dict) and isinstance(after, dict):
+        return any(_changed(before[k], after[k]) for k in before.keys() & after.keys())
+    return _canonical(before) != _canonical(after)
 
 
 def describe(name: str, before: Any, after: Any, model: str = "") -> str:
@@ -39,10 +46,19 @@ def describe(name: str, before: Any, after: Any, model: str = "") -> str:
     if name == CODE_VERSION_FIELD:
         return f"code version changed: pytest-securitynet {before} -> {after}"
     if isinstance(before, dict) and isinstance(after, dict):
-        changed = [f"{key} {_show(before.get(key))} -> {_show(after.get(key))}" for key in sorted({*before, *after})
-                   if _canonical(before.get(key)) != _canonical(after.get(key))]
-        return f"{name} changed: {', '.join(changed)}"
+        return f"{name} changed: {', '.join(_changes(before, after))}"
     return f"{name} changed: {_show(before)} -> {_show(after)}"
+
+
+def _changes(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """`name.field X -> Y` for each field both dicts hold with other values (nested dicts flattened)."""
+    out = []
+    for key in sorted(before.keys() & after.keys()):
+        if isinstance(before[key], dict) and isinstance(after[key], dict):
+            out.extend(_changes(before[key], after[key], f"{prefix}{key}."))
+        elif _changed(before[key], after[key]):
+            out.append(f"{prefix}{key} {_show(before[key])} -> {_show(after[key])}")
+    return out
 
 
 def _short(value: Any) -> str:

@@ -11,7 +11,8 @@ import pandas as pd
 
 from pytest_securitynet.report import figures as F
 from pytest_securitynet.report.blocks import Context, Gallery, Section, Text, format_value
-from pytest_securitynet.report.frames import benchmark_rows
+from pytest_securitynet.report.frames import CI_HIGH, CI_LOW, benchmark_rows
+from pytest_securitynet.results.intervals import Bootstrap
 from pytest_securitynet.results.spec import BenchmarkSpec
 from pytest_securitynet.results.tables import false_positive_rates
 
@@ -38,13 +39,16 @@ def backdoor_detection(ctx: Context, spec: BenchmarkSpec) -> Section | None:
     for detector in detectors:
         line = {"detector": detector}
         for rec in table[table["detector"] == detector].itertuples():
-            line[f"{rec.data} FPR"] = f"{rec.false_positive_rate:.1%} ({rec.flagged}/{rec.models})"
+            ci = Bootstrap().proportion(rec.flagged, rec.models)  # over the models: a binomial resample
+            line[f"{rec.data} FPR"] = (f"{rec.false_positive_rate:.1%} ({rec.flagged}/{rec.models}; "
+                                       f"95% CI {ci.low:.0%}-{ci.high:.0%})")
         line["mean runtime (s)"] = format_value(float(frame.loc[frame["detector"] == detector, "runtime_s"].mean()))
         display.append(line)
-    section.add(ctx.table("backdoor-false-positives", "False-positive rate per dataset and detector, with mean "
-                          "runtime (paper Table 1).", table, pd.DataFrame(display)))
-    columns = [c for c in ("model", "data", "detector", "score_name", "score", "threshold", "flagged", "suspect_label",
-                           "runtime_s") if c in frame]
+    section.add(ctx.table("backdoor-false-positives", "False-positive rate per dataset and detector (with a "
+                          "bootstrap 95% interval over the models), and mean runtime (paper Table 1).", table,
+                          pd.DataFrame(display)))
+    columns = [c for c in ("model", "data", "detector", "score_name", "score", "score" + CI_LOW, "score" + CI_HIGH,
+                           "threshold", "flagged", "suspect_label", "runtime_s") if c in frame]
     section.add(ctx.table("backdoor-models", "Each model's score, threshold and verdict per detector.",
                           frame[columns].sort_values(["detector", "model"])))
     nc = frame[frame["detector"] == "neural-cleanse"]

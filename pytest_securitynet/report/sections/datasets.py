@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from pytest_securitynet.report.blocks import Context, Section, Text
-from pytest_securitynet.report.frames import benchmark_rows, numeric_metrics
+from pytest_securitynet.report.frames import CI_HIGH, CI_LOW, benchmark_rows, numeric_metrics
 from pytest_securitynet.report.sections.common import describe, mean_spread
 from pytest_securitynet.results.spec import GENERIC_METRICS_MAX, BenchmarkSpec
 
@@ -46,7 +46,8 @@ def per_dataset(ctx: Context) -> Section | None:
                               "the fraction of models a detector flagged.", long, display))
     wide, shown = per_model(ctx)
     if len(wide):
-        display = wide[["model", "data", "purpose", *shown]] if len(shown) >= 2 else wide
+        bounds = [c + end for c in shown for end in (CI_LOW, CI_HIGH) if c + end in wide]
+        display = wide[["model", "data", "purpose", *shown, *bounds]] if len(shown) >= 2 else wide
         section.add(ctx.table("per-model", "One line per model with headline metrics (the CSV has every benchmark "
                               "and setting).", wide, display))
     return section
@@ -103,6 +104,9 @@ def per_model(ctx: Context) -> tuple[pd.DataFrame, list[str]]:
             value = row.get(metric)
             if value is not None and not (isinstance(value, float) and np.isnan(value)):
                 record[column(spec, row["setting"], metric)] = value
+                for end in (CI_LOW, CI_HIGH):  # the interval, shown as ± beside the value
+                    if pd.notna(row.get(metric + end)):
+                        record[column(spec, row["setting"], metric) + end] = row[metric + end]
     wide = pd.DataFrame(list(records.values()))
     task = ctx.spec(TASK_SECTION)
     first = ["model", "data", "purpose", *(m for m in (task.headline if task else ()) if m in wide)]
