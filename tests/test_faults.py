@@ -565,3 +565,77 @@ def test_a_members_file_outside_the_catalogs_folder_is_refused_naming_the_path_o
     with pytest.raises(CatalogError, match=rf"field members_file: '{where}' is outside the catalog file's folder") as info:
         load_catalog([BUILTIN_CATALOG, catalog])
     assert "root:x" not in str(info.value)
+
+
+def image_archive(path: Path, extra: dict[str, bytes] | None = None) -> str:
+    """A two-class image-folder tarball of 8x8 PNGs (plus `extra` members); returns its sha256."""
+    import hashlib
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    members = {}
+    for split, count in (("train", 2), ("test", 1)):
+        for label in ("a", "b"):
+            for i in range(count):
+                buffer = io.BytesIO()
+                Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(buffer, format="PNG")
+                members[f"tiny/{split}/{label}/{i}.png"] = buffer.getvalue()
+    members.update(extra or {})
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def png(side: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((side, side, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("not-an-image", r"tiny/train/a/9\.png in the archive .*tiny\.tar\.gz is not a readable image"),
+    ("other-size", r"tiny/train/b/9\.png in the archive .*tiny\.tar\.gz is 9x9 pixels, not the catalogued 8x8"),
+    ("truncated", r"the archive .*tiny\.tar\.gz is truncated or damaged after member tiny/"),
+])
+def test_an_archive_whose_checksum_matches_but_whose_members_are_bad_names_archive_and_member(tmp_path, case, message):
+    import hashlib
+
+    from pytest_securitynet.zoo.datasets import load_dataset
+    from pytest_securitynet.zoo.store import FileStore
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    archive = mirror / "tiny.tar.gz"
+    extra = {"not-an-image": {"tiny/train/a/9.png": b"these are my notes, not a picture"},
+             "other-size": {"tiny/train/b/9.png": png(9)}}.get(case)
+    image_archive(archive, extra)
+    if case == "truncated":
+        archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()  # the catalog names exactly this file
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(f"""
+[datasets.tinyjpeg]
+source = "image-folder-archive"
+file = "tiny.tar.gz"
+sha256 = "{sha}"
+archive_root = "tiny"
+num_classes = 2
+input_size = [3, 8, 8]
+train_size = 5
+test_size = 2
+""")
+    entry = load_catalog([BUILTIN_CATALOG, toml]).dataset("tinyjpeg")
+    with pytest.raises(CatalogError, match=f"dataset 'tinyjpeg': {message}") as info:
+        load_dataset(entry, FileStore(cache_dir=tmp_path / "cache", mirrors=[mirror], offline=True))
+    assert "\n" not in str(info.value)

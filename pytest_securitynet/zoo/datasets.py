@@ -18,6 +18,7 @@ import re
 import tarfile
 import tempfile
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -27,7 +28,7 @@ import torch
 
 from pytest_securitynet.catalog.entries import DatasetEntry
 from pytest_securitynet.errors import CatalogError, UnreadableFileError, UnsafeCheckpointError
-from pytest_securitynet.zoo.checkpoints import safe_load
+from pytest_securitynet.zoo.checkpoints import first_line, safe_load
 from pytest_securitynet.zoo.datasets_extra import decode_image_folder, decode_medmnist
 from pytest_securitynet.zoo.resolver import fetch, resolve_dataset
 from pytest_securitynet.zoo.store import FileStore, link_into, unpack_archive
@@ -143,17 +144,21 @@ def _from_sklearn_digits(entry: DatasetEntry, files: list[Path]) -> dict[str, to
 
 def _from_image_archive(entry: DatasetEntry, files: list[Path]) -> dict[str, torch.Tensor]:
     """A tarball of `<archive_root>/<split>/<class>/<image>` files."""
-    from PIL import Image
-
     archive = files[0]
     root = PurePosixPath(entry.raw["archive_root"])
     classes = entry.raw.get("class_names")
     found: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
-    with tarfile.open(archive, "r:*") as tar:
-        for member in tar:
-            place = _archive_place(member, root)
-            if place is not None and place[0] in found:
-                found[place[0]].append((place[1], place[2], tar.extractfile(member).read()))
+    last = "(its start)"
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                place = _archive_place(member, root)
+                if place is not None and place[0] in found:
+                    found[place[0]].append((place[1], place[2], tar.extractfile(member).read()))
+                last = member.name
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise CatalogError(f"dataset {entry.id!r}: the archive {archive} is truncated or damaged after member "
+                           f"{last} ({first_line(exc)}); replace it with a whole copy") from None
     class_names = classes or sorted({c for c, _, _ in found["train"]})
     out = {}
     for split, items in found.items():
@@ -161,10 +166,29 @@ def _from_image_archive(entry: DatasetEntry, files: list[Path]) -> dict[str, tor
         unknown = {c for c, _, _ in items} - set(class_names)
         if unknown:
             raise CatalogError(f"{entry.origin}: dataset {entry.id!r}: archive has unknown class folders {sorted(unknown)}")
-        arrays = [np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")) for _, _, blob in items]
+        arrays = [_archive_image(entry, archive, f"{root}/{split}/{label}/{name}", blob) for label, name, blob in items]
         out[f"{split}_images"] = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
         out[f"{split}_labels"] = torch.tensor([class_names.index(c) for c, _, _ in items], dtype=torch.int64)
     return out
+
+
+def _archive_image(entry: DatasetEntry, archive: Path, member: str, blob: bytes) -> np.ndarray:
+    """One image of an image-folder archive as RGB pixels [H, W, 3]; `CatalogError` naming the archive
+    and the member when it is not an image or not of the catalogued size."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(blob)) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise CatalogError(f"dataset {entry.id!r}: {member} in the archive {archive} is not a readable image "
+                           f"({first_line(exc)})") from None
+    expected = tuple(entry.input_size[-2:])
+    if pixels.shape[:2] != expected:
+        raise CatalogError(f"dataset {entry.id!r}: {member} in the archive {archive} is "
+                           f"{pixels.shape[1]}x{pixels.shape[0]} pixels, not the catalogued "
+                           f"{expected[1]}x{expected[0]}")
+    return pixels
 
 
 def _archive_place(member: tarfile.TarInfo, root: PurePosixPath) -> tuple[str, str, str] | None:
@@ -183,8 +207,12 @@ def archive_split_names(entry: DatasetEntry, store: FileStore, split: str = "tra
     """
     archive = fetch(resolve_dataset(entry), store)[0]
     root = PurePosixPath(entry.raw["archive_root"])
-    with tarfile.open(archive, "r:*") as tar:
-        places = [place for place in map(lambda m: _archive_place(m, root), tar) if place and place[0] == split]
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            places = [place for place in map(lambda m: _archive_place(m, root), tar) if place and place[0] == split]
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise CatalogError(f"dataset {entry.id!r}: the archive {archive} is truncated or damaged "
+                           f"({first_line(exc)}); replace it with a whole copy") from None
     return [f"{label}/{name}" for _, label, name in sorted(places, key=lambda place: (place[1], place[2]))]
 
 
