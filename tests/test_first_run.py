@@ -539,3 +539,13 @@ def test_budgets_doc_lists_every_declared_budget_field(pytester):
             budget = row.group(1) or budget
             documented.add((budget, row.group(2)))
     assert documented == declared
+
+
+def test_a_stealing_row_says_how_right_the_answers_to_its_training_split_queries_were(pytester, project):
+    """An overfit target answers its own training images almost perfectly: the row shows why its copy may beat it."""
+    shutil.copy(BENCHMARKS / "test_model_stealing.py", pytester.path / "benchmarks")
+    project("benchmarks", "-k", "demo-digits-rbf-overfit and budget10", "--securitynet-budget", "stealing.epochs=1",
+            "--securitynet-members", "100").assert_outcomes(passed=1)
+    metrics = results(pytester)["results"][0]["metrics"]
+    assert metrics["query_split"] == "train" and metrics["answer_accuracy"] >= 0.99
+    assert metrics["answer_accuracy"] > metrics["target_accuracy"] + 0.2
