@@ -50,6 +50,8 @@ def test_reference_recipe_follows_the_entry_and_the_input_size(harness):
     assert trainer_for(akamaster, (3, 32, 32), epochs=3).description["recipe"]["epochs"] == 3
     chosen = trainer_for(akamaster, (3, 32, 32), architecture="cifar-resnet32").description
     assert chosen["match"] == "chosen" and chosen["recipe"]["architecture"] == "cifar-resnet32"
+    with pytest.raises(ValueError, match="32 px RGB images; demo-digits-cnn takes"):
+        trainer_for(cnn, (1, 8, 8), architecture="cifar-resnet20")
     small = trainer_for(akamaster, (3, 32, 32), architecture="small-cnn", epochs=5).description
     assert small["recipe"] == {**SMALL_INPUT_RECIPE.__dict__, "augment": True, "epochs": 5}
     assert small["match"] == "chosen"

@@ -164,8 +164,12 @@ def trainer_for(entry: ModelEntry, input_shape: tuple[int, int, int], *, archite
         recipe = CIFAR_RECIPE if in_family else default_recipe(side)
         match = "family" if in_family else "fallback"
     else:
-        depth = cifar_resnet_depth(architecture, side) if architecture.startswith("cifar-") else None
-        if depth is not None:
+        if architecture.startswith("cifar-"):
+            depth = cifar_resnet_depth(architecture, side)
+            if depth is None or input_shape[0] != 3:
+                raise ValueError(f"membership.reference_architecture={architecture} builds CIFAR ResNets for "
+                                 f"32 px RGB images; {entry.id} takes {list(input_shape)}: choose auto, small-cnn "
+                                 "or resnet18")
             return cifar_resnet_trainer(entry, depth, num_classes, epochs, "chosen")
         recipe, match = recipe_for(architecture, side), "chosen"
     if epochs > 0:
