@@ -483,7 +483,7 @@ def test_an_unusable_results_path_is_one_usage_error_before_any_test(pytester, r
 
 def test_under_xdist_an_unusable_results_path_is_one_usage_error(pytester, run):
     (pytester.path / "afile").write_text("notes")
-    result = run("benchmarks", "-k", "demo", "-n", "2", f"--securitynet-json={pytester.path / 'afile' / 'out.json'}",
+    result = run("benchmarks", "-k", "demo", "-n", "1", f"--securitynet-json={pytester.path / 'afile' / 'out.json'}",
                  subprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: cannot write results to {pytester.path}/afile/out.json: "
@@ -575,3 +575,15 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def test_the_default_results_path_is_checked_once_benchmarks_are_collected(pytester, run, cache_dir):
+    (pytester.path / "securitynet-results.json.lock").mkdir()  # the default path's lock cannot be a file
+    (pytester.path / "tests").mkdir()
+    (pytester.path / "tests" / "test_plain.py").write_text("def test_plain():\n    assert True\n")
+    argv = ["-p", "no:cacheprovider", f"--securitynet-cache={cache_dir}"]
+    pytester.runpytest("tests", *argv).assert_outcomes(passed=1)  # a run without benchmarks writes nothing
+    result = pytester.runpytest("benchmarks", "-k", "demo", *argv)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "INTERNALERROR" not in result.stdout.str()
+    result.stderr.fnmatch_lines(["ERROR: cannot write results to *securitynet-results.json: "
+                                 "*securitynet-results.json.lock (its lock) is not a regular file*"])

@@ -18,7 +18,7 @@ from pytest_securitynet.plugin.items import benchmark_name, entry_of, item_row_k
 from pytest_securitynet.plugin.missing import MissingFiles, missing_files
 from pytest_securitynet.plugin.overview import XdistStartLine, start_line
 from pytest_securitynet.plugin.progress import ProgressPlugin
-from pytest_securitynet.results.lock import ResultsLock, holder_info
+from pytest_securitynet.results.lock import ResultsLock, check_results_path, holder_info
 from pytest_securitynet.results.resume import check_resume, check_resume_provenance
 from pytest_securitynet.harness.provenance import code_version, entry_sha256
 from pytest_securitynet.results.rows import (PASSED, ResultsWriter, load_results, now, plain, results_exist, row_key,
@@ -157,6 +157,8 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     if not config.option.help:
         check_budgets_at_start(config, settings)  # on the controller: one usage error, before workers start
+    if opt("securitynet_json") and not (config.option.collectonly or config.option.help):
+        _usage(lambda: check_results_path(json_path))  # a path given to write to must be writable, at once
     lock = ResultsLock(json_path)  # one writer per results file; a fresh run takes it before its first test
     config.add_cleanup(lock.release)
     if state.resume and not (config.option.collectonly or config.option.help or config.option.markers):
