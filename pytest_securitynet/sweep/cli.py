@@ -8,9 +8,11 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.sweep.options import AUTO, EXECUTORS, SweepOptions
 from pytest_securitynet.sweep.plan import PLAN_FILE, read_plan
-from pytest_securitynet.sweep.status import status_lines, sweep_status
-from pytest_securitynet.sweep.submit import EXECUTORS, SweepOptions, run_sweep
+from pytest_securitynet.sweep.status import status_lines, sweep_status, unreadable_files
+from pytest_securitynet.sweep.submit import run_sweep
 
 DESCRIPTION = """Run a selection of the catalog as a job array: collect it once, cut it into shards by
 model (longest first), and run each shard's pytest with its own results file and
@@ -35,8 +37,9 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--executor", choices=EXECUTORS, default="slurm",
                         help="slurm (job array), local (subprocesses on this machine) or debug (in this process). "
                              "Default: slurm")
-    parser.add_argument("--gpus-per-shard", type=int, default=1, metavar="N",
-                        help="GPUs per shard; more than one starts one xdist worker per GPU. Default: 1")
+    parser.add_argument("--gpus-per-shard", type=_gpus, default=AUTO, metavar="N",
+                        help="GPUs per shard; more than one starts one xdist worker per GPU. Default: auto "
+                             "(1 where the partition's nodes, or this machine for local shards, have a GPU, else 0)")
     parser.add_argument("--cpus-per-shard", type=int, default=None, metavar="N", help="Slurm CPUs per shard. Default: Slurm's")
     parser.add_argument("--mem-gb", type=float, default=None, metavar="GB", help="Slurm memory per shard. Default: Slurm's")
     parser.add_argument("--partition", default=None, help="Slurm partition. Default: Slurm's")
@@ -87,7 +90,11 @@ def run(args: argparse.Namespace) -> int:
         max_parallel=args.max_parallel, retries=args.retries, signal_delay_s=args.signal_delay,
         slurm_setup=args.slurm_setup, slurm_parameters=parameters, durations_from=args.durations_from,
         wait=not args.no_wait, plan_only=args.plan_only, poll_s=args.poll)
-    outcome = run_sweep(args.out, rest, options, say=lambda line: print(f"securitynet sweep: {line}", flush=True))
+    try:
+        outcome = run_sweep(args.out, rest, options, say=lambda line: print(f"securitynet sweep: {line}", flush=True))
+    except SecurityNetError as exc:  # a bad option or sweep directory: one line, before anything runs
+        print(f"securitynet sweep: {exc}", file=sys.stderr)
+        return 2
     if options.plan_only:
         for shard in outcome.plan.shards:
             print(f"{shard.name}  {len(shard.nodeids):5} tests  {shard.seconds / 60:7.1f} min  {', '.join(shard.models)}")
@@ -98,6 +105,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"{outcome.merged}: merged from {sum(1 for s in outcome.statuses if s.rows)} shard(s), "
               f"{outcome.conflicts} conflict(s)")
     return 0 if outcome.complete else 1
+
+
+def _gpus(value: str) -> int | str:
+    if value == AUTO:
+        return AUTO
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number of GPUs or auto") from None
 
 
 def _key_value(item: str) -> tuple[str, str]:
@@ -121,4 +137,6 @@ def _status(argv: list[str]) -> int:
         print(json.dumps([asdict(s) for s in statuses], indent=1))
     else:
         print("\n".join(status_lines(statuses)))
-    return 0
+    for line in unreadable_files(statuses):
+        print(f"securitynet sweep status: {line}", file=sys.stderr)
+    return 1 if unreadable_files(statuses) else 0

@@ -4,9 +4,12 @@ The shard runs `pytest <selection> --securitynet-manifest shard-017.txt --securi
 shard-017.json --securitynet-resume` in a child process, so a requeued or retried shard skips the
 tests it already passed. On a timeout or preemption submitit signals (USR2) and calls
 `checkpoint`: the child is asked to stop (SIGINT, so it writes its results file) and the same shard
-is requeued. The child and its xdist workers ignore USR2 (Slurm signals every process of a job
-step, and USR2 would otherwise end them before the results are written), and they die with the
-shard's process, so a shard killed outright leaves no pytest behind writing its file.
+is requeued. A requeue or cancel by the scheduler (`scontrol requeue`, preemption without
+`preempt_send_user_signal`, `scancel`) starts with SIGTERM instead: the shard stops pytest the same
+way, asks Slurm whether the job was requeued, and records `requeued` or `failed` accordingly. The
+child and its xdist workers ignore USR2 and SIGTERM (Slurm signals every process of a job, and
+either would end them before the results are written), and they die with the shard's process, so
+a shard killed outright leaves no pytest behind writing its file.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +33,9 @@ from filelock import FileLock, Timeout
 
 from pytest_securitynet.results.journal import write_atomic
 from pytest_securitynet.results.rows import now
+from pytest_securitynet.sweep import slurm
 from pytest_securitynet.sweep.plan import PLUGIN
-from pytest_securitynet.sweep.status import read_state
+from pytest_securitynet.sweep.status import SweepFileError, read_state
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,10 @@ class ShardFailed(RuntimeError):
 
 class ShardBusy(RuntimeError):
     """Another process runs this shard already (its lock file is held)."""
+
+
+class ShardStopped(RuntimeError):
+    """The shard got SIGTERM from its scheduler (a cancel or a time limit) and was not requeued."""
 
 
 @dataclass
@@ -102,13 +111,14 @@ class ShardRun(submitit.helpers.Checkpointable):
         self.requeues = 0
         self._proc: subprocess.Popen | None = None
         self._state: dict[str, Any] = {}
+        self._terminated = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_proc", "_state")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_proc", "_state", "_terminated")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._proc, self._state = None, {}
+        self._proc, self._state, self._terminated = None, {}, False
 
     def __call__(self) -> dict[str, Any]:
         spec = self.spec
@@ -128,30 +138,65 @@ class ShardRun(submitit.helpers.Checkpointable):
 
     def _run(self) -> dict[str, Any]:
         spec = self.spec
-        previous = read_state(spec.state_file) or {}
+        try:
+            previous = read_state(spec.state_file) or {}
+        except SweepFileError:
+            previous = {}  # a damaged state file is replaced by this start's
+        restarts = slurm.restart_count()
+        self._terminated = False
         self._state = {
             "shard": spec.name, "state": "running", "starts": int(previous.get("starts", 0)) + 1,
-            "requeues": self.requeues, "host": socket.gethostname(), "pid": os.getpid(), "job_id": _job_id(),
-            "started_at": now(), "started_ts": time.time(), "ended_at": None, "ended_ts": None, "exit_code": None,
-            "command": spec.command(),
+            "requeues": self.requeues, "slurm_restarts": restarts, "host": socket.gethostname(), "pid": os.getpid(),
+            "job_id": _job_id(), "started_at": now(), "started_ts": time.time(), "ended_at": None, "ended_ts": None,
+            "exit_code": None, "command": spec.command(),
         }
         self._write_state()
-        self._proc = launch(spec)
-        self._state["child_pid"] = self._proc.pid
-        self._write_state()
+        on_sigterm = _main_thread_handler(signal.SIGTERM, self._on_sigterm)
         try:
-            code = wait(self._proc)
-        except SystemExit:  # submitit requeues after `checkpoint` (state "requeued") by exiting
-            stop(self._proc, spec.stop_grace_s)
-            raise
-        except BaseException as exc:  # Ctrl-C, or a requeue that submitit refused
-            stop(self._proc, spec.stop_grace_s)
-            self._end("failed", self._proc.returncode, f"{type(exc).__name__}: {exc}")
-            raise
+            self._proc = launch(spec)
+            if self._terminated:  # SIGTERM came while pytest was being started
+                self._proc.send_signal(signal.SIGINT)
+            self._state["child_pid"] = self._proc.pid
+            self._write_state()
+            try:
+                code = wait(self._proc)
+            except SystemExit:  # submitit requeues after `checkpoint` (state "requeued") by exiting
+                stop(self._proc, spec.stop_grace_s)
+                raise
+            except BaseException as exc:  # Ctrl-C, or a requeue that submitit refused
+                stop(self._proc, spec.stop_grace_s)
+                self._end("failed", self._proc.returncode, f"{type(exc).__name__}: {exc}")
+                raise
+            if self._terminated and code not in DONE_EXIT_CODES:  # stopped early, not finished
+                return self._after_sigterm(code, restarts)
+        finally:
+            on_sigterm.restore()
         done = code in DONE_EXIT_CODES
         self._end("done" if done else "failed", code, "" if done else _exit_reason(code))
         if not done and self.raise_on_failure:
             raise ShardFailed(f"{spec.name}: {_exit_reason(code)}")
+        return dict(self._state)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        """The scheduler is ending this job (a cancel, a requeue, a preemption): stop pytest cleanly."""
+        self._terminated = True
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+
+    def _after_sigterm(self, code: int | None, restarts: int) -> dict[str, Any]:
+        """pytest has stopped after SIGTERM: `requeued` if Slurm requeued the job (it runs this shard
+        again and the sweep waits for it), else `failed` (the sweep may submit the shard again)."""
+        job = self._state.get("job_id")
+        on_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+        requeued = slurm.job_requeued(job, restarts) if job and on_slurm else False
+        if requeued:
+            self._end("requeued", code, "SIGTERM: Slurm requeued the job")
+            raise SystemExit(0)  # as submitit's own requeue: no result, the job runs again
+        why = ("SIGTERM: the job was cancelled or reached its time limit" if requeued is False
+               else "SIGTERM; scontrol could not tell whether the job was requeued")
+        self._end("failed", code, why)
+        if self.raise_on_failure:
+            raise ShardStopped(f"{self.spec.name}: {why}")
         return dict(self._state)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
@@ -184,9 +229,25 @@ def launch(spec: ShardSpec) -> subprocess.Popen:
 
 
 def preemption_signals() -> list[signal.Signals]:
-    """USR2 (submitit's default) and whatever SUBMITIT_PREEMPT_SIGNAL names."""
-    names = {"USR2", os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")}
+    """USR2 (submitit's default), whatever SUBMITIT_PREEMPT_SIGNAL names, and SIGTERM (a cancel or
+    requeue): the shard's process turns each into a clean stop of pytest."""
+    names = {"USR2", "TERM", os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")}
     return sorted({getattr(signal, f"SIG{n}") for n in names if hasattr(signal, f"SIG{n}")})
+
+
+class _main_thread_handler:
+    """A signal handler installed for a while, then the previous one put back (main thread only:
+    elsewhere, as in a test's helper thread, nothing is installed)."""
+
+    def __init__(self, signum: signal.Signals, handler: Any):
+        self.signum, self.previous = signum, None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signum, handler)
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(self.signum, self.previous)
+            self.previous = None
 
 
 def _child_setup() -> None:

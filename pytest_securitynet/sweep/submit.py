@@ -7,6 +7,11 @@ its own GPUs taken from the ones this process sees, or in this process (`debug`)
 shards' states, resubmits a failed shard up to `--retries` times, and when every shard has ended
 merges the shards' results files into `results.json`. Run again with the same directory, it
 continues: done shards stay done, a shard's own results file makes it skip what it passed.
+
+A shard is submitted again only once the scheduler says its job has left the queue: a job Slurm
+requeued is waited for, never duplicated. A job the sweep no longer wants (an older submission of
+a shard, a requeued job of a shard that is done) is cancelled, and a sweep that waits returns only
+once none of its jobs is left in the queue.
 """
 
 from __future__ import annotations
@@ -17,57 +22,33 @@ import os
 import socket
 import sys
 import time
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from filelock import FileLock, Timeout
 
-from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.results.journal import write_atomic
 from pytest_securitynet.results.merge import merge_files
 from pytest_securitynet.results.rows import now
+from pytest_securitynet.sweep import slurm
+from pytest_securitynet.sweep.options import EXECUTORS, SweepError, SweepOptions, resolve_gpus  # noqa: F401
 from pytest_securitynet.sweep.plan import PLAN_FILE, Durations, Plan, collect, make_plan, plan_summary, read_plan, write_plan
-from pytest_securitynet.sweep.status import (ShardStatus, SlurmLiveness, local_liveness, read_submissions,
-                                             record_submissions, shard_results, status_lines, sweep_status)
+from pytest_securitynet.sweep.status import (JobStates, ShardStatus, SweepFileError, read_submissions,
+                                             record_submissions, shard_results, status_lines, sweep_status,
+                                             unreadable_files)
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("slurm", "local", "debug")
 SETTINGS_FILE = "sweep.json"
 MERGED_FILE = "results.json"
 MAX_TIMEOUTS = 10
 """How many times submitit requeues a shard cut off by its time limit (a preemption does not count)."""
+DONE_JOB_GRACE_S = 60.0
+"""How long the job of a finished shard may stay in the queue (its process exiting) before it is cancelled."""
 RESERVED_OPTIONS = ("--securitynet-json", "--securitynet-manifest", "--securitynet-collect-to")
 
 Say = Callable[[str], None]
-
-
-class SweepError(SecurityNetError):
-    """A sweep cannot start or continue (bad arguments, a busy or mismatched sweep directory)."""
-
-
-@dataclass
-class SweepOptions:
-    """How to run the shards (the plan itself depends only on the selection, shards and durations)."""
-
-    executor: str = "slurm"
-    shards: int | None = None
-    gpus_per_shard: int = 1
-    cpus_per_shard: int | None = None
-    mem_gb: float | None = None
-    partition: str | None = None
-    time_min: int = 240
-    max_parallel: int = 16
-    retries: int = 2
-    signal_delay_s: int = 120
-    slurm_setup: list[str] = field(default_factory=list)
-    slurm_parameters: dict[str, str] = field(default_factory=dict)
-    durations_from: list[Path] = field(default_factory=list)
-    wait: bool = True
-    plan_only: bool = False  # write the plan and stop (nothing is submitted)
-    poll_s: float | None = None  # default: 30 s on Slurm, 1 s otherwise
 
 
 @dataclass
@@ -88,9 +69,12 @@ class SweepOutcome:
 def run_sweep(out: Path, pytest_args: Sequence[str], options: SweepOptions, cwd: Path | None = None,
               say: Say = log.info) -> SweepOutcome:
     """Plan (or continue) the sweep in `out` and run it; see the module docstring."""
-    if options.executor not in EXECUTORS:
-        raise SweepError(f"unknown executor {options.executor!r}: use one of {', '.join(EXECUTORS)}")
+    options.validate()
     out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise SweepError(f"--out {out}: a file, not a directory")
+    if not options.plan_only:
+        options = resolve_gpus(options)  # asks Slurm: fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / "sweep.lock"))
     try:
@@ -101,7 +85,7 @@ def run_sweep(out: Path, pytest_args: Sequence[str], options: SweepOptions, cwd:
         executor = None if options.plan_only else make_executor(out, options)  # no Slurm: fail before collecting
         plan, settings = prepare(out, pytest_args, options, Path(cwd or os.getcwd()).resolve(), say)
         if executor is None:
-            return SweepOutcome(plan, sweep_status(out, plan, local_liveness), 0)
+            return SweepOutcome(plan, sweep_status(out, plan, lambda record: None), 0)
         return _drive(out, plan, settings, options, executor, say)
     finally:
         lock.release()
@@ -111,7 +95,7 @@ def prepare(out: Path, pytest_args: Sequence[str], options: SweepOptions, cwd: P
     """The sweep's plan and settings: read back when `out` has them, else collected and written."""
     if (out / PLAN_FILE).exists():
         plan = read_plan(out)
-        settings = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
+        settings = read_settings(out)
         if pytest_args and list(pytest_args) != plan.pytest_args:
             raise SweepError(f"{out} holds a sweep of `{' '.join(plan.pytest_args)}`, not `{' '.join(pytest_args)}`: "
                              f"continue it without pytest arguments, or choose another --out")
@@ -138,14 +122,26 @@ def prepare(out: Path, pytest_args: Sequence[str], options: SweepOptions, cwd: P
     return plan, settings
 
 
+def read_settings(out: Path) -> dict[str, Any]:
+    """`sweep.json`: where and with which Python the sweep was planned."""
+    path = out / SETTINGS_FILE
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(settings, dict) or "cwd" not in settings:
+            raise ValueError("no `cwd`")
+        return settings
+    except (OSError, ValueError) as exc:
+        raise SweepFileError(f"{path}: cannot read the sweep's settings ({exc})") from None
+
+
 def slurm_parameters(out: Path, options: SweepOptions) -> dict[str, Any]:
     """The SlurmExecutor parameters of a sweep: one task per shard, the array limited to --max-parallel."""
     params: dict[str, Any] = {
         "job_name": f"securitynet-{out.name}", "time": options.time_min, "nodes": 1, "ntasks_per_node": 1,
         "array_parallelism": options.max_parallel, "signal_delay_s": options.signal_delay_s,
     }
-    if options.gpus_per_shard:
-        params["gpus_per_node"] = options.gpus_per_shard
+    if options.gpus_per_shard and options.gpus_per_shard != "auto":
+        params["gpus_per_node"] = int(options.gpus_per_shard)
     if options.cpus_per_shard:
         params["cpus_per_task"] = options.cpus_per_shard
     if options.mem_gb:
@@ -191,16 +187,14 @@ def local_slots(options: SweepOptions, devices: list[str]) -> list[str]:
     """One CUDA_VISIBLE_DEVICES value per local shard that may run at once.
 
     Each slot is `--gpus-per-shard` of the devices this process sees (so inherited ids are kept,
-    never renumbered); without GPUs, or with `--gpus-per-shard 0`, shards run on the CPU."""
-    if options.gpus_per_shard and devices:
-        size = options.gpus_per_shard
-        slots = [",".join(devices[i:i + size]) for i in range(0, len(devices) - size + 1, size)]
-        if not slots:
-            raise SweepError(f"--gpus-per-shard {size}: only {len(devices)} GPU(s) visible here")
-        return slots[:options.max_parallel]
-    if options.gpus_per_shard:
-        warnings.warn("no GPU visible: local shards run on the CPU", stacklevel=2)
-    return [""] * options.max_parallel
+    never renumbered); with `--gpus-per-shard 0` shards run on the CPU."""
+    size = int(options.gpus_per_shard)
+    if not size:
+        return [""] * options.max_parallel
+    slots = [",".join(devices[i:i + size]) for i in range(0, len(devices) - size + 1, size)]
+    if not slots:
+        raise SweepError(f"--gpus-per-shard {size}: only {len(devices)} GPU(s) visible here")
+    return slots[:options.max_parallel]
 
 
 class _Driver:
@@ -213,30 +207,79 @@ class _Driver:
         self.jobs: dict[str, Any] = {}  # shard -> submitit job of this call
         self.slots = []
         if options.executor == "local":
-            from pytest_securitynet.harness.devices import inherited_gpus  # imports torch: only here
+            from pytest_securitynet.sweep.options import visible_gpus  # imports torch: only here
 
-            self.slots = local_slots(options, inherited_gpus())
+            self.slots = local_slots(options, visible_gpus())
         self.held: dict[str, int] = {}  # shard -> index of the slot its local job holds
         self.submissions = 0
+        self.records: list[dict[str, Any]] = []  # every submission of the sweep, this call's and earlier ones
+        self.job_states: dict[str, str | None] = {}  # job id -> the scheduler's state, at the last look
+        self.done_seen: dict[str, float] = {}  # job id of a finished shard -> when it was first seen still queued
+        self.cancelled: set[str] = set()
+        self.scheduler_error = ""
 
     def statuses(self) -> list[ShardStatus]:
+        """Every shard's state, the scheduler asked once about every job the sweep has submitted."""
         for name, job in list(self.jobs.items()):
             if self.options.executor == "local" and job.done():  # reaps the finished controller
                 self.held.pop(name, None)
-        records = {r["shard"]: r for r in read_submissions(self.out)}.values()
-        alive = SlurmLiveness(records) if self.options.executor == "slurm" else local_liveness
-        return sweep_status(self.out, self.plan, alive)
+        self.records = read_submissions(self.out)
+        ask = JobStates(self.records)
+        if ask.error and ask.error != self.scheduler_error:
+            self.say(f"cannot ask Slurm about the jobs ({ask.error}); no shard is submitted again until it answers")
+        self.scheduler_error = ask.error
+        self.job_states = {str(r.get("job_id")): ask(r) for r in self.records}
+        return sweep_status(self.out, self.plan, ask)
 
     def wanted(self, statuses: list[ShardStatus]) -> list[str]:
-        """Shards to submit now: never submitted (or their job is gone), or failed with retries left."""
+        """Shards to submit now: never submitted, or failed (the scheduler says their job has left the
+        queue, or the shard said it failed) with retries left. A shard whose job is queued, running
+        or requeued is never submitted again."""
         names = []
         for status in statuses:
-            if status.state in ("done", "running") or (status.state == "pending" and status.job_id):
+            if status.job_alive or status.state in ("done", "running"):
                 continue
+            if status.state == "pending" and status.job_id:
+                continue  # submitted, and the scheduler cannot be asked: wait
             if self.attempts.get(status.name, 0) > self.options.retries:
                 continue
             names.append(status.name)
         return names
+
+    def unwanted_jobs(self, statuses: list[ShardStatus]) -> list[str]:
+        """Queued or running jobs the sweep no longer needs: older submissions of a shard (a newer
+        one runs it), and the job of a finished shard once it has had time to exit (a requeued copy
+        waiting in the queue goes at once)."""
+        latest = {r["shard"]: str(r.get("job_id")) for r in self.records}
+        done = {s.name for s in statuses if s.state == "done"}
+        ids = []
+        for record in self.records:
+            job = str(record.get("job_id"))
+            state = self.job_states.get(job)
+            if record.get("executor") != "slurm" or state not in slurm.ALIVE or job in self.cancelled:
+                continue
+            if latest.get(record["shard"]) != job:
+                ids.append(job)
+            elif record["shard"] in done:
+                first = self.done_seen.setdefault(job, time.monotonic())
+                if state not in ("RUNNING", "COMPLETING") or time.monotonic() - first > DONE_JOB_GRACE_S:
+                    ids.append(job)
+        return ids
+
+    def cancel(self, job_ids: list[str]) -> None:
+        if not job_ids:
+            return
+        try:
+            slurm.cancel(job_ids)
+        except slurm.SlurmUnavailable as exc:
+            self.say(f"could not cancel job(s) {', '.join(job_ids)} the sweep no longer needs: {exc}")
+            return
+        self.cancelled.update(job_ids)
+        self.say(f"cancelled job(s) the sweep no longer needs: {', '.join(job_ids)}")
+
+    def queued(self) -> list[str]:
+        """The sweep's jobs the scheduler still holds (pending, running, requeued or completing)."""
+        return [job for job, state in self.job_states.items() if state in slurm.ALIVE]
 
     def submit(self, names: list[str]) -> None:
         free = [i for i in range(len(self.slots)) if i not in self.held.values()]
@@ -256,7 +299,7 @@ class _Driver:
                              python=self.settings.get("python", sys.executable), gpus=self.options.gpus_per_shard, env=env,
                              stop_grace_s=max(5.0, self.options.signal_delay_s / 2))
             runs.append(ShardRun(spec, raise_on_failure=self.options.executor != "debug"))
-        jobs = self.executor.submit_array(runs)
+        jobs = self._submit_array(runs)
         stamp, ts = now(), time.time()
         record_submissions(self.out, [{"shard": name, "executor": self.options.executor, "job_id": str(job.job_id),
                                        "submitted_at": stamp, "submitted_ts": ts, "host": socket.gethostname(),
@@ -273,8 +316,26 @@ class _Driver:
             for job in jobs:
                 job.results()  # runs the shard here and now
 
+    def _submit_array(self, runs: list[Any]) -> list[Any]:
+        """submitit's submit_array; a refused sbatch is one line, and leaves no pickle behind."""
+        import submitit
+
+        folder = self.out / "submitit"
+        before = set(folder.glob("*")) if folder.exists() else set()
+        try:
+            return self.executor.submit_array(runs)
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError) as exc:
+            for path in (set(folder.glob("*")) if folder.exists() else set()) - before:
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else type(exc).__name__)
+            raise SweepError(f"the {self.options.executor} executor refused the shards: {reason}") from None
+
     def active(self, statuses: list[ShardStatus]) -> bool:
-        return any(s.state == "running" or (s.state == "pending" and s.job_id) for s in statuses)
+        """Whether anything of the sweep may still change: a shard running or queued, or a job of it left."""
+        return bool(self.queued()) or any(s.state == "running" or (s.state == "pending" and s.job_id)
+                                          for s in statuses)
 
 
 def _drive(out: Path, plan: Plan, settings: dict, options: SweepOptions, executor: Any, say: Say) -> SweepOutcome:
@@ -283,6 +344,10 @@ def _drive(out: Path, plan: Plan, settings: dict, options: SweepOptions, executo
     last = ""
     while True:
         statuses = driver.statuses()
+        unreadable = unreadable_files(statuses)
+        if unreadable:
+            raise SweepError(unreadable[0] + ("" if len(unreadable) == 1 else f" (and {len(unreadable) - 1} more)"))
+        driver.cancel(driver.unwanted_jobs(statuses))
         wanted = driver.wanted(statuses)
         if wanted:
             driver.submit(wanted)
