@@ -482,3 +482,165 @@ def test_a_shard_killed_mid_run_is_resubmitted_and_loses_or_repeats_no_row(demo_
     assert all(r["outcome"] == "passed" for r in rows)
     kept = {row_key(r): r["finished_at"] for r in rows}
     assert all(kept[k] == v for k, v in killed["rows"].items())  # finished before the kill: kept, not rerun
+
+
+# --- options, files and jobs the sweep checks itself ---------------------------------------------
+
+BAD_OPTIONS = [
+    (["--max-parallel", "0"], "--max-parallel 0: must be a whole number of at least 1"),
+    (["--max-parallel", "-1"], "--max-parallel -1: must be a whole number of at least 1"),
+    (["--retries", "-1"], "--retries -1: must be a whole number of at least 0"),
+    (["--time", "0"], "--time 0: must be a whole number of at least 1"),
+    (["--poll", "-1"], "--poll -1.0: give the seconds between looks at the shards, more than 0"),
+    (["--poll", "0"], "--poll 0.0: give the seconds between looks at the shards, more than 0"),
+    (["--shards", "0"], "--shards 0: must be a whole number of at least 1"),
+    (["--gpus-per-shard", "-1"], "--gpus-per-shard -1: must be a whole number of at least 0"),
+    (["--cpus-per-shard", "0"], "--cpus-per-shard 0: must be a whole number of at least 1"),
+    (["--mem-gb", "0"], "--mem-gb 0.0: give the memory per shard in GB, more than 0"),
+    (["--signal-delay", "-5"], "--signal-delay -5: must be a whole number of at least 0"),
+    (["--time", "1", "--signal-delay", "60"], "--time 1: the stop warning comes --signal-delay 60 s before the limit"),
+    (["--executor", "slurm", "--time", "1", "--signal-delay", "30"],
+     "--time 1: the stop warning comes --signal-delay 30 s before the limit and Slurm may send it up to 60 s earlier, "
+     "which leaves no time to run: give --time 2 or more"),
+    (["--durations-from", "no-such-results.json"], "--durations-from no-such-results.json: no such results file"),
+    (["--slurm-option", "time=5"], "--slurm-option time: the sweep sets it (--time)"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD_OPTIONS, ids=[" ".join(f) for f, _ in BAD_OPTIONS])
+def test_every_bad_sweep_option_is_one_line_before_anything_is_written(flags, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "never"
+    argv = ["--shards", "2", "--executor", "local", *flags, "--out", str(out), "--", "bench", "-k", "demo"]
+    assert sweep_cli(*argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"securitynet sweep: {message}") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_gpus_per_shard_auto_follows_what_is_there_and_more_than_that_is_refused(tmp_path, capsys, monkeypatch):
+    from pytest_securitynet.sweep import options as sweep_options, slurm
+
+    monkeypatch.setattr(sweep_options, "visible_gpus", lambda: [])
+    assert sweep_options.resolve_gpus(SweepOptions(executor="local")).gpus_per_shard == 0
+    monkeypatch.setattr(sweep_options, "visible_gpus", lambda: ["3", "5"])
+    assert sweep_options.resolve_gpus(SweepOptions(executor="local")).gpus_per_shard == 1
+    with pytest.raises(sweep_options.SweepError, match=r"--gpus-per-shard 3: this machine has 2 GPU\(s\)"):
+        sweep_options.resolve_gpus(SweepOptions(executor="local", gpus_per_shard=3))
+    monkeypatch.setattr(slurm, "default_partition", lambda: "cpu")
+    monkeypatch.setattr(slurm, "partition_gpus", lambda partition: {"cpu": 0, "gpu": 8}[partition])
+    assert sweep_options.resolve_gpus(SweepOptions()).gpus_per_shard == 0
+    assert sweep_options.resolve_gpus(SweepOptions(partition="gpu")).gpus_per_shard == 1
+    # The default --gpus-per-shard on a CPU-only partition: one line, and the sweep directory is never made.
+    monkeypatch.chdir(tmp_path)
+    assert sweep_cli("--shards", "2", "--gpus-per-shard", "1", "--out", str(tmp_path / "x"), "--", "bench") == 2
+    assert capsys.readouterr().err == ("securitynet sweep: --gpus-per-shard 1: a node of partition cpu has no GPU; "
+                                       "give --gpus-per-shard 0 or auto\n")
+    assert not (tmp_path / "x").exists()
+
+
+def test_gpus_in_a_partitions_gres():
+    from pytest_securitynet.sweep.slurm import gres_gpus
+
+    assert [gres_gpus(g) for g in ("(null)", "gpu:4", "gpu:a100:8(S:0-1)", "gpu:2(S:0,1),shard:8", "gpu", "mps:100")] \
+        == [0, 4, 8, 2, 1, 0]
+
+
+def sweep_dir(tmp_path: Path, shards: int = 2) -> tuple[Path, list[str]]:
+    """A planned sweep directory (plan, manifests, settings), as a first `securitynet sweep` leaves it."""
+    out = tmp_path / "sweep"
+    tests = [CollectedTest(f"b/test_x.py::test_y[m{i}]", f"m{i}", "x.y", "default") for i in range(shards)]
+    plan = make_plan(tests, shards, ["b"])
+    write_plan(plan, out)
+    (out / "sweep.json").write_text(json.dumps({"cwd": str(tmp_path), "python": "python3"}))
+    return out, [s.name for s in plan.shards]
+
+
+@pytest.mark.parametrize("damaged", ["shard-000.json", "shard-000.state.json"])
+def test_a_damaged_shard_file_is_named_by_status_and_stops_a_continued_sweep(damaged, tmp_path, capsys):
+    out, names = sweep_dir(tmp_path)
+    (out / damaged).write_text("{not json")
+    assert sweep_cli("status", str(out)) == 1
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"securitynet sweep status: ") and str(out / damaged) in line
+    row = next(r for r in captured.out.splitlines() if r.startswith("shard-000"))
+    assert " failed " in row and str(out / damaged) in row
+    assert sweep_cli("--out", str(out), "--executor", "local", "--gpus-per-shard", "0") == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("securitynet sweep: ") and str(out / damaged) in line
+    assert not (out / "jobs.json").exists()  # nothing was submitted
+
+
+def test_a_damaged_submissions_file_is_one_line(tmp_path, capsys):
+    out, _ = sweep_dir(tmp_path)
+    (out / "jobs.json").write_text("[1, 2")
+    assert main(["sweep", "status", str(out)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert str(out / "jobs.json") in line and "cannot read the sweep's submissions" in line
+
+
+def test_jobs_the_sweep_no_longer_wants_are_cancelled_and_waited_for(tmp_path, monkeypatch):
+    """An older job of a resubmitted shard and a requeued copy of a done shard are cancelled at
+    once; the job of a shard that just finished gets a grace to exit; the sweep is active until
+    none of its jobs is left in the queue."""
+    from pytest_securitynet.sweep import slurm, submit
+
+    out, names = sweep_dir(tmp_path, 3)
+    record_submissions(out, [{"shard": names[0], "executor": "slurm", "job_id": "5_0"},
+                             {"shard": names[1], "executor": "slurm", "job_id": "5_1"},
+                             {"shard": names[2], "executor": "slurm", "job_id": "5_2"},
+                             {"shard": names[0], "executor": "slurm", "job_id": "6_0"}])
+    for name, job in ((names[1], "5_1"), (names[2], "5_2")):
+        (out / f"{name}.state.json").write_text(json.dumps({"state": "done", "exit_code": 0, "job_id": job}))
+    queue = {"5_0": "RUNNING", "5_1": "PENDING", "5_2": "RUNNING", "6_0": "PENDING"}
+    cancelled: list[str] = []
+    monkeypatch.setattr(slurm, "job_states", lambda ids: {j: queue.get(j, slurm.GONE) for j in ids})
+    monkeypatch.setattr(slurm, "cancel", lambda ids: cancelled.extend(ids))
+    driver = submit._Driver(out, read_plan(out), {"cwd": str(tmp_path)}, SweepOptions(), None, lambda line: None)
+    statuses = driver.statuses()
+    assert [s.state for s in statuses] == ["pending", "done", "done"] and driver.wanted(statuses) == []
+    driver.cancel(driver.unwanted_jobs(statuses))
+    assert sorted(cancelled) == ["5_0", "5_1"]  # 5_2 is a finished shard's job, still exiting
+    monkeypatch.setattr(submit, "DONE_JOB_GRACE_S", 0.0)
+    driver.cancel(driver.unwanted_jobs(driver.statuses()))
+    assert sorted(cancelled) == ["5_0", "5_1", "5_2"]
+    queue.update({"5_0": "CANCELLED", "5_1": "COMPLETING", "5_2": "CANCELLED", "6_0": "GONE"})
+    (out / f"{names[0]}.state.json").write_text(json.dumps({"state": "done", "exit_code": 0, "job_id": "6_0"}))
+    statuses = driver.statuses()
+    assert driver.active(statuses)  # 5_1 is still in the queue
+    queue["5_1"] = "CANCELLED"
+    assert not driver.active(driver.statuses())
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_shards_pytest_cleanly_and_records_why(project, cache_dir, tmp_path, monkeypatch):
+    """A cancel (scancel) signals SIGTERM to every process of the job: pytest ignores it, the shard
+    stops pytest with SIGINT (its rows are written) and, not on Slurm, records `failed` with the reason."""
+    from pytest_securitynet.sweep.shard import ShardStopped
+
+    gate = tmp_path / "gate"
+    gate.touch()
+    monkeypatch.setenv("SWEEP_GATE", str(gate))
+    spec = shard_spec(project, tmp_path / "sweep", cache_dir)
+    run = ShardRun(spec)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate_when_blocked():  # both quick tests of the first model are done; test_gate is waiting
+        wait_for(lambda: len(rows_of(spec.results)) >= 2 if spec.results.exists() else False, what="two rows")
+        child = json.loads(spec.state_file.read_text())["child_pid"]
+        os.kill(child, signal.SIGTERM)  # as Slurm does: pytest first, then the shard's own process
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    helper = threading.Thread(target=terminate_when_blocked)
+    helper.start()
+    try:
+        with pytest.raises(ShardStopped, match="SIGTERM: the job was cancelled or reached its time limit"):
+            run()
+    finally:
+        helper.join()
+        gate.unlink()
+    state = json.loads(spec.state_file.read_text())
+    assert state["state"] == "failed" and state["exit_code"] == 2  # pytest was interrupted, not killed by SIGTERM
+    assert len(rows_of(spec.results)) == 2
+    assert signal.getsignal(signal.SIGTERM) == before  # the shard's handler was only there while pytest ran
