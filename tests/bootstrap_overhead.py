@@ -20,7 +20,7 @@ import pytest
 
 from pytest_securitynet.results.intervals import Bootstrap
 
-STATISTICS = ("mean", "proportion", "difference", "balanced_accuracy", "auc", "tpr_at_fpr")
+STATISTICS = ("mean", "proportion", "difference", "balanced_accuracy", "roc", "auc", "tpr_at_fpr")
 
 
 class Timer:
@@ -29,6 +29,7 @@ class Timer:
     def __init__(self):
         self.current: str | None = None
         self.seconds: dict[str, float] = defaultdict(float)
+        self.depth = 0  # auc and tpr_at_fpr call roc: time the outer call only
         for name in STATISTICS:
             setattr(Bootstrap, name, self._timed(getattr(Bootstrap, name)))
 
@@ -36,10 +37,13 @@ class Timer:
         @functools.wraps(method)
         def timed(*args, **kwargs):
             start = time.process_time()
+            self.depth += 1
             try:
                 return method(*args, **kwargs)
             finally:
-                self.seconds[self.current] += time.process_time() - start
+                self.depth -= 1
+                if self.depth == 0:
+                    self.seconds[self.current] += time.process_time() - start
         return timed
 
     @pytest.hookimpl(tryfirst=True)

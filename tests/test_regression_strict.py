@@ -145,7 +145,7 @@ def test_reported_numbers_of_a_catalog_folder_are_compared_end_to_end(pytester, 
     far.assert_outcomes(failed=1)
     far.stdout.fnmatch_lines([
         f"*securitynet regression: 1 of 1 metric(s) of {MODEL} task_performance.accuracy [[]default[]] are outside "
-        f"the tolerance against reported (SecurityNet database)*",
+        f"the tolerance against reported (SecurityNet database, catalog/reported/paper.csv)*",
         "*metric*measured*reported*delta*gap*tolerance*",
         "*test_accuracy*0.*±0.*0.9900*0.0200*DRIFT*",
     ])
@@ -153,7 +153,8 @@ def test_reported_numbers_of_a_catalog_folder_are_compared_end_to_end(pytester, 
     csv.write_text(header + f"{MODEL},task_performance.accuracy,default,test_accuracy,{measured + 0.015},x\n")
     near = project("--securitynet-compare=reported")
     near.assert_outcomes(passed=1)
-    near.stdout.fnmatch_lines(["*against reported (SecurityNet database): 1 test(s) compared, 0 drifted*"])
+    near.stdout.fnmatch_lines(["*against reported (SecurityNet database, catalog/reported/paper.csv): 1 test(s) "
+                               "compared, 0 drifted*"])
 
 
 # --- resume compares what produced the rows ---------------------------------------------------

@@ -127,15 +127,19 @@ class Bootstrap:
             width = n_pos + n_neg
             for drawn, counts in zip(self._indices(n_pos, 1, width), self._counts(n_neg, 2, width)):
                 below = _cumulative(counts)  # [b, n_neg + 1]: resampled negatives among the lowest j
-                ties = np.take_along_axis(below, lo[drawn], 1) + np.take_along_axis(below, hi[drawn], 1)
+                drawn_lo = lo[drawn]  # per drawn member: negatives (of the original) below its score
+                ties = np.take_along_axis(below, drawn_lo, 1) + np.take_along_axis(below, hi[drawn], 1)
                 stats["auc"].append(ties.sum(axis=1) / (2 * n_pos * n_neg))
-                drawn_scores = pos[drawn]
+                # Rows of `below` lie in [0, n_neg]: shifted by (n_neg + 1) per row they form one sorted
+                # array, so one searchsorted finds a position in every row.
+                rows = np.arange(len(below))
+                flat = (below[:, :n_neg] + (rows * (n_neg + 1))[:, None]).ravel()
                 for name, k in allowed.items():
-                    # The (k+1)-th highest resampled negative: the last sorted position with at
-                    # least k + 1 resampled negatives at or above it (none when k >= n_neg).
-                    last = (below[:, :n_neg] <= n_neg - k - 1).sum(axis=1) - 1
-                    limit = np.where(last >= 0, neg_sorted[np.maximum(last, 0)], -np.inf)
-                    stats[name].append((drawn_scores > limit[:, None]).mean(axis=1))
+                    # The (k+1)-th highest resampled negative sits at the last sorted position with at
+                    # least k + 1 resampled negatives at or above it (none when k >= n_neg); a member
+                    # is above it when more original negatives lie below its score than that position.
+                    last = np.searchsorted(flat, rows * (n_neg + 1) + (n_neg - k - 1), side="right") - rows * n_neg - 1
+                    stats[name].append((drawn_lo > last[:, None]).mean(axis=1))
         return {name: self._estimate(points[name], np.concatenate(stats[name]) if self.resamples else None,
                                      [n_pos, n_neg]) for name in points}
 

@@ -119,7 +119,8 @@ def load_reference(spec: str | Path, reported_csv: Path = REPORTED_CSV, extra_re
 def load_reported(path: Path = REPORTED_CSV, *extra: Path) -> Reference:
     """The reported-results CSVs (model, benchmark, setting, metric, value, database_column): the
     database's, then those of user catalogs (`reported_csvs`), a later file's value winning."""
-    ref = Reference(label="reported (SecurityNet database)", kind=REPORTED)
+    shipped = "".join(f", {Path(e).parent.parent.name}/reported/{Path(e).name}" for e in extra)
+    ref = Reference(label=f"reported (SecurityNet database{shipped})", kind=REPORTED)
     for csv_path in (path, *extra):
         with open(csv_path, newline="", encoding="utf-8") as fh:
             for record in csv.DictReader(fh):
