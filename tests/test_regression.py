@@ -171,6 +171,11 @@ def test_the_documented_command_makes_the_committed_baseline():
     assert re.search(r'-k "([^"]+)"', command).group(1) == SELECTION
     assert f"--securitynet-limit {LIMIT}" in command and "--securitynet-dataset cifar10=cifar10-jpeg" in command
     assert len(load_reference(BASELINE_FILE).rows) == 9
+    # The CI recipe compares the same selection with the committed baseline, strictly.
+    recipe = re.search(r"```bash\n(#!/usr/bin/env bash.*?)```", text, re.S).group(1)
+    assert re.search(r'-k "([^"]+)"', recipe).group(1) == SELECTION
+    assert "--securitynet-compare baselines/akamaster-resnet20-cifar10-jpeg.json --securitynet-compare-strict" in recipe
+    assert "bash ci-regression.sh" in text and "actions/upload-artifact" in text
 
 
 def test_committed_baseline_holds_the_ci_regression():
