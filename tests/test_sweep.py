@@ -479,7 +479,7 @@ def test_a_shard_killed_mid_run_is_resubmitted_and_loses_or_repeats_no_row(demo_
     planned = {row_key({"model": t.model, "benchmark": t.benchmark, "setting": t.setting})
                for t in collect(args, demo_project)}
     assert len(rows) == len(planned) >= 24 and {row_key(r) for r in rows} == planned  # none lost, none twice
-    assert all(r["outcome"] == "passed" for r in rows)
+    assert not [r for r in rows if r["outcome"] not in ("passed", "skipped")]  # a setting may skip on demo models
     kept = {row_key(r): r["finished_at"] for r in rows}
     assert all(kept[k] == v for k, v in killed["rows"].items())  # finished before the kill: kept, not rerun
 

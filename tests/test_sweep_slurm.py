@@ -205,10 +205,11 @@ def assert_ended_like_a_direct_run(out: Path, outcome, direct: list[tuple]) -> l
     return submissions
 
 
-def test_two_slurm_shards_give_the_rows_of_a_direct_run(slurm_cluster, project, cache_dir, direct, tmp_path):
+def test_two_slurm_shards_give_the_rows_of_a_direct_run(slurm_cluster, project, cache_dir, direct, tmp_path, caplog):
     out = tmp_path / "two"
     thread, box = sweep_in_thread(out, project, cache_dir)
     outcome = finished(thread, box)
+    assert not [r for r in caplog.records if "sacct" in r.getMessage()]  # no accounting asked for, none needed
     submissions = assert_ended_like_a_direct_run(out, outcome, direct)
     assert sorted(r["shard"] for r in submissions) == ["shard-000", "shard-001"]
     assert {r["job_id"].split("_")[0] for r in submissions} == {submissions[0]["job_id"].split("_")[0]}  # one array
