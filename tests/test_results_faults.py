@@ -540,7 +540,9 @@ def test_slow(catalog_entry, record):
 '''
 
 
-def test_xdist_workers_stop_soon_after_their_controller_is_killed(pytester, cache_dir):
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_xdist_workers_stop_soon_after_their_controller_is_killed(pytester, cache_dir, how):
     (pytester.path / "benchmarks").mkdir()
     (pytester.path / "benchmarks" / "test_slow.py").write_text(SLOW_TEST)
     controller = subprocess.Popen(
@@ -554,8 +556,7 @@ def test_xdist_workers_stop_soon_after_their_controller_is_killed(pytester, cach
         workers = [int(p.read_text()) for p in pytester.path.glob("worker-*.pid")]
         assert workers, "the worker never started its test"
     finally:
-        controller.kill()
-        controller.wait()
+        controller.send_signal(how)
     killed = time.monotonic()
     alive = set(workers)
     while alive and time.monotonic() - killed < 4.5:  # execnet alone waits 5 s, then 10 s more
@@ -563,7 +564,8 @@ def test_xdist_workers_stop_soon_after_their_controller_is_killed(pytester, cach
         time.sleep(0.2)
     for pid in alive:  # leave nothing behind whatever happened
         os.kill(pid, signal.SIGKILL)
-    assert not alive, f"workers {sorted(alive)} still ran 4.5 s after their controller was killed"
+    assert not alive, f"workers {sorted(alive)} still ran 4.5 s after their controller got {how.name}"
+    assert controller.wait(timeout=60) == (pytest.ExitCode.INTERRUPTED if how == signal.SIGTERM else -signal.SIGKILL)
 
 
 def _running(pid: int) -> bool:
