@@ -3,6 +3,7 @@ intervals are seeded, and a 95% interval covers the true value in 93-97% of repe
 
 from __future__ import annotations
 
+import json
 from math import erf, sqrt
 
 import numpy as np
@@ -120,3 +121,41 @@ def test_an_interval_too_narrow_would_fail_the_coverage_check():
     # The check can fail: a 90% interval passed off as 95% covers visibly less.
     narrow = coverage(lambda rng: (rng.random(200) < 0.8,), lambda ci, x: Bootstrap(ci.seed, 500, 0.90).mean(x), 0.8)
     assert narrow < 0.93, narrow
+
+
+# --- every benchmark records its headline metrics with intervals ------------------------------
+
+NO_PER_SAMPLE_DATA = {("backdoor_detection.detection", "neural-cleanse", "score")}
+"""Neural Cleanse's anomaly index is one statistic over all labels (docs/regression.md)."""
+
+
+def test_every_headline_metric_of_a_demo_run_has_an_interval(pytester, cache_dir, monkeypatch, single_thread):
+    import shutil
+    from pathlib import Path
+
+    from pytest_securitynet.results.spec import specs_from_block
+
+    for name in ("SECURITYNET_DATASET", "SECURITYNET_BUDGET"):
+        monkeypatch.delenv(name, raising=False)
+    shutil.copytree(Path(__file__).resolve().parents[1] / "benchmarks", pytester.path / "benchmarks")
+    out = pytester.path / "out.json"
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "benchmarks", f"--securitynet-cache={cache_dir}", f"--securitynet-json={out}",
+        "-k", "demo-digits-cnn and (test_accuracy and not drop or mentropy-global or budget10 "
+              "or fgsm-whitebox-eps0.03 or test_detection)",
+        "--securitynet-budget", "stealing.epochs=2 backdoor.nc_epochs=1 backdoor.nc_samples=100 backdoor.inputs=50")
+    result.assert_outcomes(passed=7)
+    doc = json.loads(out.read_text())
+    specs = specs_from_block(doc["benchmarks"])
+    checked = 0
+    for row in doc["results"]:
+        metrics = row["metrics"]
+        for name in specs[row["benchmark"]].headline:
+            value = metrics.get(name)
+            if type(value) is not float or name.endswith("_s") or \
+                    (row["benchmark"], row["setting"], name) in NO_PER_SAMPLE_DATA:
+                continue  # verdicts, counts and runtimes are not estimates of a rate
+            assert interval_of(metrics, name) is not None, (row["benchmark"], row["setting"], name)
+            assert metrics["intervals"][name]["resamples"] == 1000
+            checked += 1
+    assert checked >= 10  # task 3, membership 2, stealing 2, evasion 1, STRIP and NEO 1 each
