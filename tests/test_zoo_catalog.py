@@ -59,7 +59,7 @@ def test_keyword_cifar10_selects_cifar10_models_only():
         words = [entry.id, *entry.keywords()]
         selected = any("cifar10" in w.lower() for w in words)
         assert selected == (entry.dataset == "cifar10"), entry.id
-    assert sum(e.dataset == "cifar10" for e in CATALOG.models.values()) == 4 + 1 + 47 + 72  # akamaster, fra31, database
+    assert sum(e.dataset == "cifar10" for e in CATALOG.models.values()) == 4 + 1 + 114 + 47 + 72  # akamaster, fra31, robustbench, database
 
 
 def test_every_entry_carries_the_codebook():

@@ -68,7 +68,7 @@ class ModelEntry:
 
     @property
     def source_kind(self) -> str:
-        """`pytorchcv`, `timm`, `torchvision`, `url`, `file`, `package` or `demo`."""
+        """`pytorchcv`, `timm`, `torchvision`, `url`, `file`, `package`, `robustbench` or `demo`."""
         if self.source.startswith(("http://", "https://")):
             return "url"
         return self.source.split(":", 1)[0]

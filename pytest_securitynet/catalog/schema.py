@@ -96,9 +96,11 @@ MODEL = {
         "source": {
             "type": "string",
             "pattern": "^(pytorchcv:[A-Za-z0-9_.-]+|timm:[A-Za-z0-9_./-]+|torchvision:[A-Za-z0-9_]+:[A-Za-z0-9_.]+"
-            "|https?://\\S+|file:\\S+|package:[A-Za-z_][A-Za-z0-9_]*/[A-Za-z0-9_./-]+|demo)$",
+            "|https?://\\S+|file:\\S+|package:[A-Za-z_][A-Za-z0-9_]*/[A-Za-z0-9_./-]+"
+            "|robustbench:[a-z0-9]+/[A-Za-z0-9]+/[A-Za-z0-9_.+-]+|demo)$",
         },
         "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "robustbench": {"type": "object"},  # RobustBench's reported numbers (model_info), for comparison
         "builder": {"type": "string", "minLength": 1},
         "builder_args": {"type": "object"},
         "checkpoint": {

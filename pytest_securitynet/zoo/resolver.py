@@ -104,6 +104,12 @@ def installed_package_dir(package: str) -> Path | None:
     return Path(locations[0]) if locations else None
 
 
+def _from_robustbench(entry: ModelEntry) -> Plan:
+    """Built and loaded by the robustbench package (zoo/robustbench.py), which finds or downloads its
+    files itself; the store is not asked for them here."""
+    return Plan(entry.id, "robustbench")
+
+
 def _from_demo(entry: ModelEntry) -> Plan:
     return Plan(entry.id, "demo")  # trained by the harness from its dataset, cached by its recipe
 
@@ -169,6 +175,7 @@ _MODEL_SOURCES: dict[str, Callable[[ModelEntry], Plan]] = {
     "url": _from_url,
     "file": _from_file,
     "package": _from_package,
+    "robustbench": _from_robustbench,
     "demo": _from_demo,
     "pytorchcv": _from_pytorchcv,
     "torchvision": _from_torchvision,

@@ -106,8 +106,15 @@ def _weights(entry: ModelEntry) -> str:
     return f"weights of {entry.id}"
 
 
+def _from_robustbench(entry: ModelEntry, files: list[Path], catalog: Catalog, store: FileStore) -> nn.Module:
+    from pytest_securitynet.zoo.robustbench import load_robustbench
+
+    return load_robustbench(entry, store)
+
+
 _LOADERS = {
     "builder": _from_builder,
+    "robustbench": _from_robustbench,
     "demo": _from_demo,
     "pytorchcv": _from_pytorchcv,
     "torchvision": _from_torchvision,

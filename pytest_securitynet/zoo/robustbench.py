@@ -1,0 +1,104 @@
+"""RobustBench models (`source = "robustbench:<dataset>/<threat model>/<name>"`), built and loaded by
+the `robustbench` package (`pip install 'pytest-securitynet[robust]'`).
+
+The weights live in the harness's cache in robustbench's own layout,
+`<cache>/weights/robustbench/<dataset>/<threat model>/<name>.pt` (ensembles: `<name>.pt_m<i>.pt`),
+so robustbench's loader finds them there and downloads (from Google Drive, with gdown) only what
+is missing, and only when the run is online. A copy in a mirror directory under the same file name
+is copied into the cache first. A sha256 recorded for the entry (`sha256`, or the lock file of
+`securitynet catalog pin`) is checked before loading.
+
+robustbench 1.1.1's package `__init__` imports `autoattack`, the name of AutoAttack's GitHub
+package, which `pyautoattack` from PyPI does not provide; only the model zoo and the loader are
+needed here, so the package is imported without running its `__init__`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from pytest_securitynet.catalog.entries import ModelEntry
+from pytest_securitynet.errors import CatalogError
+from pytest_securitynet.zoo.store import FileStore, Need
+
+INSTALL = "pip install 'pytest-securitynet[robust]' (docs/catalog.md, \"RobustBench\")"
+
+
+def parse_source(source: str) -> tuple[str, str, str]:
+    """`robustbench:cifar10/Linf/Carmon2019Unlabeled` -> (dataset, threat model, name)."""
+    parts = source.removeprefix("robustbench:").split("/", 2)
+    if len(parts) != 3 or not all(parts):
+        raise CatalogError(f"source {source!r}: write robustbench:<dataset>/<threat model>/<name>")
+    return parts[0], parts[1], parts[2]
+
+
+def robustbench_modules() -> tuple[Any, Any]:
+    """(robustbench.utils, robustbench.model_zoo.models), imported without the package `__init__`."""
+    if "robustbench.utils" not in sys.modules:
+        spec = importlib.util.find_spec("robustbench")
+        if spec is None or not spec.submodule_search_locations:
+            raise CatalogError(f"RobustBench models need the robustbench package: {INSTALL}")
+        if "robustbench" not in sys.modules:
+            package = types.ModuleType("robustbench")
+            package.__path__ = list(spec.submodule_search_locations)
+            sys.modules["robustbench"] = package
+    try:
+        import robustbench.model_zoo.models as zoo
+        import robustbench.utils as utils
+    except ImportError as exc:
+        raise CatalogError(f"the robustbench package cannot be imported ({exc}): {INSTALL}") from None
+    return utils, zoo
+
+
+def zoo_spec(dataset: str, threat: str, name: str) -> dict[str, Any]:
+    """The package's model-zoo entry: {'model': constructor, 'gdrive_id': ...}."""
+    _, zoo = robustbench_modules()
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    try:
+        return zoo.model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat)][name]
+    except (KeyError, ValueError):
+        raise CatalogError(f"robustbench has no model {name!r} for {dataset} / {threat}") from None
+
+
+def build_architecture(dataset: str, threat: str, name: str) -> nn.Module:
+    """The entry's network with fresh weights, as robustbench defines it."""
+    return zoo_spec(dataset, threat, name)["model"]()
+
+
+def weight_files(dataset: str, threat: str, name: str) -> list[str]:
+    """The checkpoint file names robustbench reads for a model (one, or one per ensemble member)."""
+    ids = zoo_spec(dataset, threat, name).get("gdrive_id")
+    if isinstance(ids, list):
+        return [f"{name}.pt_m{i}.pt" for i in range(len(ids))]
+    return [f"{name}.pt"]
+
+
+def load_robustbench(entry: ModelEntry, store: FileStore) -> nn.Module:
+    """The entry's trained network (robustbench normalises inside; the entry's preprocessing is identity)."""
+    dataset, threat, name = parse_source(entry.source)
+    utils, _ = robustbench_modules()
+    model_dir = store.cache_dir / "weights" / "robustbench"
+    folder = model_dir / dataset / threat
+    folder.mkdir(parents=True, exist_ok=True)
+    for filename in weight_files(dataset, threat, name):
+        path = folder / filename
+        need = Need(filename, f"weights of {entry.id}", f"weights/robustbench/{dataset}/{threat}",
+                    sha256=entry.raw.get("sha256"), hint="robustbench downloads it from Google Drive when online")
+        if not path.is_file():
+            found = next((Path(m) / filename for m in store.mirrors if (Path(m) / filename).is_file()), None)
+            if found is not None:
+                shutil.copyfile(found, path)
+            elif store.offline:
+                raise CatalogError(f"model {entry.id!r}: missing {path} and the run is offline; put {filename} into "
+                                   f"{folder} or a SECURITYNET_MIRROR directory, or run online once")
+        if path.is_file() and need.sha256:
+            need.verify(path, str(path))
+    return utils.load_model(name, model_dir=str(model_dir), dataset=dataset, threat_model=threat).eval()
