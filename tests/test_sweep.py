@@ -644,3 +644,26 @@ def test_sigterm_stops_the_shards_pytest_cleanly_and_records_why(project, cache_
     assert state["state"] == "failed" and state["exit_code"] == 2  # pytest was interrupted, not killed by SIGTERM
     assert len(rows_of(spec.results)) == 2
     assert signal.getsignal(signal.SIGTERM) == before  # the shard's handler was only there while pytest ran
+
+
+def test_a_refused_sbatch_is_one_line_and_leaves_no_pickle(tmp_path):
+    from pytest_securitynet.sweep.submit import SweepError, _Driver
+
+    out, names = sweep_dir(tmp_path)
+
+    class Refusing:
+        folder = out / "submitit" / "%j"
+
+        def submit_array(self, runs):
+            (out / "submitit").mkdir(exist_ok=True)
+            (out / "submitit" / "0123abcd.pkl").write_bytes(b"pickled shard")  # as submitit dumps before sbatch
+            raise submitit.core.utils.FailedJobError(
+                "Job submission failed\nsbatch: error: Invalid generic resource (gres) specification\n")
+
+    driver = _Driver(out, read_plan(out), {"cwd": str(tmp_path)}, SweepOptions(gpus_per_shard=0), Refusing(),
+                     lambda line: None)
+    with pytest.raises(SweepError) as refused:
+        driver.submit(names)
+    assert str(refused.value) == ("the slurm executor refused the shards: "
+                                  "sbatch: error: Invalid generic resource (gres) specification")
+    assert list((out / "submitit").iterdir()) == [] and not (out / "jobs.json").exists()

@@ -122,11 +122,18 @@ def comparable(path: Path) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def direct(project, cache_dir, tmp_path_factory) -> list[tuple]:
-    """The rows of one plain `pytest` run of the selection: what every sweep must end with."""
-    out = tmp_path_factory.mktemp("direct") / "direct.json"
-    subprocess.run(["python3", "-m", "pytest", *selection(cache_dir), f"--securitynet-json={out}"], cwd=project,
-                   check=True, capture_output=True)
-    rows = comparable(out)
+    """The rows of one plain `pytest` run of the selection: what every sweep must end with. Run
+    once for all xdist workers (they share the base temporary directory's parent)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "securitynet-slurm-direct.json"
+    with FileLock(shared.with_name("securitynet-slurm-direct.guard")):  # not `.json.lock`: the run's own lock
+        if not results_exist(shared):
+            proc = subprocess.run(["python3", "-m", "pytest", *selection(cache_dir), f"--securitynet-json={shared}"],
+                                  cwd=project, capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = comparable(shared)
     assert [r[:4] for r in rows] == [(m, b, "default", "passed") for m in ("demo-digits-cnn", "demo-digits-rbf-overfit")
                                      for b in ("task_performance.accuracy", "zz_gate.gate")]
     return rows
@@ -280,5 +287,7 @@ def test_a_slurm_time_limit_requeues_through_the_checkpoint(slurm_cluster, proje
     submissions = assert_ended_like_a_direct_run(out, outcome, direct)
     assert sorted(r["shard"] for r in submissions) == ["shard-000", "shard-001"]
     state = shard_state(out)
-    assert state["job_id"] == job and state["starts"] == 2 and state["requeues"] == 1  # through the checkpoint
-    assert state["slurm_restarts"] == 1
+    # Through the checkpoint (the successor counts requeues), in the same job. A loaded machine may
+    # take long enough to resume that the limit fires once more: each start is one requeue later.
+    assert state["job_id"] == job and state["requeues"] >= 1
+    assert state["starts"] == state["requeues"] + 1 == state["slurm_restarts"] + 1
