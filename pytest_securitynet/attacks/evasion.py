@@ -77,7 +77,7 @@ class EvasionResult(ResultRecord):
     flops: float | None
     tflop_per_s: float | None
     clean_correct: torch.Tensor | None = field(default=None, repr=False)
-    """Per image (bool, CPU): whether the clean image is classified correctly (for intervals)."""
+    """Per image (bool, on the attack's device): whether the clean image is classified correctly (for intervals)."""
     adversarial_correct: list[torch.Tensor] | None = field(default=None, repr=False)
     """Per eps, per image: whether the adversarial image is still classified correctly."""
 
@@ -323,8 +323,8 @@ def run_evasion(
                     adv_masks[i].append(mask)
     result = _result(setup, attack, eps_values, steps, source_model is not None, seed, clean_correct, adv_correct,
                      timer, graphed=any(p.run.captured for p in pgd.values()))
-    result.clean_correct = clean_mask.cpu()
-    result.adversarial_correct = [torch.cat(masks).cpu() for masks in adv_masks]
+    result.clean_correct = clean_mask  # on the device: moved only by whoever reads them
+    result.adversarial_correct = [torch.cat(masks) for masks in adv_masks]
     return result
 
 
