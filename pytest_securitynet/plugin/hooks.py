@@ -73,10 +73,10 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
                     help="members (and as many non-members) per model. Default: 5000 (the paper's).")
     group.addoption("--securitynet-limit", type=int, default=None, metavar="N",
                     help="cap every set (members, auxiliary, train/test evaluation) at N samples, for quick runs. Default: none.")
-    group.addoption("--securitynet-batch-size", type=int, default=None, metavar="N", help="inference batch size. Default: 256.")
     group.addoption("--securitynet-bootstrap", type=int, default=None, metavar="N",
                     help="resamples of the bootstrap 95%% interval recorded beside each headline metric "
                          "(0: values without intervals). Default: 1000.")
+    group.addoption("--securitynet-batch-size", type=int, default=None, metavar="N", help="inference batch size. Default: 256.")
     group.addoption("--securitynet-device", default=None, metavar="DEVICE",
                     help="torch device for every test, e.g. cpu or cuda:1. Default: the worker's GPU, else cpu.")
     group.addoption("--securitynet-heavy", action="store_true",
@@ -166,11 +166,11 @@ def pytest_configure(config: pytest.Config) -> None:
     previous = _previous_results(state) if state.resume else None
     per_row = _usage(lambda: check_resume(json_path, previous, plain(settings.as_dict()),
                                           opt("securitynet_resume_mixed"))) if previous else None
-    state.done = {row_key(r) for r in previous["results"] if r.get("outcome") == PASSED} if previous else set()
-    if not config.option.collectonly:
     if previous:  # rows of other weights, data or entries are found as they arrive (reporter)
         _usage(lambda: check_resume_provenance(json_path, previous, _entry_hashes(config, previous), code_version(),
                                                opt("securitynet_resume_mixed")))
+    state.done = {row_key(r) for r in previous["results"] if r.get("outcome") == PASSED} if previous else set()
+    if not config.option.collectonly:
         run = run_info(config.invocation_params.args, settings.as_dict())
         config.hook.pytest_securitynet_run_info(config=config, run=run)
         state.writer = ResultsWriter(json_path, plain(run), previous, row_settings=per_row)
@@ -230,6 +230,12 @@ def _previous_results(state: RunState) -> dict[str, Any] | None:
         raise pytest.UsageError(f"--securitynet-resume: cannot read {state.json_path}: {exc}") from None
 
 
+def _entry_hashes(config: pytest.Config, previous: dict[str, Any]) -> dict[str, str]:
+    """sha256 of today's catalog entry of each model the file has rows of."""
+    models = harness(config).catalog.models
+    return {m: entry_sha256(models[m].raw) for m in {r["model"] for r in previous["results"]} if m in models}
+
+
 def _usage(call):
     """`call()`, with a `SecurityNetError` turned into a usage error (one line, exit 4)."""
     try:
@@ -239,12 +245,6 @@ def _usage(call):
 
 
 # --- collection -------------------------------------------------------------------------------
-def _entry_hashes(config: pytest.Config, previous: dict[str, Any]) -> dict[str, str]:
-    """sha256 of today's catalog entry of each model the file has rows of."""
-    models = harness(config).catalog.models
-    return {m: entry_sha256(models[m].raw) for m in {r["model"] for r in previous["results"]} if m in models}
-
-
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "catalog_entry" not in metafunc.fixturenames:
