@@ -173,7 +173,7 @@ def test_start_line_estimate_sizes_and_report(pytester, project, tmp_path):
     assert doc["models"]["demo-digits-cnn"]["sizes"]["members"] == 100
 
     second = project("benchmarks", "-k", "demo", f"--securitynet-report={tmp_path / 'report'}")
-    second.stdout.fnmatch_lines(["securitynet: 2 tests * about * (* cache; from the previous run's durations)",
+    second.stdout.fnmatch_lines(["securitynet: 2 tests * about * (* cache; from the previous run's durations*",
                                  f"report: {tmp_path / 'report' / 'index.html'} (* sections: *)"])
     assert (tmp_path / "report" / "index.html").is_file()
     assert results(pytester)["run"]["effective"]["members"]["demo-digits-cnn"] == 898  # the split's size, not 5000

@@ -179,6 +179,8 @@ def estimate(keys: Iterable[str], sources: Iterable[Durations | None], cold: Ite
             cold_count += 1
     overhead_source = next((s for s in sources if s.overhead), None) if known else None
     overhead = overhead_source.overhead if overhead_source else 0.0
+    if overhead_source is not None and overhead_source.source not in used:
+        used.append(overhead_source.source)  # the time outside the tests comes from it
     cpu += overhead if overhead_source is not None and overhead_source.cpu else 0.0
     return Estimate(total, known, len(keys), tuple(used), cold_seconds, cold_count, overhead, cpu)
 
