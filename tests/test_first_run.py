@@ -459,7 +459,7 @@ def test_missing_weights_stop_the_run_before_the_first_test(pytester, project, m
 def test_missing_weights_stop_an_xdist_run_from_its_controller(pytester, project, monkeypatch, tmp_path):
     shutil.copy(TASK, pytester.path / "benchmarks" / TASK.name)
     monkeypatch.setenv("SECURITYNET_MIRROR", str(tmp_path / "empty"))
-    result = project("benchmarks", "-k", "resnet20 and akamaster", "-n", "2", "--securitynet-offline",
+    result = project("benchmarks", "-k", "resnet20 and akamaster", "-n", "1", "--securitynet-offline",
                      f"--securitynet-cache={tmp_path}", subprocess=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: 1 of 1 selected models need weights or data that are not in the cache or a "
