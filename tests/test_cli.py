@@ -66,6 +66,7 @@ def test_stats_labels_datasets_by_their_ids(capsys):
 
 def test_prefetch_takes_the_runs_k_expression(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("SECURITYNET_CACHE", str(tmp_path))
+    monkeypatch.delenv("SECURITYNET_MIRROR", raising=False)
     assert main(["catalog", "prefetch", "-k", "resnet20 and akamaster and not pgd50", "--dry-run"]) == 0
     captured = capsys.readouterr()
     assert "1 model(s) selected" in captured.err
