@@ -105,8 +105,25 @@ def _parser() -> argparse.ArgumentParser:
     prefetch.add_argument("--cache", type=Path, default=None, help="cache directory. Default: SECURITYNET_CACHE or the user cache")
     prefetch.add_argument("--offline", action="store_true", help="only check; fail naming what is missing (also SECURITYNET_OFFLINE=1)")
     prefetch.add_argument("--dry-run", action="store_true", help="list what is present and missing, download nothing")
+    prefetch.add_argument("--pin-on-first-download", action="store_true",
+                          help="trust on first use: fetch direct-URL weights whose sha256 the catalog does not "
+                               "record and pin their sha256 in the pin lock file (also SECURITYNET_PIN_ON_FIRST_DOWNLOAD=1)")
     _add_catalog_option(prefetch)
     prefetch.set_defaults(run=_prefetch)
+
+    pin = actions.add_parser("pin", help="record the sha256 of a weights file obtained by hand for entry ID "
+                                         "(in the pin lock file) and copy it into the cache, making ID runnable")
+    pin.add_argument("model_id", metavar="ID")
+    pin.add_argument("file", type=Path, metavar="FILE")
+    pin.add_argument("--builder", help="the registered builder that reads FILE, for entries whose catalog names none "
+                                       "(MedMNIST, AdversaryLossLandscape; see docs/catalog.md)")
+    pin.add_argument("--builder-arg", action="append", default=[], metavar="NAME=VALUE",
+                     help="a builder argument (repeatable), e.g. --builder-arg depth=18")
+    pin.add_argument("--state-dict-key", help="the checkpoint's dict entry holding the weights, e.g. net")
+    pin.add_argument("--strip-prefix", help="removed from every key, e.g. module.")
+    pin.add_argument("--cache", type=Path, default=None, help="cache directory. Default: SECURITYNET_CACHE or the user cache")
+    _add_catalog_option(pin)
+    pin.set_defaults(run=_pin)
     merge = sub.add_parser("merge", help="merge results files (shards of one sweep) into one, by row key")
     merge.add_argument("files", nargs="+", type=Path,
                        help="results files written by pytest-securitynet, or one sweep directory (its shards)")
@@ -117,6 +134,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_pins_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pins", type=Path, default=None, metavar="FILE",
+                        help="the sha256 pin lock file. Default: SECURITYNET_PINS, else securitynet-pins.toml beside "
+                             "the first user catalog, else in the current directory")
+
+
+def _pinned(catalog: Catalog, args: argparse.Namespace, pin_on_first_download: bool = False) -> Catalog:
+    """The catalog with the pin lock file's pins applied (catalog/pins.py)."""
+    from pytest_securitynet.catalog.pins import apply_pins
+
+    return apply_pins(catalog, _pins_file(args), pin_on_first_download)
+
+
+def _pins_file(args: argparse.Namespace) -> Path:
+    from pytest_securitynet.catalog.pins import pins_path
+
+    settings = settings_from({"catalog": args.catalog, "pins": getattr(args, "pins", None)})
+    return pins_path(settings.catalogs, settings.pins)
+
+
 def _catalog_paths(args: argparse.Namespace) -> list[Path]:
     """The built-in catalog, `SECURITYNET_CATALOG` and `--catalog` (the same as the plugin's)."""
     return catalog_paths(settings_from({"catalog": args.catalog}).catalogs)
@@ -125,8 +162,8 @@ def _catalog_paths(args: argparse.Namespace) -> list[Path]:
 def _catalog(args: argparse.Namespace) -> Catalog:
     """The catalog through the plugin's validated-catalog cache (a second parse of 500 entries takes seconds)."""
     settings = settings_from({"catalog": args.catalog})
-    return load_catalog(catalog_paths(settings.catalogs), settings.cache_dir,
-                        allow_code_builders=args.allow_code_builders)
+    return _pinned(load_catalog(catalog_paths(settings.catalogs), settings.cache_dir,
+                                allow_code_builders=args.allow_code_builders), args)
 
 
 def _add_catalog_option(parser: argparse.ArgumentParser) -> None:
@@ -134,10 +171,11 @@ def _add_catalog_option(parser: argparse.ArgumentParser) -> None:
                         help="extra catalog file or directory (repeatable)")
     parser.add_argument("--allow-code-builders", action="store_true",
                         help="accept entries whose builder is a module:function: code the catalog file runs")
+    _add_pins_option(parser)
 
 
 def _load(args: argparse.Namespace) -> Catalog:
-    return load_catalog(_catalog_paths(args), allow_code_builders=args.allow_code_builders)
+    return _pinned(load_catalog(_catalog_paths(args), allow_code_builders=args.allow_code_builders), args)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -157,7 +195,7 @@ def _list(args: argparse.Namespace) -> int:
             continue
         if args.available and entry.raw.get("unavailable"):
             continue
-        state = "unavailable" if entry.raw.get("unavailable") else ""
+        state = "unavailable" if entry.raw.get("unavailable") else "pinned" if entry.raw.get("pinned_file") else ""
         if not listed:
             print(_list_row("model", "dataset", "architecture", "purpose", "source", "state"))
         listed += 1
@@ -265,8 +303,10 @@ def _prefetch(args: argparse.Namespace) -> int:
     from pytest_securitynet.zoo.prefetch import plan, prefetch, select, select_by_keyword
     from pytest_securitynet.zoo.store import FileStore
 
-    settings = settings_from({"catalog": args.catalog, "cache": args.cache, "offline": args.offline})
-    catalog = load_catalog(catalog_paths(settings.catalogs), allow_code_builders=args.allow_code_builders)
+    settings = settings_from({"catalog": args.catalog, "cache": args.cache, "offline": args.offline,
+                              "pin_on_first_download": args.pin_on_first_download})
+    catalog = _pinned(load_catalog(catalog_paths(settings.catalogs), allow_code_builders=args.allow_code_builders),
+                      args, settings.pin_on_first_download)
     store = FileStore(cache_dir=settings.cache_dir, mirrors=list(settings.mirrors), offline=settings.offline)
     if not args.patterns and not args.keyword:
         raise SecurityNetError("catalog prefetch: give model id patterns or dataset ids, or -k EXPR")
@@ -283,7 +323,44 @@ def _prefetch(args: argparse.Namespace) -> int:
         return 0
     fetched = prefetch(needs, store, report=lambda line: print(line, file=sys.stderr))
     print(f"{len(needs)} file(s) needed, {len(fetched)} fetched, all in {store.cache_dir} or a mirror")
+    _pin_fetched(chosen, store)
     return 0
+
+
+def _pin_fetched(chosen, store) -> None:
+    """Trust on first use: pin each fetched file of an entry marked for it (catalog/pins.py)."""
+    from pytest_securitynet.catalog.pins import record_first_download
+    from pytest_securitynet.zoo.resolver import resolve_model
+
+    for entry in chosen:
+        if entry.raw.get("pin_on_first_download"):
+            pin = record_first_download(entry, store.get(resolve_model(entry).needs[0]))
+            print(f"pinned {entry.id}: {pin.file} sha256 {pin.sha256} in {entry.raw['pin_on_first_download']}")
+
+
+def _pin(args: argparse.Namespace) -> int:
+    from pytest_securitynet.catalog.pins import pin_by_hand
+
+    settings = settings_from({"catalog": args.catalog, "cache": args.cache, "pins": args.pins})
+    catalog = _load(args)
+    pin, copy = pin_by_hand(catalog, args.model_id, args.file, _pins_file(args), settings.cache_dir,
+                            builder=args.builder, builder_args=_builder_args(args.builder_arg),
+                            state_dict_key=args.state_dict_key, strip_prefix=args.strip_prefix,
+                            allow_code_builders=args.allow_code_builders)
+    print(f"pinned {pin.model_id}: {pin.file} sha256 {pin.sha256} in {_pins_file(args)}; copied to {copy}")
+    return 0
+
+
+def _builder_args(items: list[str]) -> dict:
+    """`--builder-arg NAME=VALUE` values: whole numbers, true/false, else text."""
+    out: dict = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SecurityNetError(f"--builder-arg {item!r}: write NAME=VALUE, e.g. depth=18")
+        out[name] = (int(value) if value.lstrip("-").isdigit() else
+                     value == "true" if value in ("true", "false") else value)
+    return out
 
 
 def _merge(args: argparse.Namespace) -> int:

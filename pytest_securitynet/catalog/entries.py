@@ -218,7 +218,8 @@ def _remove_stale(folder: Path) -> None:
 
 def _toml_files(path: Path) -> list[Path]:
     if path.is_dir():
-        return sorted(path.rglob("*.toml"))
+        # A pin lock file (catalog/pins.py) kept inside a catalog folder is not a catalog file.
+        return sorted(f for f in path.rglob("*.toml") if f.name != "securitynet-pins.toml")
     if path.is_file():
         return [path]
     raise CatalogError(f"catalog path {path} does not exist")

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from pytest_securitynet.catalog.pins import apply_pins, pins_path
 from pytest_securitynet.catalog.entries import Catalog, DatasetEntry, ModelEntry, load_catalog, catalog_paths
 from pytest_securitynet.catalog.policy import check_builders
 from pytest_securitynet.harness.data import LabeledSet, SetSizes, make_sets
@@ -49,6 +50,7 @@ class Harness:
                                mirrors=list(settings.mirrors), offline=settings.offline)
         self.catalog: Catalog = load_catalog(catalog_paths(settings.catalogs), self.files.cache_dir,
                                              settings.allow_code_builders)
+        apply_pins(self.catalog, pins_path(settings.catalogs, settings.pins), settings.pin_on_first_download)
         check_builders(self.catalog, settings.allow_code_builders)
         check_archive_members(self.catalog, self.files)
         self._check_overrides()

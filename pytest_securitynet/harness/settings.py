@@ -105,6 +105,8 @@ class Settings:
     budgets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     allow_code_builders: bool = False  # catalog builders given as module:function may run (catalog/policy.py)
     bootstrap: int = 1000  # resamples of each metric's confidence interval (results/intervals.py); 0: none
+    pins: Path | None = None  # the sha256 pin lock file (catalog/pins.py); None: beside the first user catalog
+    pin_on_first_download: bool = False  # trust on first use: a direct-URL entry's first download is pinned
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "catalogs", tuple(str(c) for c in self.catalogs))
@@ -211,6 +213,9 @@ def settings_from(options: Mapping[str, Any] | None = None, ini: Mapping[str, An
         budgets=budgets,
         allow_code_builders=bool(given("allow_code_builders")) or _ini_bool(ini.get("allow_code_builders")),
         bootstrap=_int("--securitynet-bootstrap", given("bootstrap"), 1000),
+        pins=Path(pins).expanduser() if (pins := given("pins") or ini.get("pins") or env.get("SECURITYNET_PINS")) else None,
+        pin_on_first_download=(bool(given("pin_on_first_download")) or _ini_bool(ini.get("pin_on_first_download"))
+                               or _env_bool(env, "SECURITYNET_PIN_ON_FIRST_DOWNLOAD")),
     )
 
 

@@ -95,7 +95,17 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     group.addoption("--securitynet-allow-code-builders", action="store_true",
                     help="let catalog entries name a module:function builder, i.e. run code from the catalog "
                          "file (also ini securitynet_allow_code_builders). Default: registered builders only.")
+    group.addoption("--securitynet-pins", default=None, metavar="FILE",
+                    help="the sha256 pin lock file (also ini securitynet_pins, SECURITYNET_PINS). "
+                         "Default: securitynet-pins.toml beside the first user catalog, else in the current directory.")
+    group.addoption("--securitynet-pin-on-first-download", action="store_true",
+                    help="trust on first use: let direct-URL entries without a recorded sha256 load, pinning the "
+                         "sha256 of their first download in the pin lock file (also ini "
+                         "securitynet_pin_on_first_download, SECURITYNET_PIN_ON_FIRST_DOWNLOAD=1). Default: off.")
     regression.add_options(group)
+    parser.addini("securitynet_pins", "the sha256 pin lock file", default="")
+    parser.addini("securitynet_pin_on_first_download", "pin direct-URL weights on their first download",
+                  type="bool", default=False)
     parser.addini("securitynet_dataset", "dataset overrides ID=OTHER, one per line", type="linelist", default=[])
     parser.addini("securitynet_budget", "budget overrides NAME.FIELD=VALUE, one per line", type="linelist", default=[])
     parser.addini("securitynet_allow_code_builders", "let catalog entries name module:function builders (code)",
@@ -117,14 +127,16 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 def settings_of(config: pytest.Config) -> Settings:
     """The run's settings from options, ini values and environment (a usage error when one is bad)."""
     names = ("catalog", "dataset", "budget", "cache", "offline", "seed", "members", "limit", "batch_size", "device",
-             "allow_code_builders", "bootstrap")
+             "allow_code_builders", "bootstrap", "pins", "pin_on_first_download")
     options = {name: config.getoption(f"securitynet_{name}") for name in names}
     options["gpus"] = config.getoption("securitynet_gpus")
     options["workers_per_gpu"] = config.getoption("securitynet_workers_per_gpu")
     options["timeout"] = config.getoption("securitynet_timeout")
     ini = {"dataset": config.getini("securitynet_dataset"), "budget": config.getini("securitynet_budget"),
            "timeout": config.getini("securitynet_timeout"),
-           "allow_code_builders": config.getini("securitynet_allow_code_builders")}
+           "allow_code_builders": config.getini("securitynet_allow_code_builders"),
+           "pins": config.getini("securitynet_pins") or None,
+           "pin_on_first_download": config.getini("securitynet_pin_on_first_download")}
     try:
         return settings_from(options, ini)
     except SecurityNetError as exc:

@@ -169,9 +169,9 @@ class SmallInputResNet18(nn.Module):
     adversarial-training repositories and pyautoattack's example model use: a 3x3 stem without
     max-pooling, four stages of 64-512 channels, 4x4 average pooling and a `linear` head."""
 
-    def __init__(self, blocks: tuple[int, int, int, int], num_classes: int) -> None:
+    def __init__(self, blocks: tuple[int, int, int, int], num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         planes, stages = 64, []
         for i, (width, count) in enumerate(zip((64, 128, 256, 512), blocks)):
@@ -189,9 +189,10 @@ class SmallInputResNet18(nn.Module):
 
 
 @register_builder("cifar_resnet_basic")
-def cifar_resnet_basic(depth: int = 18, num_classes: int = 10) -> nn.Module:
-    """`SmallInputResNet18` with depth 18 ([2, 2, 2, 2] blocks) or 34 ([3, 4, 6, 3])."""
+def cifar_resnet_basic(depth: int = 18, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """`SmallInputResNet18` with depth 18 ([2, 2, 2, 2] blocks) or 34 ([3, 4, 6, 3]); `in_channels` 1
+    for grayscale inputs (the MedMNIST experiments' 28x28 ResNets have this layout)."""
     blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
     if depth not in blocks:
         raise CatalogError(f"cifar_resnet_basic: depth {depth} is not one of {', '.join(map(str, blocks))}")
-    return SmallInputResNet18(blocks[depth], num_classes)
+    return SmallInputResNet18(blocks[depth], num_classes, in_channels)

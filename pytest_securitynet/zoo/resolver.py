@@ -67,7 +67,13 @@ def _weights(entry: ModelEntry) -> str:
 
 
 def _from_url(entry: ModelEntry) -> Plan:
-    need = Need(url_file_name(entry.source), _weights(entry), "weights", (entry.source,), entry.raw.get("sha256"))
+    name = entry.raw.get("pinned_file") or url_file_name(entry.source)
+    if name != url_file_name(entry.source):
+        # Pinned by hand (catalog/pins.py): the source is a page, not this file; the cache or a mirror has it.
+        need = Need(name, _weights(entry), "weights", (), entry.raw.get("sha256"),
+                    hint=f"pinned in {entry.raw.get('pinned_in')}; obtained by hand from {entry.source}")
+    else:
+        need = Need(name, _weights(entry), "weights", (entry.source,), entry.raw.get("sha256"))
     return Plan(entry.id, "builder", (need,))
 
 

@@ -24,7 +24,14 @@ log = logging.getLogger(__name__)
 def load_model(entry: ModelEntry, catalog: Catalog, store: FileStore) -> nn.Module:
     """Build `entry`'s architecture, load its weights and wrap it with its preprocessing (on CPU)."""
     plan = resolve_model(entry)
-    net = _LOADERS[plan.loader](entry, fetch(plan, store), catalog, store)
+    files = fetch(plan, store)
+    if entry.raw.get("pin_on_first_download"):
+        from pytest_securitynet.catalog.pins import record_first_download
+
+        pin = record_first_download(entry, files[0])  # trust on first use: later runs check this sha256
+        log.warning("%s: pinned %s (sha256 %s) in %s on its first download", entry.id, pin.file, pin.sha256,
+                    entry.raw["pin_on_first_download"])
+    net = _LOADERS[plan.loader](entry, files, catalog, store)
     pre = entry.preprocess
     model = Normalized(net, pre["mean"], pre["std"], input_size=tuple(pre["input_size"][1:]))
     return model.eval().requires_grad_(False)
