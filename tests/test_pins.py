@@ -163,3 +163,21 @@ def test_prefetch_pins_on_first_download_only_when_asked(tmp_path, monkeypatch, 
     assert main([*base, "--pin-on-first-download"]) == 0
     assert "pinned digits-tiny-robust" in capsys.readouterr().out
     assert read_pins(tmp_path / PINS_FILE)["digits-tiny-robust"].file == "tiny_l2_eps3.ckpt"
+
+
+def test_pin_a_losslandscape_checkpoint_with_its_resnet_layout(builtin, tmp_path):
+    model_id = "cifar10-resnet_periodic_cosine_eps8_wd1e-3_max16_100-run1-losslandscape"
+    net = build("cifar_resnet_width", width=2)
+    keys = set(net.state_dict())
+    # AdversaryLossLandscape's CIFAR10_ResNet: blocks conv1/bn1/conv2/bn2/shortcut, a `classifier` head.
+    assert {"conv1.weight", "layer2.0.shortcut.0.weight", "layer4.1.bn2.running_var", "classifier.weight"} <= keys
+    assert net.state_dict()["classifier.weight"].shape == (10, 64)
+    weights = tmp_path / "resnet_periodic_cosine_eps8_wd1e-3_max16_100.ckpt"
+    torch.save(net.state_dict(), weights)
+    lock = tmp_path / PINS_FILE
+    pin_by_hand(builtin(), model_id, weights, lock, tmp_path / "cache", builder="cifar_resnet_width",
+                builder_args={"width": 2})
+    pinned = apply_pins(builtin(), lock)
+    model = load_model(pinned.models[model_id], pinned, FileStore(cache_dir=tmp_path / "cache", offline=True))
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(model(x), net.eval()(x), atol=1e-5)  # the entry's preprocessing is the identity

@@ -169,23 +169,25 @@ class SmallInputResNet18(nn.Module):
     adversarial-training repositories and pyautoattack's example model use: a 3x3 stem without
     max-pooling, four stages of 64-512 channels, 4x4 average pooling and a `linear` head."""
 
-    def __init__(self, blocks: tuple[int, int, int, int], num_classes: int, in_channels: int = 3) -> None:
+    def __init__(self, blocks: tuple[int, int, int, int], num_classes: int, in_channels: int = 3,
+                 widths: tuple[int, int, int, int] = (64, 128, 256, 512), head: str = "linear") -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        planes, stages = 64, []
-        for i, (width, count) in enumerate(zip((64, 128, 256, 512), blocks)):
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        planes, stages = widths[0], []
+        for i, (width, count) in enumerate(zip(widths, blocks)):
             stride = 1 if i == 0 else 2
             layers = [_ProjectedBlock(planes, width, stride)] + [_ProjectedBlock(width, width, 1) for _ in range(count - 1)]
             stages.append(nn.Sequential(*layers))
             planes = width
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.linear = nn.Linear(512, num_classes)
+        self.head = head  # the classifier's name in the checkpoints this layout reads
+        setattr(self, head, nn.Linear(widths[3], num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        return getattr(self, self.head)(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
 @register_builder("cifar_resnet_basic")
@@ -196,3 +198,11 @@ def cifar_resnet_basic(depth: int = 18, num_classes: int = 10, in_channels: int 
     if depth not in blocks:
         raise CatalogError(f"cifar_resnet_basic: depth {depth} is not one of {', '.join(map(str, blocks))}")
     return SmallInputResNet18(blocks[depth], num_classes, in_channels)
+
+
+@register_builder("cifar_resnet_width")
+def cifar_resnet_width(width: int = 16, num_classes: int = 10) -> nn.Module:
+    """ResNet-18 for 32x32 inputs with stages of 4, 8, 16 and 32 times `width` channels and a
+    `classifier` head: the layout of AdversaryLossLandscape's CIFAR-10 ResNet (`--width`; 16 gives
+    the usual 64-512 channels)."""
+    return SmallInputResNet18((2, 2, 2, 2), num_classes, 3, (4 * width, 8 * width, 16 * width, 32 * width), "classifier")
