@@ -321,9 +321,11 @@ def _prefetch(args: argparse.Namespace) -> int:
         for need in needs:
             print(f"{'present' if need.present else 'missing'}  {need.name}  ({need.what}) {'' if need.present else need.source}".rstrip())
         return 0
-    fetched = prefetch(needs, store, report=lambda line: print(line, file=sys.stderr))
+    try:
+        fetched = prefetch(needs, store, report=lambda line: print(line, file=sys.stderr))
+    finally:  # weights fetched before a dataset failed are pinned all the same
+        _pin_fetched(chosen, store)
     print(f"{len(needs)} file(s) needed, {len(fetched)} fetched, all in {store.cache_dir} or a mirror")
-    _pin_fetched(chosen, store)
     return 0
 
 
@@ -333,8 +335,9 @@ def _pin_fetched(chosen, store) -> None:
     from pytest_securitynet.zoo.resolver import resolve_model
 
     for entry in chosen:
-        if entry.raw.get("pin_on_first_download"):
-            pin = record_first_download(entry, store.get(resolve_model(entry).needs[0]))
+        need = resolve_model(entry).needs[0] if entry.raw.get("pin_on_first_download") else None
+        if need is not None and store.find(need) is not None:
+            pin = record_first_download(entry, store.get(need))
             print(f"pinned {entry.id}: {pin.file} sha256 {pin.sha256} in {entry.raw['pin_on_first_download']}")
 
 
