@@ -211,7 +211,7 @@ def test_sections_without_data_are_absent(tmp_path):
     task_only.append(row("model-0", "model_stealing.model_stealing", "budget50", {}, outcome="skipped",
                          message="no GPU"))
     report = build_report([write_doc(tmp_path / "r.json", task_only, models)], tmp_path / "out", use_reported=False, dpi=DPI)
-    assert report.sections == ["overview", "not-passed", "datasets", "purpose", "metadata", "correlations"]
+    assert report.sections == ["overview", "not-passed", "datasets", "purpose", "robustness", "metadata", "correlations"]
     page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
     for absent in ("model-stealing", "membership-inference", "evasion", "backdoor-detection", "reported", "duplicates"):
         assert f'id="{absent}"' not in page
@@ -221,7 +221,8 @@ def test_sections_without_data_are_absent(tmp_path):
 
 def test_full_report_has_every_section(full_report):
     assert full_report.sections == ["overview", "not-passed", "datasets", "model-stealing", "membership-inference",
-                                    "backdoor-detection", "evasion", "purpose", "metadata", "reported", "correlations"]
+                                    "backdoor-detection", "evasion", "purpose", "robustness", "metadata", "reported",
+                                    "correlations"]
     out = full_report.out_dir
     for name in ("stealing-settings.png", "stealing-settings-vs-target.png", "mia-mlp-full-vs-top3.png",
                  "mia-tpr-low-fpr.png", "backdoor-detection.png", "evasion-fgsm-whitebox.png",

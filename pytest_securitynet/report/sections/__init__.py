@@ -22,6 +22,7 @@ from pytest_securitynet.report.sections.metadata import metadata
 from pytest_securitynet.report.sections.overview import duplicates, not_passed, overview
 from pytest_securitynet.report.sections.purpose import purposes
 from pytest_securitynet.report.sections.reported import reported
+from pytest_securitynet.report.sections.robustness import robust_vs_standard
 from pytest_securitynet.report.sections.stealing import model_stealing
 from pytest_securitynet.results.spec import BenchmarkSpec
 
@@ -29,7 +30,7 @@ Builder = Callable[[Context], Optional[Section]]
 BenchmarkBuilder = Callable[[Context, BenchmarkSpec], Optional[Section]]
 
 BEFORE: tuple[Builder, ...] = (overview, duplicates, not_passed, per_dataset)
-AFTER: tuple[Builder, ...] = (purposes, metadata, reported)
+AFTER: tuple[Builder, ...] = (purposes, robust_vs_standard, metadata, reported)
 SPECIAL: dict[str, BenchmarkBuilder | None] = {
     "task": None,  # the target's own accuracy: drawn by the per-dataset, purpose and metadata sections
     "stealing": model_stealing,
