@@ -59,6 +59,10 @@ def _unusable(reason: str) -> None:
 
 
 def _idle(env: dict[str, str]) -> bool:
+    try:  # sinfo retries a controller that is not there for many seconds: look at its pid first
+        os.kill(int((SLURM_DIR / "slurmctld.pid").read_text()), 0)
+    except (OSError, ValueError):
+        return False
     try:
         proc = subprocess.run(["sinfo", "--noheader", "--format=%t"], env=env, capture_output=True, text=True,
                               timeout=30)
