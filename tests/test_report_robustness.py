@@ -100,3 +100,14 @@ def test_models_the_results_file_does_not_annotate_are_looked_up_in_the_catalog(
     groups = {r["model"]: r for r in read_csv(report.out_dir / "robustness-models.csv")}
     assert groups[RB_MODEL]["robustness"] == "robust"
     assert groups[RB_MODEL]["robustness_basis"] == "training = adversarial (catalog)"
+
+
+def test_database_security_models_say_how_they_were_trained():
+    from pytest_securitynet.catalog.entries import load_catalog
+
+    models = load_catalog().models
+    assert robustness_of(models["imagenet1k-resnet50_l2_eps0-robusttransfer"].annotations)[0] == "standard"
+    eps3 = models["imagenet1k-resnet50_l2_eps3-robusttransfer"].annotations
+    assert robustness_of(eps3)[0] == "robust" and eps3["threat_model"] == "L2"
+    landscape = [e for e in models.values() if "losslandscape" in e.tags]
+    assert len(landscape) == 72 and all(e.annotations["training"] == "adversarial" for e in landscape)

@@ -124,6 +124,7 @@ def _import_row(row: dict[str, str], number: int, run: int | None) -> Imported:
     name = row["model_name"]
     fields = builder(row, dataset_id)
     model_part = fields.pop("model_part")
+    robustness = fields.pop("robustness", {})
     if run is not None:
         model_part = f"{model_part}-run{run}"
     entry_id = _slug(f"{dataset_id}-{model_part}-{zoo}")
@@ -144,6 +145,7 @@ def _import_row(row: dict[str, str], number: int, run: int | None) -> Imported:
         "country": row["country"],
         "purpose": row["table"],
         "listed_purpose": row["purpose"],
+        **robustness,
         "paper": row["paper_link"],
     }
     entry = {
@@ -202,6 +204,8 @@ def _losslandscape(row: dict[str, str], dataset_id: str) -> dict[str, Any]:
         "model_part": name, "architecture": row["model_type"], "source": row["weights"],
         "preprocess": {"input_size": [3, 32, 32], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
         "tags": ["losslandscape"],
+        # Every AdversaryLossLandscape model was trained on L-inf PGD examples (`eps8`: 8/255).
+        "robustness": {"training": "adversarial", "threat_model": "Linf"},
         "unavailable": (
             f"no direct weights file: the AdversaryLossLandscape repository links its checkpoints "
             f"({name}) from a shared folder, with no direct URL, checksum or architecture builder in "
@@ -223,6 +227,9 @@ def _robusttransfer(row: dict[str, str], dataset_id: str) -> dict[str, Any]:
         "checkpoint": {"state_dict_key": "model", "strip_prefix": "module.model.", "only_prefixed": True},
         "preprocess": {"input_size": [3, 224, 224], "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
         "tags": ["robusttransfer"],
+        # `eps0` is the standardly trained baseline of each architecture; the others are L2 adversarially trained.
+        "robustness": ({"training": "standard"} if stem.endswith("_eps0") else
+                       {"training": "adversarial", "threat_model": "L2"}),
         "unavailable": (
             f"{file_name} is a direct file but its sha256 is not recorded yet (it was never downloaded "
             f"and verified for this catalog). Download it, then give a user catalog entry with this "
