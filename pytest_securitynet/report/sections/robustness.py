@@ -185,6 +185,7 @@ def _split(ctx: Context, section: Section, frame: pd.DataFrame) -> None:
         rows = rows[(rows["setting"] == setting) & (rows["data"] == data) & rows["robustness"].isin(GROUPS)]
         rows = rows.assign(**{metric: pd.to_numeric(rows[metric].astype(float))})
         what = table.loc[table["metric"] == metric, "what"].iloc[0]
+        what = "detector flagged the model (1) or not (0)" if metric == "flagged" else what
         F.strip_by_category(ax, rows, "robustness", metric, order=GROUPS, xlabel="model", ylabel=what,
                             title=f"{setting} ({data})", identify="model")
     section.add(ctx.figure(fig, "robustness-split", "Benchmarks on robust vs standard models",
