@@ -181,3 +181,22 @@ def test_pin_a_losslandscape_checkpoint_with_its_resnet_layout(builtin, tmp_path
     model = load_model(pinned.models[model_id], pinned, FileStore(cache_dir=tmp_path / "cache", offline=True))
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(model(x), net.eval()(x), atol=1e-5)  # the entry's preprocessing is the identity
+
+
+def test_a_run_with_the_option_pins_and_a_later_run_checks(tmp_path):
+    from pytest_securitynet.harness.harness import Harness
+    from pytest_securitynet.harness.settings import Settings
+
+    user = tiny_catalog(tmp_path)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    robustness_checkpoint(build("demo_cnn", num_classes=10, in_channels=1, width=4), mirror / "tiny_l2_eps3.ckpt")
+    settings = dict(catalogs=(str(user),), mirrors=(mirror,), cache_dir=tmp_path / "cache", offline=True)
+    cpu = lambda: torch.device("cpu")  # noqa: E731
+    assert Harness(Settings(**settings), cpu).catalog.models["digits-tiny-robust"].raw.get("unavailable")
+    first = Harness(Settings(**settings, pin_on_first_download=True), cpu)
+    first.loaded(first.catalog.models["digits-tiny-robust"])
+    assert read_pins(tmp_path / PINS_FILE)["digits-tiny-robust"].how == "first download"
+    later = Harness(Settings(**settings), cpu)
+    assert later.catalog.models["digits-tiny-robust"].raw["sha256"] == read_pins(tmp_path / PINS_FILE)[
+        "digits-tiny-robust"].sha256
