@@ -121,8 +121,8 @@ def apply_pins(catalog: Catalog, lock: Path, pin_on_first_download: bool = False
     pins = read_pins(lock)
     for model_id, entry in list(catalog.models.items()):
         pin = pins.get(model_id)
-        if entry.raw.get("sha256"):
-            continue
+        if entry.raw.get("sha256") or entry.source_kind != "url":
+            continue  # the catalog's own checksum, or a loader that checks its files itself
         if pin is not None:
             catalog.models[model_id] = pinned_entry(entry, pin, lock)
         elif pin_on_first_download and pinnable_by_download(entry):
