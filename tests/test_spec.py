@@ -142,7 +142,7 @@ def test_generic_section_from_a_spec_in_the_results_file(tmp_path):
     assert float(summary["strong"]["mean"]) == pytest.approx(0.65) and int(summary["strong"]["n"]) == 4
     assert (tmp_path / "out" / "probe-probe.png").read_bytes()[:4] == b"\x89PNG"
     page = report.index.read_text(encoding="utf-8")
-    assert '<section id="probe-probe"><h2>Probe attack</h2>' in page
+    assert '<section id="probe-probe"><details class="section" open><summary><h2>Probe attack</h2>' in page
     per_model = read_csv(tmp_path / "out" / "per-model.csv")
     assert float(per_model[0]["probe weak success"]) == pytest.approx(0.0)
 
@@ -211,7 +211,7 @@ def test_documented_attack_gets_a_report_section_and_regression_checks(pytester,
     drift = project("drift.json", "--securitynet-compare=tampered.json")
     drift.assert_outcomes(passed=3, failed=1)
     drift.stdout.fnmatch_lines([f"*securitynet regression: 1 of 1 metric(s) of {shifted['model']} {GAP} [[]3[]]*",
-                                "*confidence_gap*-0.0500*0.0100  DRIFT*", "*4 test(s) compared, 1 drifted*"])
+                                "*confidence_gap*-0.0500*0.0500*0.0100*DRIFT*", "*4 test(s) compared, 1 drifted*"])
     wider = project("wider.json", "--securitynet-compare=tampered.json", "--securitynet-tolerance", "confidence_gap=0.1")
     wider.assert_outcomes(passed=4)  # the option overrides the SPEC's tolerance
 
