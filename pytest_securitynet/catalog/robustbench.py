@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_securitynet.catalog.importer import toml_value
+
 ZOO_FILES = {"cifar10": "cifar10.py", "cifar100": "cifar100.py", "imagenet": "imagenet.py"}
 """RobustBench's dataset -> the model-zoo module that lists its models."""
 CATALOG_DATASET = {"cifar10": "cifar10", "cifar100": "cifar-100", "imagenet": "imagenet1k"}
@@ -203,26 +205,12 @@ def toml_text(entries: list[dict[str, Any]], header: str) -> str:
         lines += ["", "[[models]]"]
         for key, value in e.items():
             if key not in ("annotations", "robustbench"):
-                lines.append(f"{key} = {_toml_value(value)}")
+                lines.append(f"{key} = {toml_value(value)}")
         for table in ("robustbench", "annotations"):
             if table in e:
                 lines.append(f"[models.{table}]")
-                lines += [f"{k} = {_toml_value(v)}" for k, v in e[table].items()]
+                lines += [f"{k} = {toml_value(v)}" for k, v in e[table].items()]
     return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML form for {value!r}")
 
 
 def generate(package_dir: Path, info_dir: Path | None, out_dir: Path, version: str) -> dict[str, int]:
