@@ -118,8 +118,10 @@ def _autoattack_scatter(ctx: Context, section: Section, frame: pd.DataFrame) -> 
                            "Each model's robust accuracy under the standard AutoAttack ensemble against its clean "
                            "accuracy on the same points, one panel per setting, coloured by robust/standard "
                            "(RobustBench's scatter); a red x marks an evaluation flagged unreliable."))
-    columns = [c for c in ("model", "data", "robustness", "setting", "norm", "eps", "n_points", "clean_accuracy",
-                           "robust_accuracy", "accuracy_drop", "unreliable") if c in rows]
+    if "n_points" in rows:
+        rows["n_points"] = pd.to_numeric(rows["n_points"], errors="coerce").astype("Int64")
+    columns = [c for c in ("model", "data", "robustness", "setting", "norm", "eps", "eps_255", "n_points",
+                           "clean_accuracy", "robust_accuracy", "accuracy_drop", "unreliable") if c in rows]
     section.add(ctx.table("robustness-autoattack", "Clean and robust accuracy per model and AutoAttack setting.",
                           rows[columns].sort_values(["setting", "robustness", "model"])))
 
