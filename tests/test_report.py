@@ -219,6 +219,37 @@ def test_sections_without_data_are_absent(tmp_path):
     assert "no GPU" in page  # the skipped row is listed, not analysed
 
 
+def test_models_without_purpose_are_left_out_of_the_purpose_comparison(tmp_path):
+    # benchmark and security models, plus stealing and membership rows of a model with no purpose
+    rows, models = planted_rows()
+    models["model-unannotated"] = {k: v for k, v in model_info(9).items() if k != "annotations"}
+    rows.append(row("model-unannotated", "model_stealing.model_stealing", "budget50",
+                    {"attack_accuracy": 0.3, "agreement": 0.32, "target_accuracy": 0.6}))
+    rows.append(row("model-unannotated", "membership_inference.membership_inference", "mentropy-global",
+                    {"auc": 0.9, "overfit_gap": 0.3}))
+    report = build_report([write_doc(tmp_path / "r.json", rows, models)], tmp_path / "out", use_reported=False, dpi=DPI)
+    out = report.out_dir
+    assert "purpose" in report.sections
+    assert is_png(out / "purpose-stealing.png") and is_png(out / "purpose-mia.png")
+    shown = [r for r in read_csv(out / "correlations.csv") if r["figure"] in ("purpose-stealing", "purpose-mia")]
+    assert {r["group"] for r in shown} == {"benchmark", "security", "all"}
+    assert {int(r["n"]) for r in shown if r["group"] == "all"} == {6}  # the six annotated models only
+    page = (out / "index.html").read_text(encoding="utf-8")
+    purpose = page[page.index('id="purpose"'):]
+    assert "Left out of this comparison: 1 model(s) without" in purpose
+    assert "model-unannotated" in purpose[:purpose.index("<img")]
+
+
+def test_scatter_names_rows_without_a_group_unknown():
+    frame = pd.DataFrame({"model": list("abcdefg"), "x": range(7), "y": range(7),
+                          "purpose": ["benchmark", None, "security", None, "benchmark", "security", None]})
+    fig, axes = figures.panels(1)
+    groups = scatter_groups(axes[0], frame, "x", "y", "purpose", xlabel="x", ylabel="y", title="t")
+    assert set(groups) == {"benchmark", "security", figures.MISSING, "all"}
+    assert groups[figures.MISSING].n == 3 and groups["all"].n == 7
+    plt.close(fig)
+
+
 def test_full_report_has_every_section(full_report):
     assert full_report.sections == ["overview", "not-passed", "datasets", "model-stealing", "membership-inference",
                                     "backdoor-detection", "evasion", "purpose", "robustness", "metadata", "reported",

@@ -140,6 +140,16 @@ def lay_out(fig, title: str) -> None:
     fig.tight_layout(rect=(0, 0, 1, max(0.5, 1 - room / fig.get_figheight())))
 
 
+MISSING = "unknown"
+"""How a figure names the group of rows whose grouping column is empty."""
+
+
+def labels(values: pd.Series) -> pd.Series:
+    """`values` as text, empty ones named `MISSING`: pandas' `astype(str)` keeps them missing
+    (NaN), which neither sorts among strings nor equals any group name."""
+    return values.astype(object).where(values.notna(), MISSING).astype(str)
+
+
 def color_map(groups: Sequence[str]) -> dict[str, tuple]:
     cmap = plt.get_cmap("tab10")
     return {g: cmap(i % 10) for i, g in enumerate(groups)}
@@ -162,7 +172,8 @@ def error_bars(ax, data: pd.DataFrame, x: str, y: str) -> None:
 
 def scatter_groups(ax, frame: pd.DataFrame, x: str, y: str, group: str | None, *, xlabel: str, ylabel: str,
                    title: str, diagonal: bool = False, label_col: str | None = "model") -> dict[str, Corr]:
-    """Scatter `y` against `x`, one colour per `group` value, r per group (and over all points).
+    """Scatter `y` against `x`, one colour per `group` value, r per group (and over all points);
+    rows whose `group` is empty form the group `MISSING`.
 
     With few `label_col` values (models), each has its own marker (and colour, when there is
     no group) in the legend, and points that are a model's only one are labelled with its short
@@ -170,7 +181,8 @@ def scatter_groups(ax, frame: pd.DataFrame, x: str, y: str, group: str | None, *
     `"all"` when there is more than one group.
     """
     data = frame.dropna(subset=[x, y])
-    groups = sorted(data[group].astype(str).unique()) if group else ["all"]
+    names = labels(data[group]) if group else None
+    groups = sorted(names.unique()) if group else ["all"]
     by_group = len(groups) > 1
     colors = color_map(groups)
     models = P.identified(data[label_col]) if label_col and label_col in data else []
@@ -180,7 +192,7 @@ def scatter_groups(ax, frame: pd.DataFrame, x: str, y: str, group: str | None, *
     out: dict[str, Corr] = {}
     handles = []
     for i, name in enumerate(groups):
-        part = data[data[group].astype(str) == name] if group else data
+        part = data[names == name] if group else data
         corr = pearson(part[x], part[y])
         out[name] = corr
         if styles:
@@ -240,8 +252,9 @@ def strip_by_category(ax, frame: pd.DataFrame, category: str, y: str, *, order: 
     a category, and a legend entry; otherwise points are coloured by category.
     """
     data = frame.dropna(subset=[y])
-    cats = list(order) if order else sorted(data[category].astype(str).unique())
-    cats = [c for c in cats if (data[category].astype(str) == c).any()]
+    data = data.assign(**{category: labels(data[category])})
+    cats = list(order) if order else sorted(data[category].unique())
+    cats = [c for c in cats if (data[category] == c).any()]
     position = {c: i for i, c in enumerate(cats)}
     values = [data.loc[data[category].astype(str) == c, y].astype(float).to_numpy() for c in cats]
     boxed = [i for i, v in enumerate(values) if len(v) >= 3]
@@ -310,7 +323,8 @@ def lines_by(ax, frame: pd.DataFrame, x: str, y: str, line: str, *, xlabel: str,
              legend: bool = True) -> None:
     """One line of `y` against `x` per `line` value (e.g. one model per line)."""
     data = frame.dropna(subset=[x, y])
-    names = sorted(data[line].astype(str).unique())
+    data = data.assign(**{line: labels(data[line])})
+    names = sorted(data[line].unique())
     colors = color_map(names)
     for i, name in enumerate(names):
         part = data[data[line].astype(str) == name].sort_values(x)
