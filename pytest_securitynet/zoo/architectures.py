@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pytest_securitynet.attacks.surrogates import BasicBlock
 from pytest_securitynet.errors import CatalogError
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -145,25 +146,6 @@ def demo_rbf(num_centers: int, input_dim: int, num_classes: int = 10) -> nn.Modu
     return RBFNet(num_centers, input_dim, num_classes)
 
 
-class _ProjectedBlock(nn.Module):
-    """A basic residual block whose shortcut is a 1x1 conv + BN when the shape changes (option B)."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(planes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + self.shortcut(x))
-
-
 class SmallInputResNet18(nn.Module):
     """ResNet-18/34 for 32x32 inputs in the layout of the kuangliu/pytorch-cifar code that many
     adversarial-training repositories and pyautoattack's example model use: a 3x3 stem without
@@ -177,7 +159,7 @@ class SmallInputResNet18(nn.Module):
         planes, stages = widths[0], []
         for i, (width, count) in enumerate(zip(widths, blocks)):
             stride = 1 if i == 0 else 2
-            layers = [_ProjectedBlock(planes, width, stride)] + [_ProjectedBlock(width, width, 1) for _ in range(count - 1)]
+            layers = [BasicBlock(planes, width, stride)] + [BasicBlock(width, width, 1) for _ in range(count - 1)]
             stages.append(nn.Sequential(*layers))
             planes = width
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
