@@ -109,14 +109,9 @@ def rmia_offline_scores(
     samples, each IN for about half of the reference models. The comparison of every x with every
     z is one sorted search, O((N + Z) log Z). Decision: member iff the score exceeds 1/2.
     """
-    if gamma <= 0:
-        raise ValueError(f"RMIA's gamma must be positive, got {gamma}")
-    if population_labels.numel() == 0:
-        raise ValueError("RMIA needs at least one population sample z")
+    log_ratio_z = _population_log_ratio(population_target_log_probs, population_reference_log_probs,
+                                        population_labels, gamma)
     log_ratio_x = rmia_log_ratio(target_log_probs, labels, log_pr_offline(reference_log_probs, labels, a))
-    lp_z, _ = true_class_log_terms(population_reference_log_probs, population_labels)
-    log_pr_z = _log_mean_exp(lp_z, dim=0)
-    log_ratio_z = rmia_log_ratio(population_target_log_probs, population_labels, log_pr_z)
     return _rmia_score(log_ratio_x, log_ratio_z, gamma)
 
 
@@ -151,6 +146,18 @@ def lira_offline_scores(
     return ReferenceScores(scores, scores > 0)
 
 
+def _population_log_ratio(population_target_log_probs: torch.Tensor, population_reference_log_probs: torch.Tensor,
+                          population_labels: torch.Tensor, gamma: float) -> torch.Tensor:
+    """log ratio(z) of every population sample, Pr(z) the mean p_y(z) over all reference models
+    (each z is IN for about half of them, offline and online alike); checks RMIA's inputs."""
+    if gamma <= 0:
+        raise ValueError(f"RMIA's gamma must be positive, got {gamma}")
+    if population_labels.numel() == 0:
+        raise ValueError("RMIA needs at least one population sample z")
+    lp_z, _ = true_class_log_terms(population_reference_log_probs, population_labels)
+    return rmia_log_ratio(population_target_log_probs, population_labels, _log_mean_exp(lp_z, dim=0))
+
+
 def _rmia_score(log_ratio_x: torch.Tensor, log_ratio_z: torch.Tensor, gamma: float) -> ReferenceScores:
     """Fraction of z with ratio(x) / ratio(z) > gamma, by one sorted search; decision: above 1/2."""
     # ratio(x) / ratio(z) > gamma  <=>  log ratio(z) < log ratio(x) - log gamma.
@@ -175,14 +182,10 @@ def rmia_online_scores(
     Every x and z must be IN for about half of the reference models (random halves of a pool that
     holds them); which ones does not enter the score. Shapes as `rmia_offline_scores`.
     """
-    if gamma <= 0:
-        raise ValueError(f"RMIA's gamma must be positive, got {gamma}")
-    if population_labels.numel() == 0:
-        raise ValueError("RMIA needs at least one population sample z")
+    log_ratio_z = _population_log_ratio(population_target_log_probs, population_reference_log_probs,
+                                        population_labels, gamma)
     lp_x, _ = true_class_log_terms(reference_log_probs, labels)
-    lp_z, _ = true_class_log_terms(population_reference_log_probs, population_labels)
     log_ratio_x = rmia_log_ratio(target_log_probs, labels, _log_mean_exp(lp_x, dim=0))
-    log_ratio_z = rmia_log_ratio(population_target_log_probs, population_labels, _log_mean_exp(lp_z, dim=0))
     return _rmia_score(log_ratio_x, log_ratio_z, gamma)
 
 
