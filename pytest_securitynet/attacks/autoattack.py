@@ -161,23 +161,27 @@ def _distance(delta: torch.Tensor, norm: Norm) -> torch.Tensor:
     return flat.abs().amax(1) if norm == "Linf" else flat.norm(dim=1)
 
 
-def _gradient_reasons(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[str]:
-    """Zero or non-finite cross-entropy input gradients at the clean points."""
-    zero = non_finite = 0
+def _gradient_reasons(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      batch_size: int) -> tuple[list[str], torch.Tensor]:
+    """Zero or non-finite cross-entropy input gradients at the clean points, and the clean logits
+    of the same pass (so the clean points are run through the model once)."""
+    zero = non_finite = torch.zeros((), dtype=torch.long, device=x.device)
+    logits = []
     for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
         xb = xb.clone().requires_grad_(True)
         with torch.enable_grad():
-            loss = F.cross_entropy(model(xb), yb, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, xb)
+            out = model(xb)
+            (grad,) = torch.autograd.grad(F.cross_entropy(out, yb, reduction="sum"), xb)
+        logits.append(out.detach())
         flat = grad.flatten(1)
-        non_finite += int((~torch.isfinite(flat)).any(1).sum())
-        zero += int((flat.abs().sum(1) == 0).sum())
+        non_finite = non_finite + (~torch.isfinite(flat)).any(1).sum()
+        zero = zero + (flat.abs().sum(1) == 0).sum()
     reasons = []
-    if non_finite:
-        reasons.append(f"non-finite input gradients at {non_finite} of {len(x)} clean points")
-    if zero:
-        reasons.append(f"zero input gradients at {zero} of {len(x)} clean points")
-    return reasons
+    if int(non_finite):
+        reasons.append(f"non-finite input gradients at {int(non_finite)} of {len(x)} clean points")
+    if int(zero):
+        reasons.append(f"zero input gradients at {int(zero)} of {len(x)} clean points")
+    return reasons, torch.cat(logits)
 
 
 def _determinism_reason(model: nn.Module, x: torch.Tensor) -> str | None:
@@ -240,15 +244,13 @@ def run_autoattack(
     n = len(x_all)
     devices = [device.index or 0] if device.type == "cuda" else []
     with attack_mode(model), torch.random.fork_rng(devices=devices):
-        with torch.no_grad():
-            logits = torch.cat([model(xb) for xb in x_all.split(batch_size)])
+        reasons, logits = _gradient_reasons(model, x_all, y_all, batch_size)
         classes = num_classes or logits.shape[1]
         robust = logits.argmax(1) == y_all
         clean = robust.clone()
         clean_accuracy = int(robust.sum()) / n
         adversary = standard_adversary(model, norm, eps, classes, seed, device)
         attacks = _attacks_for(classes)
-        reasons = _gradient_reasons(model, x_all, y_all, batch_size)
         nondeterministic = _determinism_reason(model, x_all[:batch_size])
         if nondeterministic:
             reasons.append(nondeterministic)
@@ -310,10 +312,5 @@ def reference_robust_accuracy(model: nn.Module, images_uint8: torch.Tensor, labe
             return int(correct.sum()) / len(y)
 
 
-def points_for(n_available: int, requested: int) -> int:
-    """How many of the first test points an evaluation uses: ``requested``, capped by what there is."""
-    return max(1, min(n_available, requested))
-
-
 __all__: Sequence[str] = ("AutoAttackResult", "ROBUSTBENCH_RADII", "STANDARD_ATTACKS", "reference_robust_accuracy",
-                          "robustbench_radius", "run_autoattack", "standard_adversary", "points_for")
+                          "robustbench_radius", "run_autoattack", "standard_adversary")
