@@ -23,14 +23,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import weakref
 from typing import Any, Mapping
 
 import torch
 
 from pytest_securitynet.errors import SecurityNetError
 
-_weights_cache: dict[int, tuple[Any, str]] = {}
-_data_cache: dict[str, tuple[Any, str]] = {}
+# Weak references: a checksum must not keep a model or dataset alive after the harness frees it.
+_weights_cache: dict[int, tuple[weakref.ref, str]] = {}
+_data_cache: dict[str, tuple[weakref.ref, str]] = {}
 
 
 def code_version() -> str:
@@ -55,9 +57,9 @@ def tensors_sha256(named: Mapping[str, torch.Tensor]) -> str:
 def weights_sha256(model: torch.nn.Module) -> str:
     """Of the model's state dict; cached while the same model object is loaded."""
     cached = _weights_cache.get(id(model))
-    if cached is None or cached[0] is not model:
+    if cached is None or cached[0]() is not model:
         _weights_cache.clear()  # one model is loaded at a time
-        cached = (model, tensors_sha256(model.state_dict()))
+        cached = (weakref.ref(model), tensors_sha256(model.state_dict()))
         _weights_cache[id(model)] = cached
     return cached[1]
 
@@ -65,8 +67,8 @@ def weights_sha256(model: torch.nn.Module) -> str:
 def dataset_sha256(data: Any) -> str:
     """Of a dataset's decoded splits (`zoo.datasets.ImageData`); cached per loaded copy."""
     cached = _data_cache.get(data.dataset_id)
-    if cached is None or cached[0] is not data:
-        cached = (data, tensors_sha256({"train_images": data.train_images, "train_labels": data.train_labels,
+    if cached is None or cached[0]() is not data:
+        cached = (weakref.ref(data), tensors_sha256({"train_images": data.train_images, "train_labels": data.train_labels,
                                         "test_images": data.test_images, "test_labels": data.test_labels}))
         _data_cache[data.dataset_id] = cached
     return cached[1]
