@@ -16,7 +16,7 @@ from pytest_securitynet.plugin.items import (
 )
 from pytest_securitynet.plugin.progress import CPU_SECONDS
 from pytest_securitynet.plugin.provenance import provenance_of
-from pytest_securitynet.results.resume import resumed_row_conflict
+from pytest_securitynet.results.resume import first_provenance, resumed_row_conflict
 from pytest_securitynet.results.lock import ResultsLock, check_results_path, holder_info
 from pytest_securitynet.results.rows import ResultsWriteError, now, plain, replaced_results
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness, state_harness
@@ -81,6 +81,7 @@ class ResultsReporter:
         self.report_line: str | None = None
         self.taken_over = False
         self.checked_free = False
+        self.recorded_provenance: dict[str, dict] | None = None  # model -> provenance, on resume
         self.write_error: str | None = None
 
     def take_over(self) -> None:
@@ -145,9 +146,14 @@ class ResultsReporter:
             self.take_over()
         except pytest.UsageError as exc:  # another run took the file since the start
             pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
-        conflict = resumed_row_conflict(state.json_path, state.writer.rows.values(), row) if state.resume else None
-        if conflict:  # a resumed file holds rows of this model from other weights or data: add nothing
-            pytest.exit(conflict, returncode=pytest.ExitCode.USAGE_ERROR)
+        if state.resume:
+            if self.recorded_provenance is None:  # indexed once, then kept up to date below
+                self.recorded_provenance = first_provenance(state.writer.rows.values())
+            conflict = resumed_row_conflict(state.json_path, self.recorded_provenance.get(row["model"]), row)
+            if conflict:  # a resumed file holds rows of this model from other weights or data: add nothing
+                pytest.exit(conflict, returncode=pytest.ExitCode.USAGE_ERROR)
+            if isinstance(row.get("provenance"), dict):
+                self.recorded_provenance.setdefault(row["model"], row["provenance"])
         try:
             state.writer.add(row, info)
         except ResultsWriteError as exc:  # a full disk: stop, as a run that cannot record has no use

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from pytest_securitynet.errors import SecurityNetError
-from pytest_securitynet.results.provenance import CODE_VERSION_FIELD, describe, differences
+from pytest_securitynet.results.provenance import CODE_VERSION_FIELD, _canonical, _show, describe
 from pytest_securitynet.results.archive import runs_dir
 
 ROW_SETTINGS = ("seed", "members", "limit", "dataset_overrides", "budgets")
@@ -80,14 +80,6 @@ def _row_differences(rows: list[dict[str, Any]], current: Mapping[str, Any]) -> 
     return list(seen)
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
-def _show(value: Any) -> str:
-    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
-
-
 # --- what produced the rows (harness/provenance.py) ------------------------------------------
 
 PRODUCERS = ("weights_sha256", "dataset_sha256", "catalog_entry_sha256")
@@ -124,21 +116,28 @@ def check_resume_provenance(path: Path, previous: dict[str, Any], entry_hashes: 
             f"in {runs_dir(path).name}/) or write elsewhere with --securitynet-json")
 
 
-def resumed_row_conflict(path: Path, rows: Iterable[dict[str, Any]], row: dict[str, Any]) -> str | None:
-    """The message refusing `row` when the file holds rows of its model from other weights, data or
-    catalog entry (a retrained demo model, a changed dataset archive), else None."""
+def first_provenance(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each model's provenance as its first row records it: the one `resumed_row_conflict` compares a
+    new row with (rows are checked as they are added, so one per model is enough)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if isinstance(row.get("provenance"), dict):
+            out.setdefault(row["model"], row["provenance"])
+    return out
+
+
+def resumed_row_conflict(path: Path, recorded: Mapping[str, Any] | None, row: dict[str, Any]) -> str | None:
+    """The message refusing `row` when `recorded` (the file's provenance of its model, from
+    `first_provenance`) names other weights, data or catalog entry (a retrained demo model, a changed
+    dataset archive), else None."""
     current = row.get("provenance")
-    if not isinstance(current, dict):
+    if not isinstance(current, dict) or not recorded:
         return None
-    for other in rows:
-        recorded = other.get("provenance")
-        if other["model"] != row["model"] or not isinstance(recorded, dict):
-            continue
-        changes = [line for line in differences(recorded, current, model=row["model"], include_code=False)
-                   if line.split(" ", 1)[0] in ("weights", "data", "catalog")]
-        if changes:
-            return (f"--securitynet-resume: {path} holds rows of {row['model']} produced by something else "
-                    f"({'; '.join(changes)}); this run stops before mixing rows of two models in one file. Run "
-                    f"without --securitynet-resume (the file is then kept, numbered, in {runs_dir(path).name}/) "
-                    f"or write elsewhere with --securitynet-json")
-    return None
+    changes = [describe(name, recorded[name], current[name], row["model"]) for name in PRODUCERS
+               if recorded.get(name) and current.get(name) and recorded[name] != current[name]]
+    if not changes:
+        return None
+    return (f"--securitynet-resume: {path} holds rows of {row['model']} produced by something else "
+            f"({'; '.join(changes)}); this run stops before mixing rows of two models in one file. Run "
+            f"without --securitynet-resume (the file is then kept, numbered, in {runs_dir(path).name}/) "
+            f"or write elsewhere with --securitynet-json")
