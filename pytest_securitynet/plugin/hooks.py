@@ -359,15 +359,16 @@ def _check_missing(config: pytest.Config, entries: list) -> MissingFiles | None:
     """The models among `entries` that lack files; a usage error (one line) unless --securitynet-skip-missing.
 
     An xdist worker never stops the run (its controller does, from the workers' lists) and prints nothing."""
+    worker = hasattr(config, "workerinput")
+    if worker and not config.getoption("securitynet_skip_missing"):
+        return None  # the controller checks the workers' lists; nothing here would be used
     h = harness(config)
     missing = missing_files(entries, h.files, h.dataset_for)
     if not missing:
         return None
     if not config.getoption("securitynet_skip_missing"):
-        if hasattr(config, "workerinput"):
-            return None
         raise pytest.UsageError(missing.stop_line(_prefetch_selection(config, list(missing.models))))
-    if not hasattr(config, "workerinput"):
+    if not worker:
         config.stash[STATE].notices.append(missing.skip_line())
     return missing
 

@@ -195,7 +195,8 @@ class RegressionPlugin:
                          f"{_listed(unreferenced)}")
         expected = set(self.reference.rows)
         if self.reference.kind == REPORTED:  # the database: only rows of the models and benchmarks that ran
-            expected = {k for k in expected if any(k[:2] == r[:2] for r in ran)}
+            ran_pairs = {r[:2] for r in ran}
+            expected = {k for k in expected if k[:2] in ran_pairs}
         missing = sorted(k for k in expected if k not in self.outcomes)
         if missing:
             how = [f"{'::'.join(k)} ({_why(ran.get(k))})" for k in missing]
