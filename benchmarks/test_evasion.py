@@ -111,9 +111,8 @@ def test_accuracy_drop(target_model, test_set, auxiliary, image_data, catalog_en
     # batch_size=None: the attack sizes its own batches (large on a GPU), independent of inference.
     outcome = run_evasion(target_model, test_set.images, test_set.labels, [eps], attack=setting.attack,
                           steps=setting.steps, source_model=source, device=device, seed=seed, batch_size=None)
-    result = outcome.by_eps()[eps]
     clean, adversarial = outcome.clean_correct, outcome.adversarial_correct[0]
-    result = {**result, "clean_accuracy": intervals.mean(clean), "adversarial_accuracy": intervals.mean(adversarial),
+    result = {"clean_accuracy": intervals.mean(clean), "adversarial_accuracy": intervals.mean(adversarial),
               "accuracy_drop": intervals.mean(clean.double() - adversarial.double())}  # paired, per image
     phases.update(outcome.phases)
     record(**result, eps=eps, attack=setting.attack, steps=setting.steps,

@@ -256,7 +256,7 @@ def strip_by_category(ax, frame: pd.DataFrame, category: str, y: str, *, order: 
     cats = list(order) if order else sorted(data[category].unique())
     cats = [c for c in cats if (data[category] == c).any()]
     position = {c: i for i, c in enumerate(cats)}
-    values = [data.loc[data[category].astype(str) == c, y].astype(float).to_numpy() for c in cats]
+    values = [data.loc[data[category] == c, y].astype(float).to_numpy() for c in cats]
     boxed = [i for i, v in enumerate(values) if len(v) >= 3]
     if boxed:
         ax.boxplot([values[i] for i in boxed], positions=boxed, widths=0.5, showfliers=False,
@@ -293,8 +293,8 @@ def _strip_by_position(ax, data: pd.DataFrame, category: str, y: str, position: 
     rng = np.random.default_rng(0)
     if connect:
         for _, part in data.groupby(connect):
-            part = part[part[category].astype(str).isin(position)]
-            part = part.assign(_pos=part[category].astype(str).map(position)).sort_values("_pos")
+            part = part[part[category].isin(position)]
+            part = part.assign(_pos=part[category].map(position)).sort_values("_pos")
             ax.plot(part["_pos"], part[y], color="0.7", linewidth=0.7, zorder=1)
     colors = color_map(cats)
     for i, v in enumerate(values):
@@ -309,8 +309,8 @@ def _strip_by_model(ax, data: pd.DataFrame, category: str, y: str, position: dic
     styles = P.model_styles(models)
     step = min(0.1, 0.6 / len(models))
     for j, model in enumerate(models):
-        part = data[(data[identify].astype(str) == model) & data[category].astype(str).isin(position)]
-        pos = part[category].astype(str).map(position) + (j - (len(models) - 1) / 2) * step
+        part = data[(data[identify].astype(str) == model) & data[category].isin(position)]
+        pos = part[category].map(position) + (j - (len(models) - 1) / 2) * step
         part = part.assign(_pos=pos).sort_values("_pos")
         style = styles[model]
         if connect:
@@ -327,7 +327,7 @@ def lines_by(ax, frame: pd.DataFrame, x: str, y: str, line: str, *, xlabel: str,
     names = sorted(data[line].unique())
     colors = color_map(names)
     for i, name in enumerate(names):
-        part = data[data[line].astype(str) == name].sort_values(x)
+        part = data[data[line] == name].sort_values(x)
         ax.plot(part[x], part[y], marker=MARKERS[i % len(MARKERS)], markersize=4, linewidth=1,
                 color=colors[name], label=name)
     ax.set_xlabel(xlabel, fontsize=8)

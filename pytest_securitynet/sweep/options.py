@@ -1,8 +1,8 @@
 """A sweep's options, checked before anything is collected, written or submitted.
 
 Every bad value gives one line naming the option as `securitynet sweep` spells it and what to use
-instead. `--gpus-per-shard auto` becomes a number here: on Slurm the GPUs of the partition's nodes
-(its GRES; 0 where it has none), elsewhere the GPUs this process sees.
+instead. `--gpus-per-shard auto` becomes a number here: 1 where a node of the partition (on Slurm, its GRES)
+or this machine (elsewhere) has a GPU, 0 where it has none.
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ def slurm_parameters(out: Path, options: SweepOptions) -> dict[str, Any]:
         "job_name": f"securitynet-{out.name}", "time": options.time_min, "nodes": 1, "ntasks_per_node": 1,
         "array_parallelism": options.max_parallel, "signal_delay_s": options.signal_delay_s,
     }
-    if options.gpus_per_shard and options.gpus_per_shard != "auto":
+    if options.gpus_per_shard:  # a number by now: options.resolve_gpus ran first
         params["gpus_per_node"] = int(options.gpus_per_shard)
     if options.cpus_per_shard:
         params["cpus_per_task"] = options.cpus_per_shard
