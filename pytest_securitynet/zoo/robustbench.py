@@ -88,14 +88,19 @@ def load_robustbench(entry: ModelEntry, store: FileStore) -> nn.Module:
     model_dir = store.cache_dir / "weights" / "robustbench"
     folder = model_dir / dataset / threat
     folder.mkdir(parents=True, exist_ok=True)
-    for filename in weight_files(dataset, threat, name):
+    files = weight_files(dataset, threat, name)
+    sha256 = entry.raw.get("sha256")
+    if sha256 and len(files) > 1:  # one checksum cannot hold for every member of an ensemble
+        raise CatalogError(f"model {entry.id!r}: one sha256 for an ensemble of {len(files)} weight files; "
+                           f"leave sha256 out of this entry")
+    for filename in files:
         path = folder / filename
         need = Need(filename, f"weights of {entry.id}", f"weights/robustbench/{dataset}/{threat}",
-                    sha256=entry.raw.get("sha256"), hint="robustbench downloads it from Google Drive when online")
+                    sha256=sha256, hint="robustbench downloads it from Google Drive when online")
         if not path.is_file():
             found = next((Path(m) / filename for m in store.mirrors if (Path(m) / filename).is_file()), None)
-            if found is not None:
-                shutil.copyfile(found, path)
+            if found is not None:  # atomically, so a second worker never reads half a copy
+                store.write(path, lambda tmp, source=found: shutil.copyfile(source, tmp))
             elif store.offline:
                 raise CatalogError(f"model {entry.id!r}: missing {path} and the run is offline; put {filename} into "
                                    f"{folder} or a SECURITYNET_MIRROR directory, or run online once")
