@@ -34,12 +34,17 @@ rewrites form a geometric series: the 20,000-row run of tests/test_journal.py wr
 final file in all (journal included), where rewriting after every row writes about n/2 files."""
 
 
+def results_target(path: Path) -> Path:
+    """The file a results path names: the target of a symlink (so a symlinked results file is
+    written through and locked once, not replaced by a regular file), else the path itself."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def journal_path(results_path: Path) -> Path:
     """The journal beside a results file: `shard-017.json` -> `shard-017.journal.jsonl` (beside the
     file a symlink points to, where the writer keeps it)."""
-    results_path = Path(results_path)
-    if results_path.is_symlink():
-        results_path = Path(os.path.realpath(results_path))
+    results_path = results_target(results_path)
     return results_path.with_name(results_path.stem + JOURNAL_SUFFIX)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_securitynet.errors import SecurityNetError
+from pytest_securitynet.results.journal import results_target
 
 try:
     import fcntl
@@ -67,9 +68,7 @@ def check_results_path(results_path: Path) -> None:
 def lock_path(results_path: Path) -> Path:
     """The lock beside a results file: `out.json` -> `out.json.lock`. For a symlink, beside the file
     it points to: every run writing that file, by any path, takes the same lock."""
-    results_path = Path(results_path)
-    if results_path.is_symlink():
-        results_path = Path(os.path.realpath(results_path))
+    results_path = results_target(results_path)
     return results_path.with_name(results_path.name + LOCK_SUFFIX)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import platform
 import socket
 import sys
@@ -26,7 +25,8 @@ from typing import Any, Callable, Iterable
 
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.results.archive import next_run_path
-from pytest_securitynet.results.journal import CompactionPolicy, Journal, journal_path, load_journaled, write_atomic
+from pytest_securitynet.results.journal import (CompactionPolicy, Journal, journal_path, load_journaled, results_target,
+                                                write_atomic)
 from pytest_securitynet.results.schema import SCHEMA, check_document, check_row
 
 PASSED = "passed"
@@ -122,13 +122,6 @@ def replaced_results(path: Path) -> dict[str, Any] | None:
     except (ValueError, OSError) as exc:
         raise ResultsFileError(f"{path} exists and is not a securitynet results file this run may replace ({exc}): "
                                f"move it away or write this run's results elsewhere") from None
-
-
-def results_target(path: Path) -> Path:
-    """The file a results path names: the target of a symlink (so a symlinked results file is
-    written through and locked once, not replaced by a regular file), else the path itself."""
-    path = Path(path)
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def encode(doc: dict[str, Any]) -> bytes:
