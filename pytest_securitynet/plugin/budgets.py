@@ -34,13 +34,24 @@ def check_budgets_at_start(config: pytest.Config, settings: Settings) -> None:
     missing = [name for name in settings.budgets if name not in declared_budgets()]
     if missing:
         import_declarations(candidate_files(config), missing)
+    check_budgets(config, settings, warn_undeclared=False)
+
+
+def check_budgets(config: pytest.Config, settings: Settings, *, warn_undeclared: bool = True) -> None:
+    """Each override checked against its declaration (`pytest.UsageError` for the first refused);
+    one not declared by any imported benchmark is a warning once collection has imported them all."""
     declared = declared_budgets()
     for name in settings.budgets:
-        if name in declared:
-            try:
-                settings.budget(declared[name])
-            except SecurityNetError as exc:
-                raise pytest.UsageError(str(exc)) from None
+        if name not in declared:
+            if warn_undeclared:
+                config.issue_config_time_warning(pytest.PytestConfigWarning(
+                    f"--securitynet-budget {name}.*: no collected benchmark declares a budget {name!r} "
+                    f"(declared: {', '.join(sorted(declared)) or 'none'}); ignored"), stacklevel=2)
+            continue
+        try:
+            settings.budget(declared[name])
+        except SecurityNetError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
 
 def candidate_files(config: pytest.Config) -> list[Path]:

@@ -10,7 +10,7 @@ import pytest
 
 from pytest_securitynet.plugin import estimate, fixtures, gpus, hookspec, profiling, reporter, selection, specs, timeouts
 from pytest_securitynet.plugin import collected
-from pytest_securitynet.plugin.budgets import check_budgets_at_start
+from pytest_securitynet.plugin.budgets import check_budgets, check_budgets_at_start
 from pytest_securitynet.plugin import signals
 from pytest_securitynet.plugin import regression
 from pytest_securitynet.errors import SecurityNetError
@@ -24,7 +24,7 @@ from pytest_securitynet.harness.provenance import code_version, entry_sha256
 from pytest_securitynet.results.rows import (PASSED, ResultsWriter, load_results, now, plain, results_exist, row_key,
                                              run_info)
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness
-from pytest_securitynet.harness.settings import Settings, declared_budgets, settings_from
+from pytest_securitynet.harness.settings import Settings, settings_from
 
 DEFAULT_JSON = "securitynet-results.json"
 MAX_PREFETCH_IDS = 4
@@ -290,7 +290,7 @@ def _unavailable(entry) -> list:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[STATE]
-    _check_budgets(config, state.settings)
+    check_budgets(config, state.settings)  # benchmark modules, which declare budgets, are imported now
     models = harness(config).catalog.models
     order = {model_id: i for i, model_id in enumerate(models)}
     done, keep = [], []
@@ -396,18 +396,3 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
     line = start_line(models, len(benchmark_items), len(benchmarks), str(harness(config).device), state.json_path,
                       _estimate(config, keys, entries), heavy)
     return [*state.notices, line]
-
-
-def _check_budgets(config: pytest.Config, settings: Settings) -> None:
-    """Budget overrides are checked once the benchmark modules (which declare them) are imported."""
-    declared = declared_budgets()
-    for name in settings.budgets:
-        if name not in declared:
-            config.issue_config_time_warning(pytest.PytestConfigWarning(
-                f"--securitynet-budget {name}.*: no collected benchmark declares a budget {name!r} "
-                f"(declared: {', '.join(sorted(declared)) or 'none'}); ignored"), stacklevel=2)
-            continue
-        try:
-            settings.budget(declared[name])
-        except SecurityNetError as exc:
-            raise pytest.UsageError(str(exc)) from None
