@@ -120,7 +120,7 @@ def test_benchmark_rows(pytester, cache_dir):
     pytester.makepyfile(test_evasion=BENCHMARK.read_text(encoding="utf-8"))
     out = pytester.path / "results.json"
     run = pytester.runpytest("-p", "no:cacheprovider", "-k", "demo-digits-cnn and (linf-2of255 or robustbench-linf)", "-W",
-                             "error::UserWarning", "--securitynet-json", str(out), "--securitynet-cache",
+                             "error::pytest_securitynet.plugin.specs.SpecWarning", "--securitynet-json", str(out), "--securitynet-cache",
                              str(cache_dir), "--securitynet-device", "cpu", "--securitynet-offline",
                              "--securitynet-budget", "autoattack.points=8")
     run.assert_outcomes(passed=1, skipped=1)  # -W error: a selection of one of the file's benchmarks is no SpecWarning
