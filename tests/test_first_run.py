@@ -245,6 +245,12 @@ def test_summary_shows_every_row_with_reasons_and_folds_passed_rows_of_a_sweep()
     assert any(line.endswith("skipped  heavy on a CPU: trains a WideResNet-50-2 surrogate; --securitynet-heavy runs it")
                for line in lines)
     assert any(line.endswith("error    (no reason recorded)") for line in lines)
+    long_reason = "weights missing: " + " ".join(f"word{i}" for i in range(60)) + " end-of-hint"
+    wrapped = summary_lines([{"model": "m", "benchmark": "b.y", "setting": "s", "outcome": "skipped",
+                              "message": long_reason}])
+    assert "..." not in "\n".join(wrapped)
+    assert " ".join(" ".join(wrapped[1:-1]).split()[3:]) == long_reason  # whole, in order, over several lines
+    assert len(wrapped) > 3 and all(line.startswith(" " * 19 + "word") for line in wrapped[2:-1])
     folded = summary_lines(rows, max_rows=10)
     assert len([line for line in folded if line.startswith("  b.x")]) == 2  # only rows that did not pass
     assert folded[-1].startswith("3 models, 62 rows: 60 passed, 1 error, 1 skipped (passed rows folded")
