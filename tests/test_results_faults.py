@@ -429,6 +429,25 @@ def test_no_run_discards_another_runs_rows(pytester, run):
     assert archived_runs(out) == kept
 
 
+def test_a_replaced_runs_artifacts_move_with_its_rows(tmp_path):
+    """A new run does not overwrite the files (Neural Cleanse triggers) an earlier run's rows point at."""
+    path = tmp_path / "out.json"
+    trigger = tmp_path / "out-artifacts" / "m" / "b" / "s" / "trigger-label3.png"
+    trigger.parent.mkdir(parents=True)
+    trigger.write_bytes(b"first run's trigger")
+    old = dict(make_row("nc"), metrics={"trigger_png": "out-artifacts/m/b/s/trigger-label3.png", "note": "out-artifacts"})
+    replaced = {"schema": SCHEMA, "run": {"started_at": "2026-12-07T07:30:54+00:00"}, "models": {}, "results": [old]}
+    writer = ResultsWriter(path, run_info([], {}), replaces=replaced)
+    kept = writer.start()
+    assert kept == runs_dir(path) / "0001_2026-12-07T07-30-54.json"
+    assert not trigger.parent.exists()  # the new run starts with an empty artifacts folder
+    (row,) = load_results(kept)["results"]
+    moved = kept.parent / row["metrics"]["trigger_png"]
+    assert row["metrics"]["trigger_png"] == "0001_2026-12-07T07-30-54-artifacts/m/b/s/trigger-label3.png"
+    assert moved.read_bytes() == b"first run's trigger" and row["metrics"]["note"] == "out-artifacts"
+    writer.finish("complete")
+
+
 def test_a_killed_runs_journal_is_kept_with_its_run(pytester, run):
     out = pytester.path / "out.json"
     run("benchmarks", "-k", "demo and cnn").assert_outcomes(passed=3)

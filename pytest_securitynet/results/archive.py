@@ -5,6 +5,10 @@ A fresh run that replaces a results file holding rows (document plus journal) fi
 `securitynet-results-runs/0003_2026-12-07T07-30-54.json`), numbered after the highest number
 there, so no run discards another run's rows. `securitynet merge -o` does the same before
 replacing a file whose rows the merge would lose. The run's end names the copy.
+
+A run's files (`<stem>-artifacts/`, e.g. Neural Cleanse triggers) move with its rows to
+`<stem>-runs/NNNN_<time>-artifacts/`, and the kept rows' paths are rewritten to match, so a kept
+run is laid out like the newest one (`<its stem>-artifacts/` beside it) and its report still works.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 RUNS_SUFFIX = "-runs"
+ARTIFACTS_SUFFIX = "-artifacts"
 _NUMBERED = re.compile(r"(\d{4,})_.*\.json")
 
 
@@ -46,3 +51,32 @@ def _stamp(started_at: Any) -> str:
     except ValueError:
         when = dt.datetime.now(dt.timezone.utc)
     return when.strftime("%Y-%m-%dT%H-%M-%S")
+
+
+def artifacts_dir(results_path: Path) -> Path:
+    """The folder of a results file's own files: `out.json` -> `out-artifacts/`."""
+    results_path = Path(results_path)
+    return results_path.with_name(results_path.stem + ARTIFACTS_SUFFIX)
+
+
+def move_artifacts(results_path: Path, kept_path: Path, document: dict[str, Any]) -> dict[str, Any]:
+    """Move the artifacts of the run kept at `kept_path` beside it and return its document with
+    every row path into them (`out-artifacts/...`) pointing at the new place; the document as it
+    was when there is nothing to move."""
+    source, dest = artifacts_dir(results_path), artifacts_dir(kept_path)
+    if not source.is_dir() or dest.exists():
+        return document
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    source.rename(dest)  # the same folder's file system: one step, nothing copied
+    old, new = source.name + "/", dest.name + "/"
+
+    def rewrite(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(old):
+            return new + value[len(old):]
+        if isinstance(value, dict):
+            return {k: rewrite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rewrite(v) for v in value]
+        return value
+
+    return {**document, "results": [rewrite(row) for row in document.get("results", [])]}

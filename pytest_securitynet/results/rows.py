@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from pytest_securitynet.errors import SecurityNetError
-from pytest_securitynet.results.archive import next_run_path
+from pytest_securitynet.results.archive import move_artifacts, next_run_path
 from pytest_securitynet.results.journal import (CompactionPolicy, Journal, journal_path, load_journaled, results_target,
                                                 write_atomic)
 from pytest_securitynet.results.schema import SCHEMA, check_document, check_row
@@ -189,7 +189,7 @@ class ResultsWriter:
         try:
             if self._fresh and self.replaces is not None and self.replaces.get("results"):
                 target = next_run_path(self.path, self.replaces.get("run"))
-                write_atomic(target, encode(self.replaces), self.durable)
+                write_atomic(target, encode(move_artifacts(self.path, target, self.replaces)), self.durable)
                 self.archived = target
             self.write()
         except OSError as exc:
