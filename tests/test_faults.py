@@ -432,6 +432,15 @@ def test_a_bad_budget_is_one_usage_error_before_any_test_even_under_xdist(pytest
     assert not (pytester.path / "out.json").exists()
 
 
+def test_a_budget_no_benchmark_declares_is_named_in_a_warning_and_ignored(bench):
+    """A misspelt or foreign budget name (here the old `neural_cleanse`) cannot be checked against a
+    declaration: the run goes on, and the warnings summary names it with the budgets that exist."""
+    result = bench("benchmarks", "-k", "demo-digits-cnn", "--securitynet-budget=neural_cleanse.epochs=10")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*--securitynet-budget neural_cleanse.*: no collected benchmark declares a budget "
+                                 "'neural_cleanse' (declared: *); ignored*"])
+
+
 def test_a_seed_out_of_range_is_a_usage_error_before_any_test(bench):
     result = bench("benchmarks", "-k", "demo-digits-cnn", "--securitynet-seed=-1")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -136,3 +136,20 @@ def test_offline_without_the_file_says_where_to_put_it(tmp_path):
     entry = catalog.model("cifar10-linf-ding2020mma-robustbench")
     with pytest.raises(CatalogError, match=r"missing .*Ding2020MMA\.pt and the run is offline"):
         load_model(entry, catalog, FileStore(cache_dir=tmp_path, offline=True))
+
+
+def test_one_sha256_for_an_ensembles_files_is_refused(monkeypatch, tmp_path):
+    """An ensemble reads one file per member: a single recorded checksum cannot hold for all of them."""
+    import dataclasses
+
+    from pytest_securitynet.zoo import robustbench as zoo_robustbench
+
+    entry = load_catalog(catalog_paths()).model("cifar10-linf-ding2020mma-robustbench")
+    entry = dataclasses.replace(entry, raw={**entry.raw, "sha256": "0" * 64})
+    monkeypatch.setattr(zoo_robustbench, "robustbench_modules", lambda: (None, None))  # no package needed
+    monkeypatch.setattr(zoo_robustbench, "weight_files", lambda *source: ["Ens.pt_m0.pt", "Ens.pt_m1.pt"])
+    with pytest.raises(CatalogError, match="one sha256 for an ensemble of 2 weight files; leave sha256 out"):
+        zoo_robustbench.load_robustbench(entry, FileStore(cache_dir=tmp_path, offline=True))
+    monkeypatch.setattr(zoo_robustbench, "weight_files", lambda *source: ["Single.pt"])  # one file: checked as usual
+    with pytest.raises(CatalogError, match=r"missing .*Single\.pt and the run is offline"):
+        zoo_robustbench.load_robustbench(entry, FileStore(cache_dir=tmp_path, offline=True))
