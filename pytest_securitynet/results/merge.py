@@ -204,9 +204,10 @@ def merge_files(paths: Iterable[str | Path], out: str | Path) -> ResultSet:
     `MergeOutputError` when `out` is an input or not a results file; a results file at `out` whose
     rows the merge would lose is kept first (`ResultSet.replaced_kept` says where)."""
     paths, out = [Path(p) for p in paths], Path(out)
-    _check_output(paths, out)
+    existing = _check_output(paths, out)
     documents = load_documents(paths)
-    result_set = merge(_with_row_settings(documents))
+    common = _common_settings(documents)
+    result_set = merge(_with_row_settings(documents, common))
     started = [s.run.get("started_at") for s in result_set.sources if s.run.get("started_at")]
     run = {
         "status": "merged",
@@ -217,19 +218,19 @@ def merge_files(paths: Iterable[str | Path], out: str | Path) -> ResultSet:
                          "settings": s.run.get("settings")} for s in result_set.sources],
         "conflicts": [conflict.key for conflict in result_set.conflicts],
     }
-    common = _common_settings(documents)
     if common is not None:
         run["settings"] = common
     present = {row["model"] for row in result_set.rows}
     models = {m: info for m, info in result_set.models.items() if m in present}
-    result_set.replaced_kept = _keep_replaced(out, result_set.rows)
+    result_set.replaced_kept = _keep_replaced(out, existing, result_set.rows)
     ResultsWriter(out, run, {"models": models, "results": result_set.rows,
                              "benchmarks": result_set.benchmarks}).write()
     return result_set
 
 
-def _check_output(paths: list[Path], out: Path) -> None:
-    """Refuse an `out` that is one of the inputs (by any path, symlinks included) or not a results file."""
+def _check_output(paths: list[Path], out: Path) -> dict[str, Any] | None:
+    """Refuse an `out` that is one of the inputs (by any path, symlinks included) or not a results file;
+    return the results already there (None if none), read once for `_keep_replaced`."""
     target = results_target(out).resolve()
     for path in paths:
         if results_target(path).resolve() == target:
@@ -237,19 +238,19 @@ def _check_output(paths: list[Path], out: Path) -> None:
                                    f"rows that lose a conflict. Write the merge to a new file")
     if out.exists() and not out.is_file():
         raise MergeOutputError(f"-o {out} is not a file; give the path of the merged results file")
-    if results_exist(out):
-        try:
-            load_results(out)
-        except (ValueError, OSError) as exc:
-            raise MergeOutputError(f"-o {out} exists and is not a securitynet results file ({exc}); "
-                                   f"the merge leaves it alone: write the merge elsewhere") from None
-
-
-def _keep_replaced(out: Path, rows: list[dict[str, Any]]) -> Path | None:
-    """Keep the results file at `out` in its runs folder when the merge would lose one of its rows."""
     if not results_exist(out):
         return None
-    old = load_results(out)
+    try:
+        return load_results(out)
+    except (ValueError, OSError) as exc:
+        raise MergeOutputError(f"-o {out} exists and is not a securitynet results file ({exc}); "
+                               f"the merge leaves it alone: write the merge elsewhere") from None
+
+
+def _keep_replaced(out: Path, old: dict[str, Any] | None, rows: list[dict[str, Any]]) -> Path | None:
+    """Keep the results `old` found at `out` in its runs folder when the merge would lose one of its rows."""
+    if old is None:
+        return None
     merged = {row_key(row): row for row in rows}
     if all(merged.get(row_key(row)) == row for row in old["results"]):
         return None  # every row it holds is in the merge, unchanged (e.g. a sweep merged again)
@@ -267,10 +268,11 @@ def _common_settings(documents: list[tuple[Path, dict[str, Any]]]) -> dict[str, 
     return dict(recorded[0]) if all(row_settings(s) == first for s in recorded[1:]) else None
 
 
-def _with_row_settings(documents: list[tuple[Path, dict[str, Any]]]) -> list[tuple[Path, dict[str, Any]]]:
-    """When the inputs' settings differ (or one does not record them), each row carries its file's
-    as `run_settings`, as a mixed resume records them."""
-    if _common_settings(documents) is not None:
+def _with_row_settings(documents: list[tuple[Path, dict[str, Any]]],
+                       common: dict[str, Any] | None) -> list[tuple[Path, dict[str, Any]]]:
+    """When the inputs' settings differ (`common` is None: one does not record them), each row
+    carries its file's as `run_settings`, as a mixed resume records them."""
+    if common is not None:
         return documents
     out = []
     for path, doc in documents:
