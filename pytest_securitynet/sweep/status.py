@@ -257,9 +257,12 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return info.st_size, info.st_mtime_ns
 
 
-def sweep_status(out: Path, plan: Plan, job_state: JobState | None = None) -> list[ShardStatus]:
-    """Every shard's status, in plan order. `job_state` defaults to asking the scheduler (JobStates)."""
-    submissions = read_submissions(out)
+def sweep_status(out: Path, plan: Plan, job_state: JobState | None = None,
+                 submissions: list[dict[str, Any]] | None = None) -> list[ShardStatus]:
+    """Every shard's status, in plan order. `job_state` defaults to asking the scheduler (JobStates);
+    `submissions` to reading them from `out` (a caller that has just read them passes them on)."""
+    if submissions is None:
+        submissions = read_submissions(out)
     latest = {r["shard"]: r for r in submissions}
     job_state = job_state or JobStates(latest.values())
     statuses = []

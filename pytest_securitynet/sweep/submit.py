@@ -229,7 +229,7 @@ class _Driver:
             self.say(f"cannot ask Slurm about the jobs ({ask.error}); no shard is submitted again until it answers")
         self.scheduler_error = ask.error
         self.job_states = {str(r.get("job_id")): ask(r) for r in self.records}
-        return sweep_status(self.out, self.plan, ask)
+        return sweep_status(self.out, self.plan, ask, self.records)
 
     def wanted(self, statuses: list[ShardStatus]) -> list[str]:
         """Shards to submit now: never submitted, or failed (the scheduler says their job has left the
