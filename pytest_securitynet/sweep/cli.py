@@ -137,6 +137,7 @@ def _status(argv: list[str]) -> int:
         print(json.dumps([asdict(s) for s in statuses], indent=1))
     else:
         print("\n".join(status_lines(statuses)))
-    for line in unreadable_files(statuses):
+    problems = unreadable_files(statuses)
+    for line in problems:
         print(f"securitynet sweep status: {line}", file=sys.stderr)
-    return 1 if unreadable_files(statuses) else 0
+    return 1 if problems else 0
