@@ -462,6 +462,21 @@ def test_missing_weights_stop_the_run_before_the_first_test(pytester, project, m
         "*cifar10-resnet20-akamaster: resnet20-12fca82f.th, * not in the cache or a mirror (offline)*"])
 
 
+def test_robustbench_models_skip_saying_so_without_their_package(pytester, project, monkeypatch, tmp_path):
+    """`-k cifar10` selects RobustBench's CIFAR-10 entries too: without the [robust] extra they skip
+    with the install line (no error row), and the missing-files check neither counts nor stops them."""
+    from pytest_securitynet.zoo import robustbench as zoo_robustbench
+
+    shutil.copy(TASK, pytester.path / "benchmarks" / TASK.name)
+    monkeypatch.setattr(zoo_robustbench, "robustbench_installed", lambda: False)
+    monkeypatch.delenv("SECURITYNET_MIRROR", raising=False)
+    result = project("benchmarks", "-k", "ding2020mma", "--securitynet-offline", f"--securitynet-cache={tmp_path}", "-rs")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(["*cifar10-linf-ding2020mma-robustbench: RobustBench models need the robustbench "
+                                 "package: pip install 'pytest-securitynet[[]robust]'*"])
+    assert "not in the cache or a mirror" not in result.stdout.str() + result.stderr.str()
+
+
 def test_missing_weights_stop_an_xdist_run_from_its_controller(pytester, project, monkeypatch, tmp_path):
     shutil.copy(TASK, pytester.path / "benchmarks" / TASK.name)
     monkeypatch.setenv("SECURITYNET_MIRROR", str(tmp_path / "empty"))

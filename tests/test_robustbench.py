@@ -153,3 +153,71 @@ def test_one_sha256_for_an_ensembles_files_is_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(zoo_robustbench, "weight_files", lambda *source: ["Single.pt"])  # one file: checked as usual
     with pytest.raises(CatalogError, match=r"missing .*Single\.pt and the run is offline"):
         zoo_robustbench.load_robustbench(entry, FileStore(cache_dir=tmp_path, offline=True))
+
+
+def test_its_weight_files_are_checked_before_the_run(monkeypatch, tmp_path):
+    """With the package, a RobustBench entry's files count in the pre-run check: missing offline,
+    found in a mirror, and online missing only when robustbench's download host cannot be reached."""
+    from pytest_securitynet.plugin.missing import missing_files
+    from pytest_securitynet.zoo import robustbench as zoo_robustbench
+
+    catalog = load_catalog(catalog_paths())
+    entry, dataset = catalog.model("cifar10-linf-ding2020mma-robustbench"), catalog.dataset("cifar10-jpeg")
+    monkeypatch.setattr(zoo_robustbench, "robustbench_installed", lambda: True)
+    monkeypatch.setattr(zoo_robustbench, "weight_files", lambda *source: ["Ding2020MMA.pt"])
+    from pytest_securitynet.zoo.datasets import decoded_path
+
+    data = tmp_path / "data"
+    store = FileStore(cache_dir=tmp_path / "cache", offline=True)
+    decoded = decoded_path(dataset, store)  # a decoded copy in the cache stands in for the dataset's files
+    decoded.parent.mkdir(parents=True)
+    decoded.touch()
+    offline = missing_files([entry], store, lambda e: dataset)
+    assert [n.name for n in offline.models[entry.id]] == ["Ding2020MMA.pt"] and offline.why == "offline"
+    data.mkdir()
+    (data / "Ding2020MMA.pt").write_bytes(b"weights")
+    assert not missing_files([entry], FileStore(cache_dir=store.cache_dir, mirrors=[data], offline=True),
+                             lambda e: dataset)
+    online = FileStore(cache_dir=store.cache_dir, offline=False)
+    asked = []
+    down = missing_files([entry], online, lambda e: dataset, reachable=lambda host: asked.append(host) or False)
+    assert list(down.models) == [entry.id] and down.why == "drive.google.com cannot be reached"
+    assert asked == ["drive.google.com"]
+    assert not missing_files([entry], online, lambda e: dataset, reachable=lambda host: True)
+
+
+def test_prefetch_fetches_its_files_through_the_package_loader(monkeypatch, tmp_path):
+    """`securitynet catalog prefetch` lists a RobustBench entry's files, names them offline, and online
+    has robustbench's loader fetch them (the store has no URL for Google Drive files)."""
+    from pytest_securitynet.errors import MissingFileError
+    from pytest_securitynet.zoo import prefetch
+    from pytest_securitynet.zoo import robustbench as zoo_robustbench
+    from pytest_securitynet.zoo.datasets import decoded_path
+
+    catalog = load_catalog(catalog_paths())
+    entry = catalog.model("cifar10-linf-ding2020mma-robustbench")
+    monkeypatch.setattr(zoo_robustbench, "robustbench_installed", lambda: False)
+    assert prefetch.plan([entry], catalog, FileStore(cache_dir=tmp_path, offline=True))[1] == {
+        entry.id: f"RobustBench models need the robustbench package: {zoo_robustbench.INSTALL}"}
+    monkeypatch.setattr(zoo_robustbench, "robustbench_installed", lambda: True)
+    monkeypatch.setattr(zoo_robustbench, "weight_files", lambda *source: ["Ding2020MMA.pt"])
+    store = FileStore(cache_dir=tmp_path, offline=True)
+    decoded = decoded_path(catalog.dataset(entry.dataset), store)
+    decoded.parent.mkdir(parents=True)
+    decoded.touch()
+    (status,) = prefetch.plan([entry], catalog, store)[0]
+    assert (status.name, status.present, status.loaded_by) == ("Ding2020MMA.pt", False, entry)
+    with pytest.raises(MissingFileError, match=r"Ding2020MMA\.pt \(weights of .*\): robustbench downloads it from drive"):
+        prefetch.prefetch([status], store)
+    loads = []
+
+    def load(entry, store):  # what robustbench's loader does online: the file appears in its folder
+        loads.append(entry.id)
+        path = store.cache_dir / "weights" / "robustbench" / "cifar10" / "Linf" / "Ding2020MMA.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"weights")
+
+    monkeypatch.setattr(zoo_robustbench, "load_robustbench", load)
+    online = FileStore(cache_dir=tmp_path, offline=False)
+    (fetched,) = prefetch.prefetch(prefetch.plan([entry], catalog, online)[0], online, report=lambda line: None)
+    assert loads == [entry.id] and fetched.found == tmp_path / "weights/robustbench/cifar10/Linf/Ding2020MMA.pt"

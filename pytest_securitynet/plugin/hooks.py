@@ -21,6 +21,7 @@ from pytest_securitynet.plugin.progress import ProgressPlugin
 from pytest_securitynet.results.lock import ResultsLock, check_results_path, holder_info
 from pytest_securitynet.results.resume import check_resume, check_resume_provenance
 from pytest_securitynet.harness.provenance import code_version, entry_sha256
+from pytest_securitynet.zoo.robustbench import robustbench_unusable
 from pytest_securitynet.results.rows import (PASSED, ResultsWriter, load_results, now, plain, results_exist, row_key,
                                              run_info)
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness
@@ -283,8 +284,9 @@ def _keywords(state: RunState, entry) -> set[str]:
 
 
 def _unavailable(entry) -> list:
-    """Entries whose weights have no public direct file skip, saying why."""
-    reason = entry.raw.get("unavailable")
+    """Entries whose weights have no public direct file, or whose loader's package is not installed
+    (RobustBench's zoo without the [robust] extra), skip, saying why."""
+    reason = entry.raw.get("unavailable") or robustbench_unusable(entry)
     return [pytest.mark.skip(reason=f"{entry.id}: {reason}")] if reason else []
 
 

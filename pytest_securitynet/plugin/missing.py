@@ -19,6 +19,7 @@ from pytest_securitynet.catalog.entries import ModelEntry
 from pytest_securitynet.errors import SecurityNetError
 from pytest_securitynet.zoo.datasets import decoded_path
 from pytest_securitynet.zoo.resolver import resolve_dataset, resolve_model
+from pytest_securitynet.zoo.robustbench import DOWNLOAD_HOST, robustbench_unusable, weight_needs
 from pytest_securitynet.zoo.store import FileStore, Need
 
 PROBE_TIMEOUT_S = 3.0
@@ -68,14 +69,18 @@ def missing_files(entries: Iterable[ModelEntry], store: FileStore, dataset_of: C
     `dataset_of(entry)` is the dataset the run evaluates it on (after `--securitynet-dataset`);
     `reachable(host)` answers for online runs (default: one TCP connection attempt per host).
     """
-    entries = [e for e in entries if not e.raw.get("unavailable")]
+    entries = [e for e in entries if not e.raw.get("unavailable") and not robustbench_unusable(e)]
     result = MissingFiles(selected=len(entries))
     absent: dict[Need, bool] = {}
     datasets: dict[str, list[Need]] = {}
     data_needs: set[Need] = set()
+    loader_hosts: dict[Need, str] = {}  # files a package's loader downloads itself, and from where
     for entry in entries:
         try:
             weights = list(resolve_model(entry).needs)
+            if entry.source_kind == "robustbench":
+                weights = weight_needs(entry)
+                loader_hosts.update(dict.fromkeys(weights, DOWNLOAD_HOST))
             dataset = dataset_of(entry)
         except SecurityNetError:
             continue  # the model's tests report it, with its own message
@@ -89,12 +94,15 @@ def missing_files(entries: Iterable[ModelEntry], store: FileStore, dataset_of: C
     if not result.models or store.offline:
         result.why = "offline"
         return result
-    hosts = {urlparse(url).netloc for needs in result.models.values() for n in needs for url in n.urls}
+    def hosts_of(need: Need) -> list[str]:
+        return [loader_hosts[need]] if need in loader_hosts else [urlparse(url).netloc for url in need.urls]
+
+    hosts = {h for needs in result.models.values() for n in needs for h in hosts_of(n)}
     probe = reachable or _reachable
     down = sorted(h for h in hosts if h and not probe(h))
     # Online, a file with a reachable URL downloads when its test needs it: that model is not missing.
     result.models = {model: needs for model, needs in result.models.items()
-                     if any(not n.urls or all(urlparse(u).netloc in down for u in n.urls) for n in needs)}
+                     if any(not hosts_of(n) or all(h in down for h in hosts_of(n)) for n in needs)}
     result.data_missing = any(n in data_needs for needs in result.models.values() for n in needs)
     result.why = (f"{', '.join(down)} cannot be reached" if down else "no download URL is known")
     return result

@@ -4,8 +4,10 @@ The files come from the resolver's plans, the same ones loading uses. Every need
 for first (cache, then `SECURITYNET_MIRROR` directories). Offline, a selection with missing files
 fails at once, naming each missing file and where to get it, and downloads nothing. Online, the
 missing files are fetched through the file store (checked against the catalog's sha256, or the
-upstream checksum the resolver knows). Entries marked `unavailable` are listed with their reason;
-datasets whose decoded tensors are cached need no raw files.
+upstream checksum the resolver knows). RobustBench entries' files are looked for in the same
+places, and fetched by the robustbench package's own loader (Google Drive), which the store cannot
+do. Entries marked `unavailable` (or RobustBench's without its package) are listed with their
+reason; datasets whose decoded tensors are cached need no raw files.
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ from pytest_securitynet.catalog.entries import Catalog, DatasetEntry, ModelEntry
 from pytest_securitynet.errors import CatalogError, MissingFileError
 from pytest_securitynet.zoo.datasets import decoded_path
 from pytest_securitynet.zoo.resolver import resolve_dataset, resolve_model
+from pytest_securitynet.zoo.robustbench import robustbench_unusable, weight_needs
 from pytest_securitynet.zoo.store import FileStore, Need
 
 
 @dataclass
 class Status:
-    """One needed file and the copy found in the cache or a mirror (None: missing)."""
+    """One needed file and the copy found in the cache or a mirror (None: missing); `loaded_by`: the
+    entry whose package loader fetches it (RobustBench's), where the store cannot."""
 
     need: Need
     found: Path | None
+    loaded_by: ModelEntry | None = None
 
     @property
     def present(self) -> bool:
@@ -75,16 +80,25 @@ def select_by_keyword(catalog: Catalog, expression: str) -> list[ModelEntry]:
 
 
 def needs_of(entries: Iterable[ModelEntry], catalog: Catalog, store: FileStore,
-             dataset_overrides: dict[str, str] | None = None) -> tuple[list[Need], dict[str, str]]:
-    """Every file the entries need (weights, then each dataset once), and the unavailable ones' reasons."""
+             dataset_overrides: dict[str, str] | None = None,
+             loaders: dict[Need, ModelEntry] | None = None) -> tuple[list[Need], dict[str, str]]:
+    """Every file the entries need (weights, then each dataset once), and the unavailable ones' reasons.
+    Files a package's loader fetches are added to `loaders` (when given) with their entry."""
     needs: list[Need] = []
     unavailable: dict[str, str] = {}
     datasets: dict[str, DatasetEntry] = {}
     for entry in entries:
-        if entry.raw.get("unavailable"):
-            unavailable[entry.id] = entry.raw["unavailable"]
+        reason = entry.raw.get("unavailable") or robustbench_unusable(entry)
+        if reason:
+            unavailable[entry.id] = reason
             continue
-        needs.extend(resolve_model(entry).needs)
+        if entry.source_kind == "robustbench":
+            files = weight_needs(entry)
+            needs.extend(files)
+            if loaders is not None:
+                loaders.update(dict.fromkeys(files, entry))
+        else:
+            needs.extend(resolve_model(entry).needs)
         dataset_id = (dataset_overrides or {}).get(entry.dataset, entry.dataset)
         datasets.setdefault(dataset_id, catalog.dataset(dataset_id))
     for dataset in datasets.values():
@@ -96,8 +110,9 @@ def needs_of(entries: Iterable[ModelEntry], catalog: Catalog, store: FileStore,
 def plan(entries: Iterable[ModelEntry], catalog: Catalog, store: FileStore,
          dataset_overrides: dict[str, str] | None = None) -> tuple[list[Status], dict[str, str]]:
     """What the entries need, each with the copy found (or not), and the unavailable ones' reasons."""
-    needs, unavailable = needs_of(entries, catalog, store, dataset_overrides)
-    return [Status(need, store.find(need)) for need in needs], unavailable
+    loaders: dict[Need, ModelEntry] = {}
+    needs, unavailable = needs_of(entries, catalog, store, dataset_overrides, loaders)
+    return [Status(need, store.find(need), loaders.get(need)) for need in needs], unavailable
 
 
 def missing_message(missing: list[Status], store: FileStore) -> str:
@@ -114,7 +129,16 @@ def prefetch(statuses: list[Status], store: FileStore, report: Callable[[str], N
     missing = [s for s in statuses if not s.present]
     if missing and store.offline:
         raise MissingFileError(missing_message(missing, store))
+    loaded: set[str] = set()
     for status in missing:
         report(f"fetching {status.name} ({status.what})")
-        status.found = store.get(status.need)
+        if status.loaded_by is None:
+            status.found = store.get(status.need)
+            continue
+        if status.loaded_by.id not in loaded:  # the loader fetches every file of its entry at once
+            from pytest_securitynet.zoo.robustbench import load_robustbench
+
+            load_robustbench(status.loaded_by, store)
+            loaded.add(status.loaded_by.id)
+        status.found = store.find(status.need)
     return missing

@@ -15,6 +15,7 @@ needed here, so the package is imported without running its `__init__`.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import shutil
 import sys
@@ -29,6 +30,25 @@ from pytest_securitynet.errors import CatalogError
 from pytest_securitynet.zoo.store import FileStore, Need
 
 INSTALL = "pip install 'pytest-securitynet[robust]' (docs/catalog.md, \"RobustBench\")"
+DOWNLOAD_HOST = "drive.google.com"  # where robustbench's loader fetches missing weights (gdown)
+
+
+@functools.cache
+def robustbench_installed() -> bool:
+    """Whether the robustbench package can be imported (found without importing it; asked once)."""
+    if "robustbench" in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec("robustbench") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def robustbench_unusable(entry: ModelEntry) -> str:
+    """Why a RobustBench entry cannot load here ("" when it can, or when it is not RobustBench's)."""
+    if entry.source_kind != "robustbench" or robustbench_installed():
+        return ""
+    return f"RobustBench models need the robustbench package: {INSTALL}"
 
 
 def parse_source(source: str) -> tuple[str, str, str]:
@@ -81,6 +101,20 @@ def weight_files(dataset: str, threat: str, name: str) -> list[str]:
     return [f"{name}.pt"]
 
 
+def weight_needs(entry: ModelEntry) -> list[Need]:
+    """The files robustbench reads for the entry, where `load_robustbench` looks for them: the cache
+    folder `weights/robustbench/<dataset>/<threat model>/` and mirrors, by file name. They carry no
+    URL: robustbench's loader downloads them itself (from DOWNLOAD_HOST), never the file store."""
+    dataset, threat, name = parse_source(entry.source)
+    files = weight_files(dataset, threat, name)
+    sha256 = entry.raw.get("sha256")
+    if sha256 and len(files) > 1:  # one checksum cannot hold for every member of an ensemble
+        raise CatalogError(f"model {entry.id!r}: one sha256 for an ensemble of {len(files)} weight files; "
+                           f"leave sha256 out of this entry")
+    return [Need(filename, f"weights of {entry.id}", f"weights/robustbench/{dataset}/{threat}", sha256=sha256,
+                 hint=f"robustbench downloads it from {DOWNLOAD_HOST} when online") for filename in files]
+
+
 def load_robustbench(entry: ModelEntry, store: FileStore) -> nn.Module:
     """The entry's trained network (robustbench normalises inside; the entry's preprocessing is identity)."""
     dataset, threat, name = parse_source(entry.source)
@@ -88,15 +122,9 @@ def load_robustbench(entry: ModelEntry, store: FileStore) -> nn.Module:
     model_dir = store.cache_dir / "weights" / "robustbench"
     folder = model_dir / dataset / threat
     folder.mkdir(parents=True, exist_ok=True)
-    files = weight_files(dataset, threat, name)
-    sha256 = entry.raw.get("sha256")
-    if sha256 and len(files) > 1:  # one checksum cannot hold for every member of an ensemble
-        raise CatalogError(f"model {entry.id!r}: one sha256 for an ensemble of {len(files)} weight files; "
-                           f"leave sha256 out of this entry")
-    for filename in files:
+    for need in weight_needs(entry):
+        filename = need.name
         path = folder / filename
-        need = Need(filename, f"weights of {entry.id}", f"weights/robustbench/{dataset}/{threat}",
-                    sha256=sha256, hint="robustbench downloads it from Google Drive when online")
         if not path.is_file():
             found = next((Path(m) / filename for m in store.mirrors if (Path(m) / filename).is_file()), None)
             if found is not None:  # atomically, so a second worker never reads half a copy
