@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--type", dest="model_type", help="only this model type, e.g. resnet")
     listing.add_argument("--year", type=int)
     listing.add_argument("--tag", help="only models with this tag, e.g. akamaster")
-    listing.add_argument("--available", action="store_true", help="leave out entries marked unavailable")
+    listing.add_argument("--available", action="store_true",
+                         help="leave out entries marked unavailable and those whose package is not installed")
     _add_catalog_option(listing)
     listing.set_defaults(run=_list)
 
@@ -179,6 +180,8 @@ def _load(args: argparse.Namespace) -> Catalog:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from pytest_securitynet.zoo.robustbench import robustbench_unusable  # imports torch: only here
+
     catalog = _catalog(args)
     datasets = _datasets_named(catalog, args.dataset) if args.dataset else None
     listed = 0
@@ -193,9 +196,11 @@ def _list(args: argparse.Namespace) -> int:
             continue
         if args.tag and args.tag not in entry.tags:
             continue
-        if args.available and entry.raw.get("unavailable"):
+        needs_package = bool(robustbench_unusable(entry))  # runnable once the [robust] extra is installed
+        if args.available and (entry.raw.get("unavailable") or needs_package):
             continue
-        state = "unavailable" if entry.raw.get("unavailable") else "pinned" if entry.raw.get("pinned_file") else ""
+        state = ("unavailable" if entry.raw.get("unavailable") else "needs [robust]" if needs_package
+                 else "pinned" if entry.raw.get("pinned_file") else "")
         if not listed:
             print(_list_row("model", "dataset", "architecture", "purpose", "source", "state"))
         listed += 1

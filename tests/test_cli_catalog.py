@@ -16,7 +16,10 @@ def lines(capsys) -> list[str]:
     return capsys.readouterr().out.splitlines()
 
 
-def test_list_filters_by_dataset_purpose_type_year_and_tag(capsys):
+def test_list_filters_by_dataset_purpose_type_year_and_tag(capsys, monkeypatch):
+    from pytest_securitynet.zoo import robustbench
+
+    monkeypatch.setattr(robustbench, "robustbench_installed", lambda: True)  # --available keeps its models
     assert main(["catalog", "list", "--dataset", "cifar-100"]) == 0
     assert len(lines(capsys)) == 1 + 45 + 50  # the header, the database's and RobustBench's CIFAR-100 models
     assert main(["catalog", "list", "--purpose", "security", "--year", "2020"]) == 0

@@ -221,3 +221,21 @@ def test_prefetch_fetches_its_files_through_the_package_loader(monkeypatch, tmp_
     online = FileStore(cache_dir=tmp_path, offline=False)
     (fetched,) = prefetch.prefetch(prefetch.plan([entry], catalog, online)[0], online, report=lambda line: None)
     assert loads == [entry.id] and fetched.found == tmp_path / "weights/robustbench/cifar10/Linf/Ding2020MMA.pt"
+
+
+@pytest.mark.parametrize("installed", [False, True], ids=["without-package", "with-package"])
+def test_catalog_list_says_which_robust_models_run_here(monkeypatch, capsys, installed):
+    """`catalog list --purpose security`: the 189 RobustBench models that have weights are runnable with
+    the package, and say `needs [robust]` (left out by --available) without it."""
+    from pytest_securitynet.cli import main
+    from pytest_securitynet.zoo import robustbench as zoo_robustbench
+
+    monkeypatch.setattr(zoo_robustbench, "robustbench_installed", lambda: installed)
+    assert main(["catalog", "list", "--purpose", "security"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines()[1:] if line.split()[4] == "robustbench"]
+    waiting = [line for line in rows if line.endswith("needs [robust]")]
+    assert len(rows) == 189 + 12 and sum(line.endswith("unavailable") for line in rows) == 12  # 12 without weights
+    assert len(waiting) == (0 if installed else 189)
+    assert main(["catalog", "list", "--purpose", "security", "--available"]) == 0
+    available = [line for line in capsys.readouterr().out.splitlines()[1:] if line.split()[4] == "robustbench"]
+    assert len(available) == (189 if installed else 0)
