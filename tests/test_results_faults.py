@@ -3,6 +3,7 @@ backup, resume refused across settings, a full disk, malformed files, permission
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ from pytest_securitynet.results.lock import ResultsBusyError, ResultsLock, holde
 from pytest_securitynet.results.merge import load_and_merge
 from pytest_securitynet.results.resume import setting_differences
 from pytest_securitynet.results.archive import archived_runs, runs_dir
-from pytest_securitynet.results.rows import SCHEMA, ResultsWriter, load_results, row_key, run_info
+from pytest_securitynet.results.rows import SCHEMA, ResultsWriteError, ResultsWriter, load_results, row_key, run_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -429,23 +430,69 @@ def test_no_run_discards_another_runs_rows(pytester, run):
     assert archived_runs(out) == kept
 
 
-def test_a_replaced_runs_artifacts_move_with_its_rows(tmp_path):
-    """A new run does not overwrite the files (Neural Cleanse triggers) an earlier run's rows point at."""
+def test_a_replaced_runs_artifacts_move_with_its_rows(tmp_path, monkeypatch):
+    """A new run does not overwrite the files (Neural Cleanse triggers) an earlier run's rows point at;
+    a run that records nothing, or cannot keep the earlier run, puts them back."""
+    from pytest_securitynet.results import rows as rows_module
+
     path = tmp_path / "out.json"
     trigger = tmp_path / "out-artifacts" / "m" / "b" / "s" / "trigger-label3.png"
     trigger.parent.mkdir(parents=True)
     trigger.write_bytes(b"first run's trigger")
-    old = dict(make_row("nc"), metrics={"trigger_png": "out-artifacts/m/b/s/trigger-label3.png", "note": "out-artifacts"})
+    old = dict(make_row("nc"), metrics={"trigger_png": "out-artifacts/m/b/s/trigger-label3.png", "note": "out-artifacts",
+                                        "absolute": str(trigger)})
     replaced = {"schema": SCHEMA, "run": {"started_at": "2026-12-07T07:30:54+00:00"}, "models": {}, "results": [old]}
+
+    idle = ResultsWriter(path, run_info([], {}), replaces=replaced)
+    idle.set_aside_artifacts()  # what an xdist controller does before workers get tests
+    assert not trigger.exists()
+    idle.finish("complete")  # ... and this run recorded nothing
+    assert trigger.read_bytes() == b"first run's trigger" and archived_runs(path) == []
+
+    def full_disk(target, data, durable=True):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+
+    monkeypatch.setattr(rows_module, "write_atomic", full_disk)  # the earlier run cannot be kept
+    with pytest.raises(ResultsWriteError, match="No space left"):
+        ResultsWriter(path, run_info([], {}), replaces=replaced).start()
+    monkeypatch.undo()
+    assert trigger.read_bytes() == b"first run's trigger" and not runs_dir(path).exists()  # whole, as it was
+
     writer = ResultsWriter(path, run_info([], {}), replaces=replaced)
     kept = writer.start()
     assert kept == runs_dir(path) / "0001_2026-12-07T07-30-54.json"
     assert not trigger.parent.exists()  # the new run starts with an empty artifacts folder
     (row,) = load_results(kept)["results"]
-    moved = kept.parent / row["metrics"]["trigger_png"]
     assert row["metrics"]["trigger_png"] == "0001_2026-12-07T07-30-54-artifacts/m/b/s/trigger-label3.png"
-    assert moved.read_bytes() == b"first run's trigger" and row["metrics"]["note"] == "out-artifacts"
+    assert (kept.parent / row["metrics"]["trigger_png"]).read_bytes() == b"first run's trigger"
+    assert Path(row["metrics"]["absolute"]).read_bytes() == b"first run's trigger"
+    assert row["metrics"]["note"] == "out-artifacts"  # not a path into the folder
+    writer.add(make_row("new"), None)
     writer.finish("complete")
+
+
+ARTIFACTS = '''
+import os
+
+def test_file(catalog_entry, record, artifacts_dir, results_path):
+    path = artifacts_dir / "file.txt"
+    path.write_text(os.environ["RUN_TAG"])
+    record(file=os.path.relpath(path, results_path.parent), absolute=str(path))
+'''
+
+
+@pytest.mark.slow
+def test_under_xdist_the_replaced_runs_artifacts_move_before_any_worker_writes(pytester, run, monkeypatch):
+    (pytester.path / "benchmarks" / "test_files.py").write_text(ARTIFACTS)
+    for tag in ("first", "second"):
+        monkeypatch.setenv("RUN_TAG", tag)
+        run("benchmarks/test_files.py", "-k", "demo", "-n", "1").assert_outcomes(passed=2)
+    (kept,) = archived_runs(pytester.path / "out.json")
+    for doc, folder, tag in ((load_results(kept), kept.parent, "first"), (results_of(pytester), pytester.path, "second")):
+        assert len(doc["results"]) == 2
+        for row in doc["results"]:
+            assert (folder / row["metrics"]["file"]).read_text() == tag
+            assert Path(row["metrics"]["absolute"]).read_text() == tag
 
 
 def test_a_killed_runs_journal_is_kept_with_its_run(pytester, run):

@@ -217,8 +217,15 @@ def test_prefetch_fetches_its_files_through_the_package_loader(monkeypatch, tmp_
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"weights")
 
-    monkeypatch.setattr(zoo_robustbench, "load_robustbench", load)
+    def broken(entry, store):  # robustbench's loader fails in its own way (gdown, a damaged file)
+        raise RuntimeError("Too many users have viewed or downloaded this file recently")
+
     online = FileStore(cache_dir=tmp_path, offline=False)
+    monkeypatch.setattr(zoo_robustbench, "load_robustbench", broken)
+    with pytest.raises(MissingFileError, match=r"Ding2020MMA\.pt .*could not fetch or load it from drive\.google\.com "
+                                               r"\(RuntimeError: Too many users.*\); put the file into .*robustbench/cifar10/Linf"):
+        prefetch.prefetch(prefetch.plan([entry], catalog, online)[0], online, report=lambda line: None)
+    monkeypatch.setattr(zoo_robustbench, "load_robustbench", load)
     (fetched,) = prefetch.prefetch(prefetch.plan([entry], catalog, online)[0], online, report=lambda line: None)
     assert loads == [entry.id] and fetched.found == tmp_path / "weights/robustbench/cifar10/Linf/Ding2020MMA.pt"
 

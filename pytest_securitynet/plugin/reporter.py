@@ -83,6 +83,13 @@ class ResultsReporter:
         self.checked_free = False
         self.recorded_provenance: dict[str, dict] | None = None  # model -> provenance, on resume
         self.write_error: str | None = None
+        self.replaced_read = False
+
+    def read_replaced(self) -> None:
+        """What a fresh run replaces, read once (at the xdist controller's set-aside, else at take-over)."""
+        if not self.state.resume and not self.replaced_read:
+            self.state.writer.replaces = replaced_results(self.state.json_path)
+        self.replaced_read = True
 
     def take_over(self) -> None:
         if self.taken_over:
@@ -91,8 +98,7 @@ class ResultsReporter:
         state = self.state
         try:
             self.lock.acquire(holder_info(state.writer.run.get("started_at") or now()))  # held already when resuming
-            if not state.resume:
-                state.writer.replaces = replaced_results(state.json_path)
+            self.read_replaced()
             state.writer.start()
         except SecurityNetError as exc:
             raise pytest.UsageError(str(exc)) from None
@@ -115,6 +121,10 @@ class ResultsReporter:
             try:
                 check_results_path(self.state.json_path)
                 self.lock.check_free()
+                # Before the scheduler hands workers their tests: their files must not land among the
+                # replaced run's artifacts, which move with it (put back if this run records nothing).
+                self.read_replaced()
+                self.state.writer.set_aside_artifacts()
             except SecurityNetError as exc:
                 raise pytest.UsageError(str(exc)) from None
 

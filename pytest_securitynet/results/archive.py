@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,24 +61,54 @@ def artifacts_dir(results_path: Path) -> Path:
     return results_path.with_name(results_path.stem + ARTIFACTS_SUFFIX)
 
 
-def move_artifacts(results_path: Path, kept_path: Path, document: dict[str, Any]) -> dict[str, Any]:
-    """Move the artifacts of the run kept at `kept_path` beside it and return its document with
-    every row path into them (`out-artifacts/...`) pointing at the new place; the document as it
-    was when there is nothing to move."""
+@dataclass
+class SetAside:
+    """The artifacts folder of a replaced run, moved to where that run is kept."""
+
+    source: Path  # `<stem>-artifacts/` beside the results path as the run names it
+    dest: Path  # `<kept stem>-artifacts/` in the runs folder
+
+    def rows_pointing_here(self, document: dict[str, Any]) -> dict[str, Any]:
+        """`document` with every row path into `source` (relative to the results file, or absolute)
+        pointing into `dest` (relative to the kept file, or absolute)."""
+        prefixes = {self.source.name + "/": self.dest.name + "/",
+                    str(self.source) + "/": str(self.dest) + "/",
+                    str(self.source.resolve()) + "/": str(self.dest) + "/"}
+
+        def rewrite(value: Any) -> Any:
+            if isinstance(value, str):
+                for old, new in prefixes.items():
+                    if value.startswith(old):
+                        return new + value[len(old):]
+                return value
+            if isinstance(value, dict):
+                return {k: rewrite(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [rewrite(v) for v in value]
+            return value
+
+        return {**document, "results": [rewrite(row) for row in document.get("results", [])]}
+
+    def put_back(self) -> None:
+        """Undo the move (the run that replaced it recorded nothing)."""
+        if self.dest.is_dir() and not self.source.exists():
+            _move(self.dest, self.source)
+        try:
+            self.dest.parent.rmdir()  # the runs folder, if the move made it and nothing else is there
+        except OSError:
+            pass
+
+
+def set_aside_artifacts(results_path: Path, kept_path: Path) -> SetAside | None:
+    """Move the artifacts beside `results_path` (the path as the run names it) to those of the run
+    kept at `kept_path`; None when there is none (or the place is taken)."""
     source, dest = artifacts_dir(results_path), artifacts_dir(kept_path)
     if not source.is_dir() or dest.exists():
-        return document
+        return None
     dest.parent.mkdir(parents=True, exist_ok=True)
-    source.rename(dest)  # the same folder's file system: one step, nothing copied
-    old, new = source.name + "/", dest.name + "/"
+    _move(source, dest)
+    return SetAside(source, dest)
 
-    def rewrite(value: Any) -> Any:
-        if isinstance(value, str) and value.startswith(old):
-            return new + value[len(old):]
-        if isinstance(value, dict):
-            return {k: rewrite(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [rewrite(v) for v in value]
-        return value
 
-    return {**document, "results": [rewrite(row) for row in document.get("results", [])]}
+def _move(source: Path, dest: Path) -> None:
+    shutil.move(str(source), str(dest))  # a rename on one file system, a copy where the runs folder is on another

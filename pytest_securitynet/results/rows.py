@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from pytest_securitynet.errors import SecurityNetError
-from pytest_securitynet.results.archive import move_artifacts, next_run_path
+from pytest_securitynet.results.archive import SetAside, next_run_path, set_aside_artifacts
 from pytest_securitynet.results.journal import (CompactionPolicy, Journal, journal_path, load_journaled, results_target,
                                                 write_atomic)
 from pytest_securitynet.results.schema import SCHEMA, check_document, check_row
@@ -155,6 +155,7 @@ class ResultsWriter:
                  policy: CompactionPolicy | None = None, durable: bool = True,
                  clock: Callable[[], float] = time.monotonic, replaces: dict[str, Any] | None = None,
                  row_settings: dict[str, Any] | None = None):
+        self.given_path = Path(path)  # as the run names it: its artifacts folder is beside it
         self.path = results_target(path)
         self.run = run
         self.models: dict[str, Any] = dict(previous.get("models", {})) if previous else {}
@@ -176,6 +177,8 @@ class ResultsWriter:
         self.row_settings = plain(row_settings) if row_settings is not None else None
         self.added = 0  # rows this run added
         self.archived: Path | None = None  # where `start` kept the file this run replaces
+        self.kept_path: Path | None = None  # where it will be kept, once chosen
+        self.set_aside: SetAside | None = None  # its artifacts, moved beside `kept_path`
         self._taken_over = False
 
     @property
@@ -183,19 +186,44 @@ class ResultsWriter:
         """Every byte this writer wrote: journal appends and document rewrites."""
         return self.journal.bytes_written + self.document_bytes_written
 
+    def _replaces_rows(self) -> bool:
+        return self._fresh and self.replaces is not None and bool(self.replaces.get("results"))
+
+    def set_aside_artifacts(self) -> None:
+        """Before this run's first test can write a file: move the artifacts of the run it replaces
+        to where `start` keeps that run (an xdist controller calls it before workers get tests;
+        `start` calls it otherwise). Raises `ResultsWriteError` when they cannot be moved."""
+        if self.kept_path is not None or not self._replaces_rows():
+            return
+        self.kept_path = next_run_path(self.path, self.replaces.get("run"))
+        try:
+            self.set_aside = set_aside_artifacts(self.given_path, self.kept_path)
+        except OSError as exc:
+            raise ResultsWriteError(f"cannot move the earlier run's artifacts to {self.kept_path.parent}: "
+                                    f"{exc.strerror or exc}") from exc
+
     def start(self) -> Path | None:
         """Take the file over before the first test (see the class docstring); returns where the
         replaced file was kept, if anywhere. Raises `ResultsWriteError` when a file cannot be written."""
+        self.set_aside_artifacts()
         try:
-            if self._fresh and self.replaces is not None and self.replaces.get("results"):
-                target = next_run_path(self.path, self.replaces.get("run"))
-                write_atomic(target, encode(move_artifacts(self.path, target, self.replaces)), self.durable)
-                self.archived = target
+            if self.kept_path is not None:
+                kept = self.set_aside.rows_pointing_here(self.replaces) if self.set_aside else self.replaces
+                write_atomic(self.kept_path, encode(kept), self.durable)
+                self.archived = self.kept_path
             self.write()
         except OSError as exc:
+            if self.archived is None:  # the earlier run is still whole at the path: its artifacts go back too
+                self._artifacts_back()
             raise ResultsWriteError(f"cannot write {exc.filename or self.path}: {exc.strerror or exc}") from exc
         self._taken_over = True
         return self.archived
+
+    def _artifacts_back(self) -> None:
+        if self.set_aside is not None:
+            self.set_aside.put_back()
+            self.set_aside = None
+        self.kept_path = None
 
     def add(self, row: dict[str, Any], model_info: dict[str, Any] | None) -> None:
         row = plain(row)
@@ -244,8 +272,10 @@ class ResultsWriter:
                                     f"{self.journal.path.name}") from exc
 
     def _put_back(self) -> None:
-        """Undo `start` for a run that recorded nothing (a selection that matched nothing, Ctrl-C)."""
+        """Undo `start` (and `set_aside_artifacts`) for a run that recorded nothing (a selection that
+        matched nothing, Ctrl-C)."""
         if not self._taken_over:
+            self._artifacts_back()
             return
         if self.replaces is not None:
             write_atomic(self.path, encode(self.replaces), self.durable)
@@ -255,6 +285,7 @@ class ResultsWriter:
         if self.archived is not None:  # the file is back where it was: no second copy of it
             self.archived.unlink(missing_ok=True)
             self.archived = None
+        self._artifacts_back()
 
     def write(self) -> None:
         """Compact: rewrite the whole document atomically, then empty the journal."""

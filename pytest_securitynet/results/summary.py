@@ -37,7 +37,7 @@ def summary_lines(rows: list[dict[str, Any]], max_rows: int = MAX_ROWS) -> list[
             lines.append(t)
             continue
         lead = "  ".join(c.ljust(w) for c, w in zip(t[:3], widths)) + "  "
-        wrapped = textwrap.wrap(t[3], REASON_WIDTH, break_on_hyphens=False) or [""]
+        wrapped = textwrap.wrap(t[3], REASON_WIDTH, break_long_words=False, break_on_hyphens=False) or [""]
         lines.append(lead + wrapped[0])
         lines += [" " * len(lead) + more for more in wrapped[1:]]
     total = _counts(rows)

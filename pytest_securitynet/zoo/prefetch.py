@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from pytest_securitynet.catalog.entries import Catalog, DatasetEntry, ModelEntry
-from pytest_securitynet.errors import CatalogError, MissingFileError
+from pytest_securitynet.errors import CatalogError, MissingFileError, SecurityNetError
 from pytest_securitynet.zoo.datasets import decoded_path
 from pytest_securitynet.zoo.resolver import resolve_dataset, resolve_model
 from pytest_securitynet.zoo.robustbench import robustbench_unusable, weight_needs
@@ -136,9 +136,23 @@ def prefetch(statuses: list[Status], store: FileStore, report: Callable[[str], N
             status.found = store.get(status.need)
             continue
         if status.loaded_by.id not in loaded:  # the loader fetches every file of its entry at once
-            from pytest_securitynet.zoo.robustbench import load_robustbench
-
-            load_robustbench(status.loaded_by, store)
+            _load_with_package(status, store)
             loaded.add(status.loaded_by.id)
         status.found = store.find(status.need)
     return missing
+
+
+def _load_with_package(status: Status, store: FileStore) -> None:
+    """Have robustbench's loader fetch (and load) an entry's files; its own failures (a download
+    error, a damaged checkpoint) become one `MissingFileError` naming the file and where it goes."""
+    from pytest_securitynet.zoo.robustbench import DOWNLOAD_HOST, load_robustbench
+
+    try:
+        load_robustbench(status.loaded_by, store)
+    except (SecurityNetError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a third-party loader raises anything
+        raise MissingFileError(
+            f"{status.name} ({status.what}): robustbench could not fetch or load it from {DOWNLOAD_HOST} "
+            f"({type(exc).__name__}: {exc}); put the file into {store.cache_dir / status.need.subdir} or a "
+            f"SECURITYNET_MIRROR directory") from exc

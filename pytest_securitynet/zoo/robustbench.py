@@ -21,13 +21,14 @@ import shutil
 import sys
 import types
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from pytest_securitynet.catalog.entries import ModelEntry
 from pytest_securitynet.errors import CatalogError
 from pytest_securitynet.zoo.store import FileStore, Need
+
+if TYPE_CHECKING:  # torch is imported by the loader alone: `catalog list` and the checks stay light
+    from torch import nn
 
 INSTALL = "pip install 'pytest-securitynet[robust]' (docs/catalog.md, \"RobustBench\")"
 DOWNLOAD_HOST = "drive.google.com"  # where robustbench's loader fetches missing weights (gdown)
