@@ -446,8 +446,12 @@ def test_a_replaced_runs_artifacts_move_with_its_rows(tmp_path, monkeypatch):
     idle = ResultsWriter(path, run_info([], {}), replaces=replaced)
     idle.set_aside_artifacts()  # what an xdist controller does before workers get tests
     assert not trigger.exists()
-    idle.finish("complete")  # ... and this run recorded nothing
-    assert trigger.read_bytes() == b"first run's trigger" and archived_runs(path) == []
+    unrecorded = tmp_path / "out-artifacts" / "m" / "b" / "s" / "trigger-label5.png"
+    unrecorded.parent.mkdir(parents=True)  # a test of the new run began (and was stopped) ...
+    unrecorded.write_bytes(b"no row points here")
+    idle.finish("interrupted")  # ... and the run recorded nothing
+    assert trigger.read_bytes() == b"first run's trigger" and not unrecorded.exists()
+    assert archived_runs(path) == [] and not runs_dir(path).exists()
 
     def full_disk(target, data, durable=True):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
@@ -457,6 +461,20 @@ def test_a_replaced_runs_artifacts_move_with_its_rows(tmp_path, monkeypatch):
         ResultsWriter(path, run_info([], {}), replaces=replaced).start()
     monkeypatch.undo()
     assert trigger.read_bytes() == b"first run's trigger" and not runs_dir(path).exists()  # whole, as it was
+
+    real_write = rows_module.write_atomic
+    monkeypatch.setattr(rows_module, "write_atomic",  # kept, then the new document does not fit
+                        lambda target, *a: full_disk(target, *a) if Path(target) == path else real_write(target, *a))
+    stopped = ResultsWriter(path, run_info([], {}), replaces=replaced)
+    with pytest.raises(ResultsWriteError, match="No space left"):
+        stopped.start()
+    stopped.finish("error")
+    monkeypatch.undo()
+    (copy,) = archived_runs(path)  # the earlier run stays kept whole, its files beside it
+    (row,) = load_results(copy)["results"]
+    assert (copy.parent / row["metrics"]["trigger_png"]).read_bytes() == b"first run's trigger"
+    copy.unlink()  # as before this part
+    (copy.parent / row["metrics"]["trigger_png"]).parents[3].rename(tmp_path / "out-artifacts")
 
     writer = ResultsWriter(path, run_info([], {}), replaces=replaced)
     kept = writer.start()

@@ -20,6 +20,7 @@ from pytest_securitynet.plugin.runstate import STATE, harness
 from pytest_securitynet.harness.harness import Harness
 from pytest_securitynet.harness.budget_rules import is_small
 from pytest_securitynet.harness.target import BlackBoxTarget
+from pytest_securitynet.results.archive import artifacts_dir as artifacts_folder
 
 
 @pytest.fixture
@@ -167,6 +168,6 @@ def artifacts_dir(request: pytest.FixtureRequest, catalog_entry: ModelEntry) -> 
     """A directory beside the results JSON for this test's files (images, masks): `<json stem>-artifacts/<model>/<benchmark>/<setting>`."""
     json_path = request.config.stash[STATE].json_path
     item = request.node
-    path = json_path.parent / f"{json_path.stem}-artifacts" / catalog_entry.id / benchmark_name(item) / setting_of(item, catalog_entry)
+    path = artifacts_folder(json_path) / catalog_entry.id / benchmark_name(item) / setting_of(item, catalog_entry)
     path.mkdir(parents=True, exist_ok=True)
     return path

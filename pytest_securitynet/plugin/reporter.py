@@ -17,6 +17,7 @@ from pytest_securitynet.plugin.items import (
 from pytest_securitynet.plugin.progress import CPU_SECONDS
 from pytest_securitynet.plugin.provenance import provenance_of
 from pytest_securitynet.results.resume import first_provenance, resumed_row_conflict
+from pytest_securitynet.results.archive import artifacts_dir
 from pytest_securitynet.results.lock import ResultsLock, check_results_path, holder_info
 from pytest_securitynet.results.rows import ResultsWriteError, now, plain, replaced_results
 from pytest_securitynet.plugin.runstate import STATE, RunState, harness, state_harness
@@ -121,10 +122,17 @@ class ResultsReporter:
             try:
                 check_results_path(self.state.json_path)
                 self.lock.check_free()
-                # Before the scheduler hands workers their tests: their files must not land among the
-                # replaced run's artifacts, which move with it (put back if this run records nothing).
-                self.read_replaced()
-                self.state.writer.set_aside_artifacts()
+                if self.state.resume:
+                    pass  # a resumed run keeps its rows, and their files, in place
+                elif artifacts_dir(self.state.json_path).is_dir():
+                    # Before the scheduler hands workers their tests: their files must not land among
+                    # the replaced run's artifacts, which move with it (back if this run records
+                    # nothing). The lock is held from the read on, so what is kept is what is replaced.
+                    self.lock.acquire(holder_info(self.state.writer.run.get("started_at") or now()))
+                    self.read_replaced()
+                    self.state.writer.set_aside_artifacts()
+                else:
+                    self.state.writer.no_artifacts_to_set_aside()
             except SecurityNetError as exc:
                 raise pytest.UsageError(str(exc)) from None
 

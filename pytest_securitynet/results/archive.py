@@ -14,6 +14,7 @@ run is laid out like the newest one (`<its stem>-artifacts/` beside it) and its 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -71,9 +72,9 @@ class SetAside:
     def rows_pointing_here(self, document: dict[str, Any]) -> dict[str, Any]:
         """`document` with every row path into `source` (relative to the results file, or absolute)
         pointing into `dest` (relative to the kept file, or absolute)."""
-        prefixes = {self.source.name + "/": self.dest.name + "/",
-                    str(self.source) + "/": str(self.dest) + "/",
-                    str(self.source.resolve()) + "/": str(self.dest) + "/"}
+        dest = os.path.abspath(self.dest) + "/"
+        prefixes = {self.source.name + "/": self.dest.name + "/", os.path.abspath(self.source) + "/": dest,
+                    str(self.source.resolve()) + "/": dest}
 
         def rewrite(value: Any) -> Any:
             if isinstance(value, str):
@@ -90,9 +91,15 @@ class SetAside:
         return {**document, "results": [rewrite(row) for row in document.get("results", [])]}
 
     def put_back(self) -> None:
-        """Undo the move (the run that replaced it recorded nothing)."""
-        if self.dest.is_dir() and not self.source.exists():
-            _move(self.dest, self.source)
+        """Undo the move (the run that replaced it recorded nothing). What the new run wrote into
+        `source` meanwhile belongs to no row (the move came before its first test): it goes."""
+        if not self.dest.is_dir():
+            return
+        if self.source.is_dir() and not self.source.is_symlink():
+            shutil.rmtree(self.source)
+        elif self.source.exists() or self.source.is_symlink():
+            self.source.unlink()
+        _move(self.dest, self.source)
         try:
             self.dest.parent.rmdir()  # the runs folder, if the move made it and nothing else is there
         except OSError:

@@ -179,6 +179,7 @@ class ResultsWriter:
         self.archived: Path | None = None  # where `start` kept the file this run replaces
         self.kept_path: Path | None = None  # where it will be kept, once chosen
         self.set_aside: SetAside | None = None  # its artifacts, moved beside `kept_path`
+        self._artifacts_settled = False  # decided, before any test wrote a file, what to move
         self._taken_over = False
 
     @property
@@ -192,8 +193,12 @@ class ResultsWriter:
     def set_aside_artifacts(self) -> None:
         """Before this run's first test can write a file: move the artifacts of the run it replaces
         to where `start` keeps that run (an xdist controller calls it before workers get tests;
-        `start` calls it otherwise). Raises `ResultsWriteError` when they cannot be moved."""
-        if self.kept_path is not None or not self._replaces_rows():
+        `start` calls it otherwise). Decided once: a folder that appears later is this run's own.
+        Raises `ResultsWriteError` when they cannot be moved."""
+        if self._artifacts_settled:
+            return
+        self._artifacts_settled = True
+        if not self._replaces_rows():
             return
         self.kept_path = next_run_path(self.path, self.replaces.get("run"))
         try:
@@ -218,6 +223,10 @@ class ResultsWriter:
             raise ResultsWriteError(f"cannot write {exc.filename or self.path}: {exc.strerror or exc}") from exc
         self._taken_over = True
         return self.archived
+
+    def no_artifacts_to_set_aside(self) -> None:
+        """Nothing to move (no artifacts folder before any test ran): whatever appears is this run's."""
+        self._artifacts_settled = True
 
     def _artifacts_back(self) -> None:
         if self.set_aside is not None:
@@ -275,8 +284,9 @@ class ResultsWriter:
         """Undo `start` (and `set_aside_artifacts`) for a run that recorded nothing (a selection that
         matched nothing, Ctrl-C)."""
         if not self._taken_over:
-            self._artifacts_back()
-            return
+            if self.archived is None:  # the earlier run is whole at the path: its files go back beside it
+                self._artifacts_back()
+            return  # else it is kept, whole, in the runs folder, its files beside it
         if self.replaces is not None:
             write_atomic(self.path, encode(self.replaces), self.durable)
         else:
