@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -489,6 +490,16 @@ def test_a_replaced_runs_artifacts_move_with_its_rows(tmp_path, monkeypatch):
     writer.finish("complete")
 
 
+def test_a_folder_of_files_left_without_its_run_keeps_its_number(tmp_path):
+    """A run killed between moving an earlier run's files and keeping its rows leaves the folder
+    alone in the runs folder: the next kept run takes the next number, never that folder."""
+    from pytest_securitynet.results.archive import next_run_path
+
+    path = tmp_path / "out.json"
+    (runs_dir(path) / "0001_2026-12-07T07-30-54-artifacts").mkdir(parents=True)
+    assert next_run_path(path, {"started_at": "2026-12-07T08:00:00+00:00"}).name == "0002_2026-12-07T08-00-00.json"
+
+
 ARTIFACTS = '''
 import os
 
@@ -511,6 +522,11 @@ def test_under_xdist_the_replaced_runs_artifacts_move_before_any_worker_writes(p
         for row in doc["results"]:
             assert (folder / row["metrics"]["file"]).read_text() == tag
             assert Path(row["metrics"]["absolute"]).read_text() == tag
+    # A run with no artifacts folder to move keeps the run it replaces all the same.
+    second = results_of(pytester)
+    shutil.rmtree(pytester.path / "out-artifacts")
+    run("benchmarks/test_rows.py", "-k", "demo-digits-cnn", "-n", "1").assert_outcomes(passed=3)
+    assert [load_results(p) for p in archived_runs(pytester.path / "out.json")][1:] == [second]
 
 
 def test_a_killed_runs_journal_is_kept_with_its_run(pytester, run):

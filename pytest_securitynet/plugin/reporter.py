@@ -113,7 +113,7 @@ class ResultsReporter:
     def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
         # The controller of an xdist run collects nothing itself, and a node id naming a catalog model
         # may belong to any test: it stops at start if another run holds the file, and takes the file
-        # over with the first benchmark row.
+        # over with the first benchmark row (at once when an earlier run's artifacts must move first).
         if self.taken_over or self.checked_free:
             return
         self.checked_free = True
@@ -126,11 +126,9 @@ class ResultsReporter:
                     pass  # a resumed run keeps its rows, and their files, in place
                 elif artifacts_dir(self.state.json_path).is_dir():
                     # Before the scheduler hands workers their tests: their files must not land among
-                    # the replaced run's artifacts, which move with it (back if this run records
-                    # nothing). The lock is held from the read on, so what is kept is what is replaced.
-                    self.lock.acquire(holder_info(self.state.writer.run.get("started_at") or now()))
-                    self.read_replaced()
-                    self.state.writer.set_aside_artifacts()
+                    # the replaced run's artifacts, which move with it, kept at once (all put back
+                    # if this run records nothing).
+                    self.take_over()
                 else:
                     self.state.writer.no_artifacts_to_set_aside()
             except SecurityNetError as exc:

@@ -24,6 +24,7 @@ from typing import Any
 RUNS_SUFFIX = "-runs"
 ARTIFACTS_SUFFIX = "-artifacts"
 _NUMBERED = re.compile(r"(\d{4,})_.*\.json")
+_NUMBERED_ARTIFACTS = re.compile(r"(\d{4,})_.*-artifacts")
 
 
 def runs_dir(results_path: Path) -> Path:
@@ -45,6 +46,8 @@ def next_run_path(results_path: Path, run: dict[str, Any] | None) -> Path:
     """Where the run `run` (the `run` block of the file being replaced) is kept: the next number,
     and its start time (else now) in a form every file system accepts."""
     taken = [int(_NUMBERED.fullmatch(p.name).group(1)) for p in archived_runs(results_path)]
+    folder = runs_dir(results_path)  # a folder of files left without its run (a killed move) takes its number too
+    taken += [int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else ()) if (m := _NUMBERED_ARTIFACTS.fullmatch(p.name))]
     return runs_dir(results_path) / f"{max(taken, default=0) + 1:04d}_{_stamp((run or {}).get('started_at'))}.json"
 
 
@@ -95,11 +98,16 @@ class SetAside:
         `source` meanwhile belongs to no row (the move came before its first test): it goes."""
         if not self.dest.is_dir():
             return
-        if self.source.is_dir() and not self.source.is_symlink():
-            shutil.rmtree(self.source)
-        elif self.source.exists() or self.source.is_symlink():
-            self.source.unlink()
+        unrecorded = None
+        if self.source.exists() or self.source.is_symlink():  # out of the way in one step, then deleted
+            unrecorded = self.source.with_name(f".{self.source.name}-unrecorded-{os.getpid()}")
+            self.source.rename(unrecorded)
         _move(self.dest, self.source)
+        if unrecorded is not None:
+            if unrecorded.is_dir() and not unrecorded.is_symlink():
+                shutil.rmtree(unrecorded, ignore_errors=True)
+            else:
+                unrecorded.unlink(missing_ok=True)
         try:
             self.dest.parent.rmdir()  # the runs folder, if the move made it and nothing else is there
         except OSError:

@@ -192,27 +192,31 @@ class ResultsWriter:
 
     def set_aside_artifacts(self) -> None:
         """Before this run's first test can write a file: move the artifacts of the run it replaces
-        to where `start` keeps that run (an xdist controller calls it before workers get tests;
-        `start` calls it otherwise). Decided once: a folder that appears later is this run's own.
-        Raises `ResultsWriteError` when they cannot be moved."""
+        to where `start` keeps that run (`start` calls it, before the first test). Decided once: a
+        folder that appears later is this run's own. Raises `ResultsWriteError` when they cannot be moved."""
         if self._artifacts_settled:
             return
         self._artifacts_settled = True
         if not self._replaces_rows():
             return
-        self.kept_path = next_run_path(self.path, self.replaces.get("run"))
+        self.kept_path = self.kept_path or next_run_path(self.path, self.replaces.get("run"))
         try:
             self.set_aside = set_aside_artifacts(self.given_path, self.kept_path)
         except OSError as exc:
             raise ResultsWriteError(f"cannot move the earlier run's artifacts to {self.kept_path.parent}: "
                                     f"{exc.strerror or exc}") from exc
 
+    def no_artifacts_to_set_aside(self) -> None:
+        """Nothing to move (no artifacts folder before any test ran): whatever appears is this run's."""
+        self._artifacts_settled = True
+
     def start(self) -> Path | None:
         """Take the file over before the first test (see the class docstring); returns where the
         replaced file was kept, if anywhere. Raises `ResultsWriteError` when a file cannot be written."""
         self.set_aside_artifacts()
         try:
-            if self.kept_path is not None:
+            if self._replaces_rows():
+                self.kept_path = self.kept_path or next_run_path(self.path, self.replaces.get("run"))
                 kept = self.set_aside.rows_pointing_here(self.replaces) if self.set_aside else self.replaces
                 write_atomic(self.kept_path, encode(kept), self.durable)
                 self.archived = self.kept_path
@@ -224,15 +228,16 @@ class ResultsWriter:
         self._taken_over = True
         return self.archived
 
-    def no_artifacts_to_set_aside(self) -> None:
-        """Nothing to move (no artifacts folder before any test ran): whatever appears is this run's."""
-        self._artifacts_settled = True
-
     def _artifacts_back(self) -> None:
-        if self.set_aside is not None:
-            self.set_aside.put_back()
-            self.set_aside = None
-        self.kept_path = None
+        """Put the earlier run's artifacts back beside the results path (`OSError` as `ResultsWriteError`)."""
+        set_aside, self.set_aside, self.kept_path = self.set_aside, None, None
+        if set_aside is None:
+            return
+        try:
+            set_aside.put_back()
+        except OSError as exc:
+            raise ResultsWriteError(f"cannot move the earlier run's artifacts back from {set_aside.dest} to "
+                                    f"{set_aside.source}: {exc.strerror or exc}") from exc
 
     def add(self, row: dict[str, Any], model_info: dict[str, Any] | None) -> None:
         row = plain(row)
@@ -292,10 +297,10 @@ class ResultsWriter:
         else:
             self.path.unlink(missing_ok=True)
         self.journal.remove()
+        self._artifacts_back()  # its files beside it again, before its kept copy goes
         if self.archived is not None:  # the file is back where it was: no second copy of it
             self.archived.unlink(missing_ok=True)
             self.archived = None
-        self._artifacts_back()
 
     def write(self) -> None:
         """Compact: rewrite the whole document atomically, then empty the journal."""
