@@ -14,9 +14,11 @@ run is laid out like the newest one (`<its stem>-artifacts/` beside it) and its 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,14 +102,11 @@ class SetAside:
             return
         unrecorded = None
         if self.source.exists() or self.source.is_symlink():  # out of the way in one step, then deleted
-            unrecorded = self.source.with_name(f".{self.source.name}-unrecorded-{os.getpid()}")
-            self.source.rename(unrecorded)
+            unrecorded = Path(tempfile.mkdtemp(prefix=f".{self.source.name}-unrecorded-", dir=self.source.parent))
+            self.source.rename(unrecorded / self.source.name)
         _move(self.dest, self.source)
         if unrecorded is not None:
-            if unrecorded.is_dir() and not unrecorded.is_symlink():
-                shutil.rmtree(unrecorded, ignore_errors=True)
-            else:
-                unrecorded.unlink(missing_ok=True)
+            shutil.rmtree(unrecorded, ignore_errors=True)
         try:
             self.dest.parent.rmdir()  # the runs folder, if the move made it and nothing else is there
         except OSError:
@@ -126,4 +125,11 @@ def set_aside_artifacts(results_path: Path, kept_path: Path) -> SetAside | None:
 
 
 def _move(source: Path, dest: Path) -> None:
-    shutil.move(str(source), str(dest))  # a rename on one file system, a copy where the runs folder is on another
+    """Rename `source` to `dest` (never into a folder already there); copy where the two are on
+    different file systems (a runs folder that is a link to another disk)."""
+    try:
+        os.rename(source, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV or dest.exists():
+            raise
+        shutil.move(str(source), str(dest))

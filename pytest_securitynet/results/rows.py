@@ -222,9 +222,13 @@ class ResultsWriter:
                 self.archived = self.kept_path
             self.write()
         except OSError as exc:
+            failure = f"cannot write {exc.filename or self.path}: {exc.strerror or exc}"
             if self.archived is None:  # the earlier run is still whole at the path: its artifacts go back too
-                self._artifacts_back()
-            raise ResultsWriteError(f"cannot write {exc.filename or self.path}: {exc.strerror or exc}") from exc
+                try:
+                    self._artifacts_back()
+                except ResultsWriteError as back:
+                    failure += f"; and {back}"
+            raise ResultsWriteError(failure) from exc
         self._taken_over = True
         return self.archived
 
