@@ -77,10 +77,11 @@ def missing_files(entries: Iterable[ModelEntry], store: FileStore, dataset_of: C
     loader_hosts: dict[Need, str] = {}  # files a package's loader downloads itself, and from where
     for entry in entries:
         try:
-            weights = list(resolve_model(entry).needs)
-            if entry.source_kind == "robustbench":
+            if entry.source_kind == "robustbench":  # files robustbench's loader reads and downloads itself
                 weights = weight_needs(entry)
                 loader_hosts.update(dict.fromkeys(weights, DOWNLOAD_HOST))
+            else:
+                weights = list(resolve_model(entry).needs)
             dataset = dataset_of(entry)
         except SecurityNetError:
             continue  # the model's tests report it, with its own message

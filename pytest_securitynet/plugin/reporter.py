@@ -84,13 +84,6 @@ class ResultsReporter:
         self.checked_free = False
         self.recorded_provenance: dict[str, dict] | None = None  # model -> provenance, on resume
         self.write_error: str | None = None
-        self.replaced_read = False
-
-    def read_replaced(self) -> None:
-        """What a fresh run replaces, read once (at the xdist controller's set-aside, else at take-over)."""
-        if not self.state.resume and not self.replaced_read:
-            self.state.writer.replaces = replaced_results(self.state.json_path)
-        self.replaced_read = True
 
     def take_over(self) -> None:
         if self.taken_over:
@@ -99,7 +92,8 @@ class ResultsReporter:
         state = self.state
         try:
             self.lock.acquire(holder_info(state.writer.run.get("started_at") or now()))  # held already when resuming
-            self.read_replaced()
+            if not state.resume:
+                state.writer.replaces = replaced_results(state.json_path)
             state.writer.start()
         except SecurityNetError as exc:
             raise pytest.UsageError(str(exc)) from None

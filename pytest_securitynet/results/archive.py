@@ -26,7 +26,7 @@ from typing import Any
 RUNS_SUFFIX = "-runs"
 ARTIFACTS_SUFFIX = "-artifacts"
 _NUMBERED = re.compile(r"(\d{4,})_.*\.json")
-_NUMBERED_ARTIFACTS = re.compile(r"(\d{4,})_.*-artifacts")
+_NUMBERED_ENTRY = re.compile(r"(\d{4,})_.*(\.json|-artifacts)")  # a kept run, or its files alone (a killed move)
 
 
 def runs_dir(results_path: Path) -> Path:
@@ -47,10 +47,10 @@ def archived_runs(results_path: Path) -> list[Path]:
 def next_run_path(results_path: Path, run: dict[str, Any] | None) -> Path:
     """Where the run `run` (the `run` block of the file being replaced) is kept: the next number,
     and its start time (else now) in a form every file system accepts."""
-    taken = [int(_NUMBERED.fullmatch(p.name).group(1)) for p in archived_runs(results_path)]
-    folder = runs_dir(results_path)  # a folder of files left without its run (a killed move) takes its number too
-    taken += [int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else ()) if (m := _NUMBERED_ARTIFACTS.fullmatch(p.name))]
-    return runs_dir(results_path) / f"{max(taken, default=0) + 1:04d}_{_stamp((run or {}).get('started_at'))}.json"
+    folder = runs_dir(results_path)
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    taken = [int(m.group(1)) for name in names if (m := _NUMBERED_ENTRY.fullmatch(name))]
+    return folder / f"{max(taken, default=0) + 1:04d}_{_stamp((run or {}).get('started_at'))}.json"
 
 
 def _stamp(started_at: Any) -> str:

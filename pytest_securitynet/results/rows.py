@@ -190,6 +190,12 @@ class ResultsWriter:
     def _replaces_rows(self) -> bool:
         return self._fresh and self.replaces is not None and bool(self.replaces.get("results"))
 
+    def _keep_at(self) -> Path:
+        """Where the replaced file is kept: chosen once, so its artifacts and its rows get one number."""
+        if self.kept_path is None:
+            self.kept_path = next_run_path(self.path, self.replaces.get("run"))
+        return self.kept_path
+
     def set_aside_artifacts(self) -> None:
         """Before this run's first test can write a file: move the artifacts of the run it replaces
         to where `start` keeps that run (`start` calls it, before the first test). Decided once: a
@@ -199,9 +205,8 @@ class ResultsWriter:
         self._artifacts_settled = True
         if not self._replaces_rows():
             return
-        self.kept_path = self.kept_path or next_run_path(self.path, self.replaces.get("run"))
         try:
-            self.set_aside = set_aside_artifacts(self.given_path, self.kept_path)
+            self.set_aside = set_aside_artifacts(self.given_path, self._keep_at())
         except OSError as exc:
             raise ResultsWriteError(f"cannot move the earlier run's artifacts to {self.kept_path.parent}: "
                                     f"{exc.strerror or exc}") from exc
@@ -216,9 +221,8 @@ class ResultsWriter:
         self.set_aside_artifacts()
         try:
             if self._replaces_rows():
-                self.kept_path = self.kept_path or next_run_path(self.path, self.replaces.get("run"))
                 kept = self.set_aside.rows_pointing_here(self.replaces) if self.set_aside else self.replaces
-                write_atomic(self.kept_path, encode(kept), self.durable)
+                write_atomic(self._keep_at(), encode(kept), self.durable)
                 self.archived = self.kept_path
             self.write()
         except OSError as exc:
